@@ -1,0 +1,101 @@
+"""Where a bank lives and which of its tasks to use."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lorabatch.strict import StrictModel
+
+TASK_ID = re.compile(r"^task(?P<number>[1-9][0-9]*)(?:_(?P<slug>[A-Za-z0-9_.-]+))?$")
+
+LOTS_OF_LORAS_ADAPTER = "Lots-of-LoRAs/Mistral-7B-Instruct-v0.2-4b-r16-task{number}"
+LOTS_OF_LORAS_DATASET = "Lots-of-LoRAs/task{number}_{slug}"
+
+
+class DemoBankConfig(StrictModel):
+    """Build the embedded demo bank into `bank.root` when it is absent."""
+
+    size: Literal["small", "default"] = Field(
+        "default", description="'small' (for tests, < 3 min) or 'default' (< 10 min on 2 cores)."
+    )
+    seed: int = Field(0, description="Seed of every random choice of the builder.")
+
+
+class BankConfig(StrictModel):
+    source: Literal["hub", "local"] = Field(
+        ...,
+        description="'hub': repo ids resolved with huggingface_hub (honours its cache and "
+        "HF_HUB_OFFLINE); 'local': a directory holding <org>/<repo> folders in the same layout.",
+    )
+    root: Path | None = Field(
+        None, description="For source 'local': the directory that holds the <org>/<repo> folders."
+    )
+    base_model: str = Field(
+        ...,
+        description="Repo id of the base model (resolved like the adapters), or a local directory. "
+        "Every adapter's base_model_name_or_path must name it.",
+    )
+    base_model_revision: str | None = Field(None, description="Hub revision of the base model.")
+    adapter_repo: str = Field(
+        LOTS_OF_LORAS_ADAPTER,
+        description="Repo id template of a task's adapter; {number} is the task number.",
+    )
+    dataset_repo: str = Field(
+        LOTS_OF_LORAS_DATASET,
+        description="Repo id template of a task's dataset; {number} and {slug} come from the task id.",
+    )
+    tasks: list[str] | Literal["all"] = Field(
+        "all",
+        description="Task ids 'task<N>_<slug>' (or 'task<N>': the slug is found in the cache / "
+        "local root / hub listing), or 'all' for every adapter the source holds.",
+    )
+    revision: str | None = Field(None, description="Hub revision for every adapter and dataset repo.")
+    trust_remote_code: bool = Field(False, description="Passed to transformers when loading the base model.")
+    demo: DemoBankConfig | None = Field(
+        None, description="If set, the embedded demo bank is built into `root` when it is missing."
+    )
+    validate_weights: bool = Field(
+        True, description="Read every adapter tensor to check it is finite (slower on big banks)."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_ids_well_formed(cls, tasks):
+        if tasks == "all":
+            return tasks
+        bad = [t for t in tasks if not TASK_ID.match(t)]
+        if bad:
+            raise ValueError(f"task ids must look like 'task<N>' or 'task<N>_<slug>'; bad: {bad[:5]}")
+        numbers = [TASK_ID.match(t)["number"] for t in tasks]
+        dupes = sorted({n for n in numbers if numbers.count(n) > 1}, key=int)
+        if dupes:
+            raise ValueError(f"task numbers listed more than once: {dupes[:5]}")
+        if not tasks:
+            raise ValueError("the task list is empty")
+        return tasks
+
+    @field_validator("adapter_repo")
+    @classmethod
+    def _adapter_template(cls, value):
+        if "{number}" not in value or "{slug}" in value:
+            raise ValueError("must contain '{number}' and no '{slug}' (adapter repos carry no slug)")
+        return value
+
+    @field_validator("dataset_repo")
+    @classmethod
+    def _dataset_template(cls, value):
+        if "{number}" not in value or "{slug}" not in value:
+            raise ValueError("must contain '{number}' and '{slug}'")
+        return value
+
+    @model_validator(mode="after")
+    def _local_needs_root(self):
+        if self.source == "local" and self.root is None:
+            raise ValueError("bank.source 'local' needs bank.root (the directory of <org>/<repo> folders)")
+        if self.demo is not None and self.source != "local":
+            raise ValueError("bank.demo builds a local bank: set bank.source to 'local'")
+        return self

@@ -1,0 +1,68 @@
+"""Reading a task's dataset in the Lots-of-LoRAs layout: `<dir>/data/<split>-*.parquet`.
+
+Schema of every split: `input` (string), `output` (list of strings: the references), `id` (string).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from lorabatch.errors import DatasetError
+
+SPLITS = ("train", "valid", "test")
+REQUIRED_COLUMNS = ("input", "output", "id")
+
+
+def split_files(dataset_dir: str | Path, split: str) -> list[Path]:
+    """The Parquet shards of one split, sorted (`data/<split>-00000-of-00002.parquet`, ...)."""
+    data = Path(dataset_dir) / "data"
+    return sorted(data.glob(f"{split}-*.parquet"))
+
+
+def read_split(dataset_dir: str | Path, split: str, columns: list[str] | None = None):
+    """One split as a pyarrow Table; raises `DatasetError` naming the directory if absent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = split_files(dataset_dir, split)
+    if not files:
+        raise DatasetError(f"{dataset_dir}: no '{split}' split (expected data/{split}-*.parquet)")
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def dataset_content_hash(dataset_dir: str | Path) -> str:
+    """sha256 over every split file's name and bytes: the cache key of features of this dataset."""
+    h = hashlib.sha256()
+    for split in SPLITS:
+        for f in split_files(dataset_dir, split):
+            h.update(f.name.encode())
+            h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_split(dataset_dir: str | Path, split: str, rows: list[dict]) -> Path:
+    """Write one split as a single shard, atomically (used by the demo builder and tests)."""
+    import pyarrow as pa
+
+    from lorabatch.atomic import write_parquet
+
+    schema = pa.schema(
+        [("input", pa.string()), ("output", pa.list_(pa.string())), ("id", pa.string())]
+    )
+    table = pa.Table.from_pylist(
+        [{"input": r["input"], "output": list(r["output"]), "id": str(r["id"])} for r in rows],
+        schema=schema,
+    )
+    target = Path(dataset_dir) / "data" / f"{split}-00000-of-00001.parquet"
+    write_parquet(target, table)
+    return target

@@ -1,0 +1,92 @@
+"""The run config: one YAML file, one pydantic model per stage, every error reported at once.
+
+Relative paths in a config are taken relative to the current working directory (like the
+commands' own path arguments). `load_config` validates the whole file before any work starts
+and raises `ConfigError` listing each invalid field as `path.to.field: problem (got value)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from lorabatch.bank.config import BankConfig
+from lorabatch.errors import ConfigError
+from lorabatch.strict import StrictModel
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None,
+        description="Ray cluster address ('auto', 'ray://host:10001'); None starts Ray in-process "
+        "unless RAY_ADDRESS is set.",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs for an in-process Ray instance (None: all of this machine's)."
+    )
+
+
+class LorabatchConfig(StrictModel):
+    run_dir: Path = Field(..., description="The run directory: every output of every stage lives here.")
+    seed: int = Field(0, description="Seed for every random choice (MMD samples, neural split, ...).")
+    bank: BankConfig
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """One line per problem: dotted field path, message and the offending value."""
+    problems = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item.get("loc", ())) or "<root>"
+        msg = item.get("msg", "invalid")
+        if item.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        value = item.get("input")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        problems.append(f"{loc}: {msg} (got {shown})")
+    return problems
+
+
+def parse_config(data: Any, source: str | None = None) -> LorabatchConfig:
+    """Validate an already-parsed mapping; raise `ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of fields, got {type(data).__name__}"], source)
+    try:
+        return LorabatchConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), source) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LorabatchConfig:
+    """Read a YAML config, apply dotted-key overrides (`{"bank.tasks": [...]}`) and validate it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file not found: {path}"], str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return parse_config(data, str(path))
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def dump_config(config: LorabatchConfig) -> str:
+    """The fully resolved config as YAML (what `RUN/config.yaml` holds)."""
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
