@@ -49,6 +49,19 @@ def bank_manifest(
     typer.echo(f"{table.num_rows} tasks validated; manifest at {cfg.run_dir / 'bank' / 'manifest.parquet'}")
 
 
+@app.command("sweep")
+def sweep(
+    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/demo.yaml."),
+    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+):
+    """The leave-one-out experiment over the whole bank, each stage cached in the run directory."""
+    from lorabatch.config import load_config
+    from lorabatch.sweep.run import run_sweep
+
+    run_sweep(load_config(config, _overrides(run_dir=run_dir, address=address)))
+
+
 def _overrides(**flags) -> dict:
     """CLI flags that map onto config fields (flag name -> dotted config path)."""
     paths = {"run_dir": "run_dir", "address": "ray.address"}

@@ -53,7 +53,15 @@ class BankConfig(StrictModel):
         description="Task ids 'task<N>_<slug>' (or 'task<N>': the slug is found in the cache / "
         "local root / hub listing), or 'all' for every adapter the source holds.",
     )
+    base_model_name: str | None = Field(
+        None,
+        description="The name adapters declare as base_model_name_or_path, when it differs from "
+        "`base_model` (e.g. base_model is a local copy of mistralai/Mistral-7B-Instruct-v0.2).",
+    )
     revision: str | None = Field(None, description="Hub revision for every adapter and dataset repo.")
+    cache_dir: Path | None = Field(
+        None, description="Hugging Face cache directory for source 'hub' (default: HF_HUB_CACHE)."
+    )
     trust_remote_code: bool = Field(False, description="Passed to transformers when loading the base model.")
     demo: DemoBankConfig | None = Field(
         None, description="If set, the embedded demo bank is built into `root` when it is missing."

@@ -1,0 +1,1 @@
+"""Small, fast, seeded fixtures for tests and examples (no training, no network)."""

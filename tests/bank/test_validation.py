@@ -1,0 +1,150 @@
+"""Every validation failure names the task and the problem, and all are reported at once."""
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from lorabatch.bank.datasets import split_files
+from lorabatch.bank.manifest import build_manifest, inspect_bank
+from lorabatch.bank.config import BankConfig
+from lorabatch.config import parse_config
+from lorabatch.errors import BankValidationError
+from lorabatch.testing.tiny_bank import build_tiny_bank
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return build_tiny_bank(tmp_path_factory.mktemp("pristine"), n_tasks=4)
+
+
+@pytest.fixture
+def bank(pristine, tmp_path):
+    shutil.copytree(pristine.root, tmp_path / "bank")
+    return pristine.__class__(**{**pristine.__dict__, "root": tmp_path / "bank"})
+
+
+def adapter_dir(bank, n):
+    return bank.root / bank.adapter_repo.format(number=n)
+
+
+def dataset_dir(bank, n):
+    return bank.root / f"{bank.org}/task{n}_tiny_{n}"
+
+
+def problems_of(bank, **overrides):
+    with pytest.raises(BankValidationError) as info:
+        inspect_bank(BankConfig(**bank.bank_config(**overrides)), progress=False)
+    return info.value.problems, str(info.value)
+
+
+def test_clean_bank_validates_and_manifest_reloads(bank, tmp_path):
+    config = parse_config({"run_dir": str(tmp_path / "run"), "bank": bank.bank_config()})
+    table = build_manifest(config, progress=False)
+    again = pq.read_table(tmp_path / "run" / "bank" / "manifest.parquet")
+    assert again.column("task_id").to_pylist() == ["task1", "task2", "task3", "task4"]
+    assert again.column("rank").to_pylist() == [8] * 4
+    assert again.column("target_modules").to_pylist()[0] == ["k_proj", "q_proj", "v_proj"]
+    assert again.column("n_train").to_pylist() == [8] * 4
+    assert len(set(again.column("adapter_sha256").to_pylist())) == 4
+    assert table.schema.metadata[b"lorabatch.manifest_hash"] == again.schema.metadata[b"lorabatch.manifest_hash"]
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_wrong_base_model(bank):
+    cfg_file = adapter_dir(bank, 2) / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["base_model_name_or_path"] = "someone/other-model"
+    cfg_file.write_text(json.dumps(cfg))
+    problems, text = problems_of(bank)
+    assert problems == [("task2", problems[0][1])]
+    assert "someone/other-model" in text and "tiny-org/tiny-base" in text and "task2" in text
+
+
+def test_rank_mismatch(bank):
+    path = adapter_dir(bank, 3) / "adapter_model.safetensors"
+    tensors = load_file(path)
+    tensors = {k: (v[:4] if ".lora_A." in k else v[:, :4]) for k, v in tensors.items()}
+    save_file(tensors, path)
+    cfg_file = adapter_dir(bank, 3) / "adapter_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["r"] = 4
+    cfg_file.write_text(json.dumps(cfg))
+    problems, text = problems_of(bank)
+    tasks = {t for t, _ in problems}
+    assert tasks == {"task3"}
+    assert "rank r: 4 differs from 8" in text
+
+
+def test_nan_weights(bank):
+    path = adapter_dir(bank, 1) / "adapter_model.safetensors"
+    tensors = load_file(path)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name][0, 0] = np.nan
+    save_file(tensors, path)
+    problems, text = problems_of(bank)
+    assert problems == [("task1", f"adapter: tensor {name} has non-finite values (NaN or inf)")]
+
+
+def test_missing_column(bank):
+    f = split_files(dataset_dir(bank, 4), "train")[0]
+    pq.write_table(pq.read_table(f).drop_columns(["output"]), f)
+    problems, text = problems_of(bank)
+    assert [t for t, _ in problems] == ["task4"]
+    assert "lacks column(s) ['output']" in text and "train" in text
+
+
+def test_empty_split(bank):
+    f = split_files(dataset_dir(bank, 2), "test")[0]
+    pq.write_table(pq.read_table(f).slice(0, 0), f)
+    problems, text = problems_of(bank)
+    assert problems == [("task2", "dataset: the 'test' split is empty")]
+
+
+def test_missing_files(bank):
+    (adapter_dir(bank, 1) / "adapter_model.safetensors").unlink()
+    for f in split_files(dataset_dir(bank, 3), "train"):
+        f.unlink()
+    problems, text = problems_of(bank)
+    assert [t for t, _ in problems] == ["task1", "task3"]
+    assert "missing file adapter_model.safetensors" in problems[0][1]
+    assert "no 'train' split" in problems[1][1]
+
+
+def test_adapter_from_another_base_model_is_caught_by_shapes(bank):
+    """Same rank and names as the rest, but shapes of a wider model: all tasks agree with each
+    other except the odd one, and the base model's config exposes the mismatch."""
+    for n in bank.task_numbers:
+        path = adapter_dir(bank, n) / "adapter_model.safetensors"
+        tensors = load_file(path)
+        save_file({k: (np.zeros((v.shape[0], 128), v.dtype) if ".lora_A." in k else v) for k, v in tensors.items()}, path)
+    problems, text = problems_of(bank)
+    assert [t for t, _ in problems] == ["task1", "task2", "task3", "task4"]
+    assert "needs [8, 64]" in text and "another base model" in text
+
+
+def test_every_problem_reported_at_once(bank):
+    (adapter_dir(bank, 1) / "adapter_config.json").unlink()
+    f = split_files(dataset_dir(bank, 4), "test")[0]
+    pq.write_table(pq.read_table(f).slice(0, 0), f)
+    problems, _ = problems_of(bank)
+    assert {t for t, _ in problems} == {"task1", "task4"}
+
+
+def test_missing_task_listed_explicitly(bank):
+    problems, text = problems_of(bank, tasks=["task1", "task9"])
+    assert problems[0][0] == "task9" and "tiny-org/task9_*" in problems[0][1]
+
+
+def test_output_column_must_be_a_list(bank):
+    f = split_files(dataset_dir(bank, 2), "train")[0]
+    t = pq.read_table(f)
+    t = t.set_column(t.schema.get_field_index("output"), "output", pa.array([x[0] for x in t.column("output").to_pylist()]))
+    pq.write_table(t, f)
+    problems, text = problems_of(bank)
+    assert problems[0][0] == "task2" and "expected a list of strings" in text

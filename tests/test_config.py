@@ -1,0 +1,72 @@
+"""Config validation: every invalid field reported at once with its path and value."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorabatch.config import load_config, parse_config
+from lorabatch.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_validate():
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert demo.bank.source == "local" and demo.bank.demo.size == "default"
+    paper = load_config(REPO / "configs" / "paper.yaml")
+    assert paper.bank.adapter_repo.format(number=1342) == "Lots-of-LoRAs/Mistral-7B-Instruct-v0.2-4b-r16-task1342"
+
+
+def test_every_problem_reported_with_path_and_value(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "run_dir: r\nseed: many\nbank:\n  source: ftp\n  base_model: m\n  tasks: [task1, banana]\n  colour: red\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    text = str(info.value)
+    assert len(info.value.problems) == 4, info.value.problems
+    assert "seed:" in text and "'many'" in text
+    assert "bank.source:" in text and "'ftp'" in text
+    assert "bank.tasks:" in text and "banana" in text
+    assert "bank.colour: unknown field" in text
+    assert str(bad) in text
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="needs bank.root"):
+        parse_config({"run_dir": "r", "bank": {"source": "local", "base_model": "m"}})
+    with pytest.raises(ConfigError, match="must contain '{number}' and no '{slug}'"):
+        parse_config({"run_dir": "r", "bank": {"source": "hub", "base_model": "m", "adapter_repo": "o/x-{slug}"}})
+    with pytest.raises(ConfigError, match="listed more than once"):
+        parse_config({"run_dir": "r", "bank": {"source": "hub", "base_model": "m", "tasks": ["task1", "task1_a"]}})
+
+
+def test_overrides_and_missing_file(tmp_path):
+    cfg = load_config(REPO / "configs" / "demo.yaml", {"run_dir": str(tmp_path / "x"), "bank.tasks": ["task3"]})
+    assert cfg.run_dir == tmp_path / "x" and cfg.bank.tasks == ["task3"]
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_import_and_help_stay_light():
+    """`import lorabatch.cli` must not pull in torch, transformers, vllm or ray."""
+    code = (
+        "import sys, lorabatch, lorabatch.cli, lorabatch.config\n"
+        "heavy = [m for m in ('torch', 'transformers', 'vllm', 'ray', 'peft') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    help_out = subprocess.run([sys.executable, "-m", "lorabatch.cli", "--help"], capture_output=True, text=True)
+    assert help_out.returncode == 0 and "bank" in help_out.stdout
+
+
+def test_cli_reports_config_errors_and_exit_code(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: r\nbank: {source: local, base_model: m}\n")
+    out = subprocess.run([sys.executable, "-m", "lorabatch.cli", "bank", "manifest", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "needs bank.root" in out.stderr
