@@ -43,6 +43,16 @@ def dataset_content_hash(dataset_dir: str | Path) -> str:
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes.
+
+    A file in the Hugging Face cache is a link to `blobs/<sha256>` for large (LFS) files: that
+    name is the hash already, so a 502-adapter bank is not read twice just to be hashed.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent.name == "blobs" and len(target.name) == 64 and all(c in "0123456789abcdef" for c in target.name):
+            return target.name
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
