@@ -1,0 +1,45 @@
+"""Ray job entrypoint of the sweep.
+
+    ray job submit --working-dir . -- python jobs/sweep.py --config configs/paper.yaml \
+        --run-dir /mnt/shared/runs/paper
+
+Inside a Ray job, RAY_ADDRESS is set by the job server, so the sweep attaches to the cluster
+instead of starting Ray in-process. The run directory must be on storage that every node sees
+(adapters are read by the GPU workers through their absolute paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run config (YAML)")
+    parser.add_argument("--run-dir", help="override the config's run_dir (shared storage on a cluster)")
+    args = parser.parse_args(argv)
+
+    from lorabatch.config import load_config
+    from lorabatch.errors import LorabatchError
+    from lorabatch.sweep.run import run_sweep
+
+    overrides = {}
+    if args.run_dir:
+        overrides["run_dir"] = args.run_dir
+    if os.environ.get("RAY_ADDRESS"):
+        overrides["ray.address"] = "auto"
+    try:
+        run_sweep(load_config(args.config, overrides))
+    except LorabatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

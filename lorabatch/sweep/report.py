@@ -1,0 +1,172 @@
+"""`RUN/report/index.html`: one self-contained page (inline PNGs, no network) refreshed as stages
+finish — the results table in the paper's shape, coefficient heatmaps per setting (as the paper's
+Figure 1), per-task improvement over base, and distance-matrix heatmaps.
+
+Reads only Parquet outputs of the stages; any part whose inputs do not exist yet is shown as
+pending, so the report can be written after every stage.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lorabatch.atomic import write_text
+
+SUMMARY_COLUMNS = [
+    ("setting", "setting", "{}"),
+    ("rouge_l", "Rouge-L", "{:.3f}"),
+    ("improvement", "Δ vs base", "{:+.3f}"),
+    ("improvement_rel", "Δ% vs base", "{:+.1%}"),
+    ("share_improved", "tasks improved", "{:.0%}"),
+    ("gap_closed", "base→oracle gap closed", "{:.0%}"),
+    ("exact_match", "exact match", "{:.3f}"),
+    ("n_tasks", "tasks", "{}"),
+    ("n_examples", "examples", "{}"),
+    ("n_errors", "errors", "{}"),
+]
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _heatmap(matrix, labels, title: str, cmap: str, cbar: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    size = min(9.0, 2.5 + 0.18 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(matrix, cmap=cmap, interpolation="nearest")
+    if n <= 40:
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(n), labels, fontsize=6)
+    ax.set_xlabel("source task j")
+    ax.set_ylabel("target task i")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=cbar)
+    return _png(fig)
+
+
+def _square(table, value: str):
+    """Dense matrix of a (target, source, value) table, rows/cols in sorted task order."""
+    import numpy as np
+
+    targets = table.column("target").to_pylist()
+    sources = table.column("source").to_pylist()
+    labels = sorted(set(targets) | set(sources), key=_task_order)
+    index = {t: k for k, t in enumerate(labels)}
+    m = np.full((len(labels), len(labels)), np.nan)
+    for t, s, v in zip(targets, sources, table.column(value).to_pylist()):
+        m[index[t], index[s]] = v
+    return m, labels
+
+
+def _task_order(task: str):
+    digits = "".join(ch for ch in task if ch.isdigit())
+    return (int(digits) if digits else 0, task)
+
+
+def _summary_table(run_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    path = run_dir / "scores" / "summary.parquet"
+    if not path.is_file():
+        return "<p class='pending'>Scores pending.</p>"
+    rows = pq.read_table(path).to_pylist()
+    cols = [c for c in SUMMARY_COLUMNS if rows and c[0] in rows[0]]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            cells.append("<td>–</td>" if v is None or v != v else f"<td>{html.escape(fmt.format(v))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _improvement_plot(run_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    path = run_dir / "scores" / "tasks.parquet"
+    if not path.is_file():
+        return "<p class='pending'>Per-task scores pending.</p>"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = pq.read_table(path, columns=["task_id", "setting", "rouge_l"]).to_pylist()
+    base = {r["task_id"]: r["rouge_l"] for r in rows if r["setting"] == "base"}
+    settings = sorted({r["setting"] for r in rows} - {"base"})
+    if not base or not settings:
+        return "<p class='pending'>Per-task improvements need base and at least one other setting.</p>"
+    fig, ax = plt.subplots(figsize=(10, 4))
+    data = [[r["rouge_l"] - base[r["task_id"]] for r in rows if r["setting"] == s and r["task_id"] in base] for s in settings]
+    ax.boxplot(data, tick_labels=settings, showmeans=True)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_ylabel("Rouge-L − base (per task)")
+    ax.tick_params(axis="x", rotation=60, labelsize=7)
+    ax.set_title("Per-task improvement over the base model", fontsize=10)
+    return f"<img alt='per-task improvement' src='{_png(fig)}'>"
+
+
+def _matrix_section(run_dir: Path, folder: str, value: str, cmap: str, what: str) -> str:
+    import pyarrow.parquet as pq
+
+    files = sorted((run_dir / folder).rglob("*.parquet"))
+    if not files:
+        return f"<p class='pending'>{what.capitalize()} pending.</p>"
+    out = []
+    for f in files:
+        name = str(f.relative_to(run_dir / folder).with_suffix(""))
+        table = pq.read_table(f, columns=["target", "source", value])
+        matrix, labels = _square(table, value)
+        out.append(
+            f"<figure><img alt='{html.escape(what)} {html.escape(name)}' "
+            f"src='{_heatmap(matrix, labels, name, cmap, value)}'><figcaption>{html.escape(name)}</figcaption></figure>"
+        )
+    return "<div class='grid'>" + "".join(out) + "</div>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f2f2f2}td:first-child{text-align:left;font-weight:600}
+.grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}
+.pending{color:#888;font-style:italic}.meta{color:#666;font-size:90%}
+"""
+
+
+def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
+    """Render the report from whatever the run directory holds now; returns its path."""
+    run_dir = Path(run_dir)
+    stage_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(m.get('finished_at', ''))}</td><td>{m.get('seconds', '')}</td></tr>"
+        for name, m in (stages or {}).items()
+    )
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>lorabatch report — {html.escape(run_dir.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>lorabatch report</h1>
+<p class='meta'>run directory {html.escape(str(run_dir.resolve()))} · written {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>
+<h2>Results (Rouge-L, test splits)</h2>{_summary_table(run_dir)}
+<h2>Per-task improvement over base</h2>{_improvement_plot(run_dir)}
+<h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(run_dir, 'coefficients', 'c', 'viridis', 'coefficient heatmaps')}
+<h2>Distances</h2>{_matrix_section(run_dir, 'distances', 'd', 'magma_r', 'distance heatmaps')}
+<h2>Stages</h2><table><thead><tr><th>stage</th><th>finished</th><th>seconds</th></tr></thead><tbody>{stage_rows}</tbody></table>
+</body></html>"""
+    target = run_dir / "report" / "index.html"
+    write_text(target, page)
+    return target
