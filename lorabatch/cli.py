@@ -62,6 +62,70 @@ def sweep(
     run_sweep(load_config(config, _overrides(run_dir=run_dir, address=address)))
 
 
+@app.command("synthesize")
+def synthesize(
+    config: Path = typer.Argument(..., help="Run config (YAML); its `synthesis` section applies."),
+    metric: Optional[list[str]] = typer.Option(None, help="Metric(s) to use (default: every RUN/distances/<metric>.parquet)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    coefficients_only: bool = typer.Option(False, help="Write the coefficients (and neural model), no adapters."),
+):
+    """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
+    from lorabatch.config import load_config
+    from lorabatch.synthesis.batch import ensure_ray
+    from lorabatch.synthesis.stage import SynthesisError, compute_coefficients, synthesize_setting
+
+    cfg = load_config(config, _overrides(run_dir=run_dir, address=address))
+    metrics = metric or sorted(p.stem for p in (cfg.run_dir / "distances").glob("*.parquet"))
+    if not metrics:
+        raise SynthesisError(f"no distances in {cfg.run_dir / 'distances'}: compute them first")
+    syn = cfg.synthesis
+    if syn.executor == "ray" and not (syn.jit or coefficients_only):
+        ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    for m in metrics:
+        compute_coefficients(cfg.run_dir, m, syn, seed=cfg.seed)
+        for model in syn.models:
+            if not (syn.jit or coefficients_only):
+                paths = synthesize_setting(cfg.run_dir, m, model, syn)
+                typer.echo(f"{m}-{model}: {len(paths)} adapters in {paths[0].parent}")
+    typer.echo(f"coefficients in {cfg.run_dir / 'coefficients'}")
+
+
+@app.command("predict")
+def predict(
+    bank: Path = typer.Option(..., help="A prepared bank: run directory with manifest, features (and distances)."),
+    data: Path = typer.Option(..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."),
+    out: Path = typer.Option(..., help="Directory to write the adapter into (PEFT format)."),
+    metric: str = typer.Option("JS", help="Distance: KL, JS, WD or MMD (or any metric the bank has)."),
+    model: str = typer.Option("normalized", help="Coefficient model: attentional, normalized or neural."),
+    mixing: str = typer.Option("paper", help="'paper' (A and B averaged separately) or 'exact' (Σ c·B·A re-factored)."),
+    temperature: float = typer.Option(1.0, help="Softmin temperature."),
+    top_k: Optional[int] = typer.Option(None, help="Keep only the k largest coefficients."),
+    exact_rank: Optional[int] = typer.Option(None, help="Rank of an exact-mixing adapter (default: the bank's)."),
+    seed: int = typer.Option(0, help="Seed of random choices in the features (MMD samples)."),
+    top: int = typer.Option(10, help="How many top contributing bank tasks to print."),
+):
+    """Build an adapter for a new dataset from a bank, without training; prints the top contributors."""
+    from pydantic import ValidationError
+
+    from lorabatch.config import format_validation_error
+    from lorabatch.errors import ConfigError
+    from lorabatch.synthesis.config import SynthesisConfig
+    from lorabatch.synthesis.predict import predict_adapter
+
+    try:
+        syn = SynthesisConfig(mixing=mixing, temperature=temperature, top_k=top_k, exact_rank=exact_rank)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), "command-line flags") from None
+    result = predict_adapter(bank, data, out, metric=metric, model=model, config=syn, seed=seed, top=top)
+    if result.ignored_columns:
+        typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")
+    typer.echo(f"top contributing bank tasks ({metric}-{model}):")
+    for task, weight in result.top:
+        typer.echo(f"  {task:<40} {weight:.4f}")
+    typer.echo(f"adapter written to {result.adapter_dir}")
+
+
 def _overrides(**flags) -> dict:
     """CLI flags that map onto config fields (flag name -> dotted config path)."""
     paths = {"run_dir": "run_dir", "address": "ray.address"}

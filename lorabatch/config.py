@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 from lorabatch.bank.config import BankConfig
 from lorabatch.errors import ConfigError
 from lorabatch.strict import StrictModel
+from lorabatch.synthesis.config import SynthesisConfig
 
 
 class RayConfig(StrictModel):
@@ -33,6 +34,9 @@ class LorabatchConfig(StrictModel):
     seed: int = Field(0, description="Seed for every random choice (MMD samples, neural split, ...).")
     bank: BankConfig
     ray: RayConfig = Field(default_factory=RayConfig)
+    synthesis: SynthesisConfig = Field(
+        default_factory=SynthesisConfig, description="Coefficient models, mixing and adapter synthesis."
+    )
 
 
 def format_validation_error(err: ValidationError) -> list[str]:

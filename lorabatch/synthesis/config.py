@@ -1,0 +1,128 @@
+"""Config of the synthesis stage: coefficient models, mixing, the adapter writer, batch synthesis.
+
+The defaults are paper mode: attentional / normalized / neural coefficients at temperature 1 with
+no sparsification, the neural MLP 1→4000→4000→1 trained 40 full-batch epochs with Adam (lr 1e-3) on
+a seeded 80 % task split, and `paper` mixing (every lora_A / lora_B tensor averaged separately).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lorabatch.strict import StrictModel
+
+COEFFICIENT_MODELS = ("attentional", "normalized", "neural")
+
+# Ranks vLLM accepts for `max_lora_rank`; every adapter we write has one of them.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class NeuralConfig(StrictModel):
+    """The neural coefficient model: a scalar MLP on row-standardised distances."""
+
+    hidden: int = Field(4000, ge=1, description="Width of both hidden layers (the paper uses 4000).")
+    epochs: int = Field(40, ge=1, description="Full-batch Adam epochs (the paper uses 40).")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate (the paper uses 1e-3).")
+    train_fraction: float = Field(
+        0.8, gt=0, le=1, description="Fraction of tasks in the seeded training split (the paper uses 0.8)."
+    )
+    seed: int | None = Field(
+        None, description="Seed of the task split and of the MLP initialisation (None: the run's seed)."
+    )
+    gram: bool = Field(
+        True,
+        description="Compute the reconstruction loss through G = ΘΘᵀ: ‖(C−I)Θ‖² = tr((C−I)G(C−I)ᵀ), "
+        "identical value, per-epoch cost independent of the adapter size. False: the explicit C·Θ.",
+    )
+    eval_chunk: int = Field(
+        0,
+        ge=0,
+        description="Apply the MLP to this many scalars at a time with activation checkpointing "
+        "(bounds memory at the paper's width); 0 applies it to all N² scalars at once.",
+    )
+    device: str = Field("cpu", description="torch device for training ('cpu', 'cuda').")
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value):
+        if value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
+        return value
+
+
+class SynthesisConfig(StrictModel):
+    models: list[Literal["attentional", "normalized", "neural"]] = Field(
+        default_factory=lambda: list(COEFFICIENT_MODELS),
+        description="Coefficient models to compute for every metric (settings are <metric>-<model>).",
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="Softmin temperature T: c ∝ exp(−s/T). The paper uses 1."
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="Keep only the k largest coefficients of each row and renormalise (None: all).",
+    )
+    mixing: Literal["paper", "exact"] = Field(
+        "paper",
+        description="'paper': θ = Σ c_j θ_j over every tensor (A and B averaged separately); "
+        "'exact': ΔW = Σ c_j B_j A_j per module, re-factored to rank `exact_rank` by truncated SVD "
+        "(or concatenated when few coefficients are non-zero).",
+    )
+    exact_rank: int | None = Field(
+        None, description="Rank of exact-mixing SVD adapters (None: the bank's rank). One of vLLM's ranks."
+    )
+    cat_max_rank: int = Field(
+        64,
+        ge=0,
+        description="Exact mixing concatenates the factors (zero error) when (non-zero coefficients × "
+        "bank rank), rounded up to a vLLM rank, is at most this; 0 always uses the SVD.",
+    )
+    output_dtype: Literal["bank", "float32", "bfloat16", "float16"] = Field(
+        "bank", description="dtype of the written tensors ('bank': that of the bank's adapters)."
+    )
+    neural: NeuralConfig = Field(default_factory=NeuralConfig, description="The neural model's training.")
+    chunk_size: int = Field(
+        1 << 16,
+        ge=1024,
+        description="Batch synthesis streams the bank in parameter chunks of this many elements; "
+        "memory per chunk ≈ 2 × N × chunk_size × 4 bytes.",
+    )
+    executor: Literal["ray", "local"] = Field(
+        "ray", description="Batch synthesis runs chunks as Ray CPU tasks ('ray') or in this process ('local')."
+    )
+    jit: bool = Field(
+        False,
+        description="Synthesize a (setting, task) adapter only when generation needs it, instead of "
+        "all leave-one-out adapters up front.",
+    )
+    jit_delete: bool = Field(
+        True, description="With `jit`: delete an adapter once its generations are written."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _models_unique(cls, models):
+        if not models:
+            raise ValueError("at least one coefficient model is needed, got []")
+        dupes = sorted({m for m in models if models.count(m) > 1})
+        if dupes:
+            raise ValueError(f"models listed more than once: {dupes}")
+        return models
+
+    @field_validator("exact_rank")
+    @classmethod
+    def _rank_allowed(cls, value):
+        if value is not None and value not in VLLM_LORA_RANKS:
+            raise ValueError(f"exact_rank must be one of vLLM's ranks {list(VLLM_LORA_RANKS)}, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _cat_rank_allowed(self):
+        if self.cat_max_rank and self.cat_max_rank not in VLLM_LORA_RANKS:
+            raise ValueError(
+                f"cat_max_rank must be 0 or one of vLLM's ranks {list(VLLM_LORA_RANKS)}, got {self.cat_max_rank}"
+            )
+        return self

@@ -1,0 +1,170 @@
+"""`lorabatch predict`: input checks before any work, the adapter it writes, nothing left on failure.
+
+The features and distances stages are replaced by a fixed distance row here (their own tests
+cover them); everything after the distances is the real code.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from lorabatch.errors import DatasetError
+from lorabatch.synthesis import predict as predict_mod
+from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
+from lorabatch.synthesis.predict import predict_adapter, read_user_dataset
+from lorabatch.synthesis.stage import SynthesisError
+
+from .conftest import load_tensors
+
+QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
+
+
+@pytest.fixture()
+def bank(fresh_run, monkeypatch):
+    (fresh_run.run_dir / "features").mkdir()
+    (fresh_run.run_dir / "features" / "task1.npy").write_bytes(b"")
+    calls = []
+
+    def fake_query(bank_run, dataset, metric, base_model_path, seed, progress):
+        calls.append((metric, dataset.num_rows))
+        return list(fresh_run.task_ids), QUERY_D
+
+    monkeypatch.setattr(predict_mod, "query_bank_distances", fake_query)
+    fresh_run.calls = calls
+    return fresh_run
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ROWS = [{"input": "red cat", "output": ["blue"]}, {"input": "one two", "output": "three"}]
+
+
+def test_reads_jsonl_csv_parquet_and_dataset_dirs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lorabatch.bank.datasets import write_split
+
+    t1 = read_user_dataset(write_jsonl(tmp_path / "a.jsonl", ROWS))
+    (tmp_path / "b.csv").write_text("input,output,extra\nred cat,blue,x\none two,three,y\n")
+    t2 = read_user_dataset(tmp_path / "b.csv")
+    pq.write_table(pa.table({"input": ["red cat", "one two"], "output": [["blue"], ["three"]]}), tmp_path / "c.parquet")
+    t3 = read_user_dataset(tmp_path / "c.parquet")
+    write_split(tmp_path / "d", "train", [{"input": "red cat", "output": ["blue"], "id": "x"}, {"input": "one two", "output": ["three"], "id": "y"}])
+    t4 = read_user_dataset(tmp_path / "d")
+    for t in (t1, t2, t3, t4):
+        assert t.column("input").to_pylist() == ["red cat", "one two"]
+        assert t.column("output").to_pylist() == [["blue"], ["three"]]
+    assert json.loads(t2.schema.metadata[b"lorabatch.ignored_columns"]) == ["extra"]
+
+
+def test_predict_writes_the_expected_adapter(bank, tmp_path):
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    out = tmp_path / "adapter"
+    result = predict_adapter(bank.run_dir, data, out, metric="JS", model="normalized", progress=False)
+    c = normalized_coefficients(QUERY_D[None, :], exclude_self=False)[0]
+    assert np.abs(result.coefficients - c).max() <= 1e-12 and (c > 0).all()
+    assert result.top[0] == ("task2", pytest.approx(c[1]))  # the nearest bank task leads
+    banks = [load_tensors(d) for d in bank.adapter_dirs]
+    got = load_tensors(out)
+    for k in banks[0]:
+        assert np.abs(got[k] - sum(c[j] * banks[j][k] for j in range(5))).max() <= 1e-6
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["setting"] == "JS-normalized" and prov["query"]["n_examples"] == 2
+    assert bank.calls == [("JS", 2)]
+
+
+def test_cli_prints_top_contributors(bank, tmp_path):
+    from typer.testing import CliRunner
+
+    from lorabatch.cli import app
+
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    res = CliRunner().invoke(
+        app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "o"),
+              "--model", "attentional", "--top-k", "2", "--top", "3"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    c = attentional_coefficients(QUERY_D[None, :], exclude_self=False, top_k=2)[0]
+    lines = [ln.split() for ln in res.output.splitlines() if ln.startswith("  task")]
+    assert [(t, float(w)) for t, w in lines] == [("task2", pytest.approx(c[1], abs=1e-4)), ("task4", pytest.approx(c[3], abs=1e-4))]
+    assert "adapter written to" in res.output
+
+
+def assert_nothing_written(tmp_path):
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_unknown_columns_are_named(bank, tmp_path):
+    (tmp_path / "my.csv").write_text("prompt,completion\nhi,there\n")
+    with pytest.raises(DatasetError, match=r"missing column\(s\) \['input', 'output'\].*unknown: \['prompt', 'completion'\]"):
+        predict_adapter(bank.run_dir, tmp_path / "my.csv", tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+    assert bank.calls == []  # refused before any feature work
+
+
+@pytest.mark.parametrize("content, message", [("", "the file is empty"), ("input,output\n", "has no rows")])
+def test_empty_file_is_refused(bank, tmp_path, content, message):
+    (tmp_path / "my.csv").write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        predict_adapter(bank.run_dir, tmp_path / "my.csv", tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_bank_without_features_is_refused(fresh_run, tmp_path):
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    with pytest.raises(SynthesisError, match="has no cached features"):
+        predict_adapter(fresh_run.run_dir, data, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_neural_without_trained_model_is_refused(bank, tmp_path):
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    with pytest.raises(SynthesisError, match="no trained neural model for JS"):
+        predict_adapter(bank.run_dir, data, tmp_path / "out", model="neural", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_dataset_with_another_tokenizer_is_refused(bank, tmp_path):
+    from lorabatch.bank.datasets import write_split
+
+    data = tmp_path / "mydata"
+    write_split(data, "train", [{"input": "red cat", "output": ["blue"], "id": "1"}])
+    (data / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": {"a": 0}}}')
+    with pytest.raises(SynthesisError, match="differs from the bank's base model tokenizer"):
+        predict_adapter(bank.run_dir, data, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_bank_features_from_another_tokenizer_are_refused(bank, tmp_path):
+    (bank.run_dir / "features" / "features.json").write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    with pytest.raises(SynthesisError, match="another tokenizer"):
+        predict_adapter(bank.run_dir, data, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_failure_during_synthesis_leaves_no_directory(bank, tmp_path, monkeypatch):
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("lorabatch.synthesis.writer.finish_adapter_dir", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        predict_adapter(bank.run_dir, data, tmp_path / "out", progress=False)
+    assert_nothing_written(tmp_path)
+
+
+def test_refuses_to_replace_a_foreign_directory(bank, tmp_path):
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("keep me")
+    with pytest.raises(SynthesisError, match="refusing to replace"):
+        predict_adapter(bank.run_dir, data, tmp_path / "home", progress=False)
+    assert (tmp_path / "home" / "notes.txt").read_text() == "keep me"
