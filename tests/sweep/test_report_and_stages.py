@@ -1,0 +1,53 @@
+"""Stage markers decide what reruns; the report renders whatever the run directory holds."""
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lorabatch.sweep.report import write_report
+from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
+
+
+def test_marker_matches_only_its_key(tmp_path):
+    key = content_key({"metric": "JS"}, [1, 2])
+    assert key == content_key({"metric": "JS"}, [1, 2])
+    assert key != content_key({"metric": "KL"}, [1, 2])
+    assert not is_done(tmp_path, "distances", key)
+    mark_done(tmp_path, "distances", key, time.time(), {"metrics": ["JS"]})
+    assert is_done(tmp_path, "distances", key)
+    assert not is_done(tmp_path, "distances", content_key("other"))
+    assert all_markers(tmp_path)["distances"]["info"] == {"metrics": ["JS"]}
+
+
+def _square_table(tasks, values, name):
+    rows = [{"target": t, "source": s, name: float(values[i, j])} for i, t in enumerate(tasks) for j, s in enumerate(tasks)]
+    return pa.Table.from_pylist(rows)
+
+
+def test_report_shows_pending_then_results(tmp_path):
+    page = write_report(tmp_path).read_text()
+    assert "Scores pending" in page and "<img" not in page
+
+    tasks = ["task1", "task2", "task3"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "distances").mkdir()
+    pq.write_table(_square_table(tasks, rng.random((3, 3)), "d"), tmp_path / "distances" / "JS.parquet")
+    (tmp_path / "coefficients" / "JS").mkdir(parents=True)
+    pq.write_table(_square_table(tasks, rng.random((3, 3)), "c"), tmp_path / "coefficients" / "JS" / "normalized.parquet")
+    (tmp_path / "scores").mkdir()
+    summary = [
+        {"setting": "base", "rouge_l": 0.2, "improvement": 0.0, "n_tasks": 3},
+        {"setting": "JS-normalized", "rouge_l": 0.45, "improvement": 0.25, "n_tasks": 3},
+        {"setting": "oracle", "rouge_l": 0.7, "improvement": 0.5, "n_tasks": 3},
+    ]
+    pq.write_table(pa.Table.from_pylist(summary), tmp_path / "scores" / "summary.parquet")
+    per_task = [{"task_id": t, "setting": s, "rouge_l": v} for t in tasks for s, v in (("base", 0.2), ("JS-normalized", 0.4), ("oracle", 0.7))]
+    pq.write_table(pa.Table.from_pylist(per_task), tmp_path / "scores" / "tasks.parquet")
+
+    page = write_report(tmp_path, {"bank": {"finished_at": "now", "seconds": 1.0}}).read_text()
+    assert "<table id='results'>" in page
+    assert "<td>JS-normalized</td><td>0.450</td><td>+0.250</td>" in page
+    assert page.count("data:image/png;base64,") == 3  # improvement box plot + 1 coefficient + 1 distance heatmap
+    assert "Scores pending" not in page and "http" not in page.split("</style>")[1]
