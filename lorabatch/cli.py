@@ -126,6 +126,16 @@ def predict(
     typer.echo(f"adapter written to {result.adapter_dir}")
 
 
+@app.command("status")
+def status(run_dir: Path = typer.Argument(..., help="A run directory.")):
+    """Per stage and per setting: what is done, pending or failed."""
+    from lorabatch.sweep.status import status_lines
+
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a directory")
+    typer.echo("\n".join(status_lines(run_dir)))
+
+
 def _overrides(**flags) -> dict:
     """CLI flags that map onto config fields (flag name -> dotted config path)."""
     paths = {"run_dir": "run_dir", "address": "ray.address"}

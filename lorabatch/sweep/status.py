@@ -1,0 +1,60 @@
+"""`lorabatch status RUN`: per stage and per setting, what is done, pending or failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorabatch.sweep.stages import all_markers
+
+STAGES = ("bank", "features", "distances", "coefficients", "generation", "scoring", "report")
+
+
+def generation_counts(run_dir: Path) -> dict[str, dict[str, int]]:
+    """{setting: {"done": n, "failed": n}} from RUN/generations/*.parquet (rows with an error
+    are failed; each (task, setting, example) counts once)."""
+    import pyarrow.parquet as pq
+
+    counts: dict[str, dict[str, int]] = {}
+    seen = set()
+    for f in sorted((run_dir / "generations").glob("**/*.parquet")):
+        try:
+            table = pq.read_table(f, columns=["task_id", "setting", "example_id", "error"])
+        except Exception:
+            continue
+        for task, setting, ex, err in zip(*(table.column(c).to_pylist() for c in ("task_id", "setting", "example_id", "error"))):
+            if (task, setting, ex) in seen:
+                continue
+            seen.add((task, setting, ex))
+            c = counts.setdefault(setting, {"done": 0, "failed": 0})
+            c["failed" if err else "done"] += 1
+    return counts
+
+
+def planned_counts(run_dir: Path) -> dict[str, int]:
+    """{setting: planned rows} from RUN/generations/plan.json if the sweep wrote one."""
+    import json
+
+    path = run_dir / "generations" / "plan.json"
+    if not path.is_file():
+        return {}
+    return {k: int(v) for k, v in json.loads(path.read_text()).get("rows_per_setting", {}).items()}
+
+
+def status_lines(run_dir: str | Path) -> list[str]:
+    run_dir = Path(run_dir)
+    markers = all_markers(run_dir)
+    lines = [f"run {run_dir}", "", f"{'stage':<14} {'state':<8} finished"]
+    for stage in STAGES:
+        m = markers.get(stage)
+        lines.append(f"{stage:<14} {'done' if m else 'pending':<8} {m['finished_at'] if m else ''}")
+    planned = planned_counts(run_dir)
+    done = generation_counts(run_dir)
+    settings = sorted(set(planned) | set(done), key=lambda s: (s not in ("base", "oracle"), s))
+    if settings:
+        lines += ["", f"{'setting':<22} {'done':>7} {'failed':>7} {'pending':>8} {'planned':>8}"]
+        for s in settings:
+            d = done.get(s, {"done": 0, "failed": 0})
+            p = planned.get(s)
+            pending = "?" if p is None else str(max(0, p - d["done"] - d["failed"]))
+            lines.append(f"{s:<22} {d['done']:>7} {d['failed']:>7} {pending:>8} {p if p is not None else '?':>8}")
+    return lines
