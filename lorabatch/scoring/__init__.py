@@ -1,0 +1,1 @@
+"""Scoring: Rouge-L (rouge-score, stemmed) and exact match, aggregated per task and setting."""
