@@ -13,6 +13,8 @@ The same pass computes the bank's Gram matrix G = Θ Θᵀ (`bank_gram`) for the
 
 from __future__ import annotations
 
+from lorabatch.raysession import ensure_ray  # noqa: F401  (re-exported for callers)
+
 import contextlib
 import os
 from pathlib import Path
@@ -78,14 +80,6 @@ def _run_chunks(layout, coefficients, chunks, out_paths, out_dtype, executor, pr
                 ray.cancel(ref, force=True)
             raise
     bar.close()
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start Ray in-process unless it is running (or `address` / RAY_ADDRESS names a cluster)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def synthesize_batch(

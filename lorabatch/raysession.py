@@ -1,0 +1,22 @@
+"""One way to get a Ray connection: attach to a cluster, or start Ray in this process."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Connect to `address` (or RAY_ADDRESS) if given, else start a local Ray instance.
+
+    Does nothing when Ray is already initialised in this process. `num_cpus` only applies to a
+    local instance; a cluster's resources are its own.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
