@@ -91,6 +91,46 @@ def synthesize(
     typer.echo(f"coefficients in {cfg.run_dir / 'coefficients'}")
 
 
+@app.command("distances")
+def distances(
+    config: Path = typer.Argument(..., help="Run config (YAML); its `features` and `distances` sections apply."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metric(s) to compute (default: distances.metrics)."),
+    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    local: bool = typer.Option(False, help="Compute features and blocks in this process, without Ray."),
+):
+    """Features of every bank dataset (cached), then the bank's distance matrices (incremental)."""
+    from pydantic import ValidationError
+
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.config import format_validation_error, load_config
+    from lorabatch.distances import DistancesConfig
+    from lorabatch.distances.matrix import compute_distances
+    from lorabatch.errors import ConfigError
+    from lorabatch.features import compute_bank_features
+
+    cfg = load_config(config, _overrides(run_dir=run_dir, address=address))
+    try:
+        dist = DistancesConfig(**{**cfg.distances.model_dump(), **({"metrics": metrics} if metrics else {})})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), "--metrics") from None
+    feats = cfg.features
+    if local:
+        dist, feats = dist.model_copy(update={"executor": "local"}), feats.model_copy(update={"executor": "local"})
+    if any(get_metric_representation(m) == "embeddings" for m in dist.metrics):
+        feats = feats.model_copy(update={"embedding": feats.embedding.model_copy(update={"enabled": True})})
+    features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    typer.echo(f"features of {len(features)} datasets in {cfg.run_dir / 'features'}")
+    compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    typer.echo(f"distances {', '.join(dist.metrics)} in {cfg.run_dir / 'distances'}")
+
+
+def get_metric_representation(name: str) -> str:
+    from lorabatch.distances.registry import metric_class
+
+    return metric_class(name).representation
+
+
 @app.command("predict")
 def predict(
     bank: Path = typer.Option(..., help="A prepared bank: run directory with manifest, features (and distances)."),

@@ -13,7 +13,9 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from lorabatch.bank.config import BankConfig
+from lorabatch.distances.config import DistancesConfig
 from lorabatch.errors import ConfigError
+from lorabatch.features.config import FeaturesConfig
 from lorabatch.strict import StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
 
@@ -34,6 +36,12 @@ class LorabatchConfig(StrictModel):
     seed: int = Field(0, description="Seed for every random choice (MMD samples, neural split, ...).")
     bank: BankConfig
     ray: RayConfig = Field(default_factory=RayConfig)
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig, description="Token histograms, MMD samples and embeddings per dataset."
+    )
+    distances: DistancesConfig = Field(
+        default_factory=DistancesConfig, description="Metrics between the bank's datasets and how to compute them."
+    )
     synthesis: SynthesisConfig = Field(
         default_factory=SynthesisConfig, description="Coefficient models, mixing and adapter synthesis."
     )

@@ -1,0 +1,47 @@
+"""Distances between the bank's datasets: the paper's KL, JS, WD and MMD on token features, and
+OT / RBF-MMD on embeddings; whole matrices in blocks on Ray Data, query rows, incremental banks.
+
+Importing this package is cheap; numpy, scipy, POT and ray load on first use.
+"""
+
+from __future__ import annotations
+
+from lorabatch.distances.config import DistancesConfig
+from lorabatch.distances.registry import (
+    PAPER_METRICS,
+    DistancesError,
+    UnknownMetricError,
+    get_metric,
+    register_metric,
+    registered_metrics,
+)
+
+__all__ = [
+    "PAPER_METRICS",
+    "DistancesConfig",
+    "DistancesError",
+    "UnknownMetricError",
+    "compute_distance_matrix",
+    "compute_distances",
+    "distance_path",
+    "get_metric",
+    "load_distance_matrix",
+    "pairwise_distances",
+    "query_distances",
+    "register_metric",
+    "registered_metrics",
+]
+
+_LAZY = {
+    name: "lorabatch.distances.matrix"
+    for name in ("compute_distance_matrix", "compute_distances", "distance_path", "load_distance_matrix",
+                 "pairwise_distances", "query_distances")  # fmt: skip
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lorabatch.distances' has no attribute {name!r}")

@@ -1,0 +1,329 @@
+"""Whole distance matrices in blocks (Ray Data tasks or in-process), query rows, incremental
+updates, and the on-disk contract.
+
+RUN/distances/<metric>.parquet — one row per ordered pair (diagonal included):
+    target str (task i) · source str (task j) · d float64 = d(D_i target, D_j source)
+Parquet schema metadata `lorabatch.distances` (JSON): metric, version (of the metric's
+definition), definition, symmetric, params (config values the values depend on), tasks (order),
+identities (per task: sha256 of the features the metric read), tokenizer_sha256.
+The diagonal is stored as computed: 0 for every registered metric (identical inputs give exactly
+0); the coefficient stage sets self-distances to +inf itself.
+
+Blocks: the target × source index grid is cut into `block_size` squares; a symmetric metric
+computes only blocks on or above the diagonal and mirrors them (each unordered pair takes the
+value computed with the lower index as target). Ray Data stage: in `block` int64 (index into
+the block list), out `i` int32 · `j` int32 · `d` float64 (one row per pair of the block).
+Incremental: tasks whose (task id, feature identity) match the stored matrix keep their
+pairs; only pairs involving new or changed tasks are computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lorabatch.distances.config import DistancesConfig
+from lorabatch.distances.metric import take
+from lorabatch.distances.registry import DistancesError, get_metric
+
+META_KEY = b"lorabatch.distances"
+
+
+def distance_path(run_dir, metric: str) -> Path:
+    return Path(run_dir) / "distances" / f"{metric}.parquet"
+
+
+def block_grid(rows: np.ndarray, cols: np.ndarray, block_size: int, upper_only: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, column indices) per block; `upper_only` keeps blocks that hold a pair i <= j."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    blocks = []
+    for r0 in range(0, len(rows), block_size):
+        r = rows[r0 : r0 + block_size]
+        for c0 in range(0, len(cols), block_size):
+            c = cols[c0 : c0 + block_size]
+            if upper_only and r.min() > c.max():
+                continue
+            blocks.append((r, c))
+    return blocks
+
+
+def block_task(batch: dict, metric: str, config: dict, refs: list) -> dict:
+    """Ray Data UDF: the pairs of the blocks named in `batch`, from a state in the object store
+    (numpy arrays come back zero-copy, so a task costs no copy of the bank's features)."""
+    import ray
+
+    m = get_metric(metric, DistancesConfig.model_validate(config))
+    state, blocks = ray.get(refs[0]), ray.get(refs[1])
+    parts = [_run_block(m, state, *blocks[int(b)]) for b in batch["block"]]
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("i", "j", "d")}
+
+
+def _run_block(metric, state, rows, cols) -> dict:
+    d = metric.block(take(state, rows), take(state, cols))
+    i, j = np.meshgrid(rows, cols, indexing="ij")
+    return {"i": i.ravel().astype(np.int32), "j": j.ravel().astype(np.int32), "d": np.asarray(d, np.float64).ravel()}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def use_ray(config: DistancesConfig, estimate_s: float) -> bool:
+    return config.executor == "ray" or (config.executor == "auto" and estimate_s >= config.ray_min_work_s)
+
+
+def compute_blocks(metric, state: dict, blocks, config: DistancesConfig, out: np.ndarray, *, estimate_s: float = 0.0,
+                   progress: bool = False, address: str | None = None, num_cpus: int | None = None) -> None:  # fmt: skip
+    """Fill out[i, j] for every pair of every block: Ray Data tasks, or threads of this process
+    (numpy releases the GIL inside its array operations, so threads do run in parallel)."""
+    t0 = time.perf_counter()
+    label = f"distances {metric.name}"
+
+    def report(done: int, where: str) -> None:
+        if progress:
+            print(f"\r{label}: {done}/{len(blocks)} blocks {where} ({time.perf_counter() - t0:.1f}s)", end="", file=sys.stderr)
+
+    if not blocks:
+        return
+    if not use_ray(config, estimate_s):
+        from concurrent.futures import ThreadPoolExecutor
+
+        threads = min(config.num_workers or os.cpu_count() or 1, len(blocks))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for k, res in enumerate(pool.map(lambda b: _run_block(metric, state, *b), blocks), 1):
+                out[res["i"], res["j"]] = res["d"]
+                report(k, f"on {threads} thread(s)")
+    else:
+        import ray
+
+        ensure_ray(address, num_cpus)
+        workers = config.num_workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        refs = [ray.put(state), ray.put(blocks)]
+        ds = ray.data.from_items([{"block": k} for k in range(len(blocks))], override_num_blocks=len(blocks))
+        ds = ds.map_batches(
+            block_task, fn_kwargs={"metric": metric.name, "config": config.model_dump(mode="json"), "refs": refs},
+            batch_size=1, num_cpus=1, batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=min(workers, len(blocks))),
+        )  # fmt: skip
+        total, done = sum(len(r) * len(c) for r, c in blocks), 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            out[batch["i"], batch["j"]] = batch["d"]
+            done += len(batch["d"])
+            report(round(len(blocks) * done / total), f"as Ray Data tasks on {workers} CPU(s)")
+        del refs
+    if progress:
+        print(f"\r{label}: {len(blocks)} blocks in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+
+def _grid(metric, features, config: DistancesConfig, rows, cols, upper_only: bool):
+    blocks = block_grid(rows, cols, config.block_size or metric.default_block, upper_only)
+    pairs = sum(len(r) * len(c) for r, c in blocks)
+    return blocks, metric.estimate_seconds(pairs, features)
+
+
+def _finish(metric, d: np.ndarray, ident_rows: list, ident_cols: list) -> np.ndarray:
+    """Exact zeros on pairs of identical inputs."""
+    same = np.array([[a is not None and a == b for b in ident_cols] for a in ident_rows], dtype=bool).reshape(d.shape)
+    d[same] = 0.0
+    return d
+
+
+def pairwise_distances(features, metric: str, config: DistancesConfig | None = None, *, rows=None, cols=None,
+                       progress: bool = False, address: str | None = None, num_cpus: int | None = None) -> np.ndarray:  # fmt: skip
+    """D [len(rows), len(cols)] (default: all × all) between the datasets of a FeatureSet, in blocks."""
+    config = config or DistancesConfig(executor="local")
+    m = get_metric(metric, config)
+    n = len(features)
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    cols = np.arange(n) if cols is None else np.asarray(cols, np.int64)
+    state = m.prepare(features)
+    full = np.full((n, n), np.nan)
+    square = m.symmetric and np.array_equal(rows, cols)
+    blocks, estimate = _grid(m, features, config, rows, cols, square)
+    compute_blocks(m, state, blocks, config, full, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
+    if square:
+        upper = np.triu(np.ones((n, n), dtype=bool), 1)
+        full = np.where(upper.T & ~np.isnan(full.T), full.T, full)
+    ident = m.identities(features)
+    d = full[np.ix_(rows, cols)]
+    return _finish(m, d, [ident[i] for i in rows], [ident[j] for j in cols])
+
+
+def _read_previous(path: Path, m, tokenizer_sha: str):
+    """(tasks, identities, D) of a stored matrix usable for this metric definition, else None."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    if (meta.get("version"), meta.get("params"), meta.get("tokenizer_sha256")) != (m.version, m.params(), tokenizer_sha):
+        return None
+    tasks = meta["tasks"]
+    return tasks, meta["identities"], _dense(table, tasks, path)
+
+
+def _dense(table, tasks: list[str], path) -> np.ndarray:
+    index = {t: k for k, t in enumerate(tasks)}
+    cols = table.select(["target", "source", "d"]).to_pydict()
+    d = np.full((len(tasks), len(tasks)), np.nan)
+    try:
+        d[[index[t] for t in cols["target"]], [index[s] for s in cols["source"]]] = cols["d"]
+    except KeyError as err:
+        raise DistancesError(f"{path}: task {err} is not in the file's task list") from None
+    if np.isnan(d).any():
+        i, j = np.argwhere(np.isnan(d))[0]
+        raise DistancesError(f"{path}: the pair target {tasks[i]} source {tasks[j]} is missing")
+    return d
+
+
+def compute_distance_matrix(run_dir, metric: str, config: DistancesConfig | None = None, *, features=None,
+                            progress: bool = True, address: str | None = None, num_cpus: int | None = None):  # fmt: skip
+    """(task ids, D [N, N]) of the bank for `metric`, written to RUN/distances/<metric>.parquet.
+
+    Reuses the stored matrix for every pair of unchanged tasks; a re-run with nothing new
+    computes nothing (and does not rewrite the file).
+    """
+    from lorabatch.atomic import write_parquet
+    from lorabatch.features.store import load_bank_features
+
+    config = config or DistancesConfig()
+    m = get_metric(metric, config)
+    if features is None:
+        features = load_bank_features(run_dir, embeddings=m.representation == "embeddings")
+    tasks, ident = list(features.names), m.identities(features)
+    path = distance_path(run_dir, metric)
+    prev = _read_previous(path, m, features.tokenizer_sha256)
+    n = len(tasks)
+    d = np.full((n, n), np.nan)
+    keep = np.zeros(n, dtype=bool)
+    if prev is not None:
+        old = {(t, i): k for k, (t, i) in enumerate(zip(prev[0], prev[1]))}
+        where = np.array([old.get((t, i), -1) for t, i in zip(tasks, ident)])
+        keep = where >= 0
+        kept = np.flatnonzero(keep)
+        d[np.ix_(kept, kept)] = prev[2][np.ix_(where[kept], where[kept])]
+        if keep.all() and prev[0] == tasks:
+            if progress:
+                print(f"distances {metric}: {path} is up to date ({n} tasks)", file=sys.stderr)
+            return tasks, d
+    new = np.flatnonzero(~keep)
+    state = m.prepare(features)
+    if not keep.any():
+        blocks, estimate = _grid(m, features, config, np.arange(n), np.arange(n), m.symmetric)
+    else:
+        blocks, estimate = _grid(m, features, config, new, np.arange(n), False)
+        if not m.symmetric:
+            more, extra = _grid(m, features, config, np.flatnonzero(keep), new, False)
+            blocks, estimate = blocks + more, estimate + extra
+    computed = np.full((n, n), np.nan)
+    compute_blocks(m, state, blocks, config, computed, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
+    if m.symmetric:
+        mirrored = computed.T
+        lower = np.tril(np.ones((n, n), dtype=bool), -1)
+        # an unordered pair takes its value computed with the lower index as target
+        computed = np.where(lower & ~np.isnan(mirrored), mirrored, computed)
+        computed = np.where(np.isnan(computed), mirrored, computed)
+    d = np.where(np.isnan(d), computed, d)
+    if np.isnan(d).any():
+        i, j = np.argwhere(np.isnan(d))[0]
+        raise DistancesError(f"metric {metric}: pair target {tasks[i]} source {tasks[j]} was not computed")
+    d = _finish(m, d, ident, ident)
+    write_parquet(path, distance_table(tasks, d, m, ident, features.tokenizer_sha256))
+    return tasks, d
+
+
+def distance_table(tasks: list[str], d: np.ndarray, metric, identities, tokenizer_sha: str):
+    import pyarrow as pa
+
+    n = len(tasks)
+    names = np.asarray(tasks, dtype=object)
+    meta = {
+        "metric": metric.name, "version": metric.version, "definition": metric.definition,
+        "symmetric": metric.symmetric, "params": metric.params(), "tasks": list(tasks),
+        "identities": list(identities), "tokenizer_sha256": tokenizer_sha,
+        "layout": "d = d(target, source); row i of the matrix is the target",
+    }  # fmt: skip
+    table = pa.table(
+        {
+            "target": pa.array(np.repeat(names, n), pa.string()),
+            "source": pa.array(np.tile(names, n), pa.string()),
+            "d": pa.array(np.asarray(d, np.float64).ravel(), pa.float64()),
+        }
+    )
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+
+
+def load_distance_matrix(run_dir, metric: str) -> tuple[list[str], np.ndarray]:
+    """(task ids, D [N, N]) from RUN/distances/<metric>.parquet, in the order it was computed."""
+    import pyarrow.parquet as pq
+
+    path = distance_path(run_dir, metric)
+    if not path.is_file():
+        raise DistancesError(f"{path} does not exist: compute the {metric} distances first")
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
+    tasks = meta.get("tasks") or list(dict.fromkeys(table.column("target").to_pylist()))
+    return list(tasks), _dense(table, tasks, path)
+
+
+def query_distances(bank, query, metric: str, *, config: DistancesConfig | None = None, progress: bool = False):
+    """(bank task ids, d [N]) with d[j] = d(query target, bank task j source) — query mode.
+
+    `bank` is a run directory (its cached features; the metric's parameters recorded with the
+    bank's matrix, when there is one, win over `config`) or a FeatureSet; `query` a FeatureSet
+    of one dataset. KL is KL(query ‖ bank task), as in the bank's matrix rows.
+    """
+    from lorabatch.features import FeatureSet
+    from lorabatch.features.store import load_bank_features
+
+    m = get_metric(metric, config or DistancesConfig())
+    if isinstance(bank, FeatureSet):
+        bank_features = bank
+    else:
+        bank_features = load_bank_features(bank, embeddings=m.representation == "embeddings")
+        if config is None and distance_path(bank, metric).is_file():
+            import pyarrow.parquet as pq
+
+            meta = json.loads(pq.read_schema(distance_path(bank, metric)).metadata.get(META_KEY, b"{}"))
+            m = get_metric(metric, DistancesConfig(**meta.get("params", {})))
+    if len(query) != 1:
+        raise DistancesError(f"query mode takes the features of one dataset, got {len(query)}")
+    if query.tokenizer_sha256 != bank_features.tokenizer_sha256:
+        raise DistancesError("the query's features come from another tokenizer than the bank's")
+    both = FeatureSet.concat([query, bank_features])
+    cfg = m.config.model_copy(update={"executor": "local"})
+    d = pairwise_distances(both, metric, cfg, rows=[0], cols=np.arange(1, len(both)), progress=progress)
+    return list(bank_features.names), d[0]
+
+
+def compute_distances(run_dir, config: DistancesConfig | None = None, metrics: list[str] | None = None, *,
+                      progress: bool = True, address: str | None = None, num_cpus: int | None = None) -> dict:  # fmt: skip
+    """Every metric of `metrics` (default config.metrics) over the bank: {metric: D}."""
+    from lorabatch.distances.registry import metric_class
+    from lorabatch.features.store import load_bank_features
+
+    config = config or DistancesConfig()
+    metrics = list(metrics or config.metrics)
+    classes = {name: metric_class(name) for name in metrics}  # unknown names fail before any work
+    cache = {}
+    out = {}
+    for name in metrics:
+        emb = classes[name].representation == "embeddings"
+        if emb not in cache:
+            cache[emb] = load_bank_features(run_dir, embeddings=emb)
+        t0 = time.perf_counter()
+        tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress,
+                                           address=address, num_cpus=num_cpus)  # fmt: skip
+        out[name] = d
+        if progress:
+            print(f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}", file=sys.stderr)
+    return out
