@@ -21,7 +21,7 @@ from pathlib import Path
 from lorabatch.atomic import write_parquet, write_text
 from lorabatch.bank.inspect import TaskFacts, inspect_task
 from lorabatch.bank.resolve import resolve_tasks
-from lorabatch.bank.sources import BASE_MODEL_FILES, make_source
+from lorabatch.bank.sources import BASE_MODEL_CONFIG_FILES, BASE_MODEL_FILES, make_source
 from lorabatch.bank.validation import cross_task_problems
 from lorabatch.errors import BankResolutionError, BankValidationError
 
@@ -41,16 +41,26 @@ def ensure_demo_bank(bank_config) -> None:
     build_demo_bank(bank_config.root, size=bank_config.demo.size, seed=bank_config.demo.seed)
 
 
-def resolve_base_model(bank_config, source) -> Path:
-    """Local directory of the base model: a path as given, else the repo resolved by the source."""
+def resolve_base_model(bank_config, source, weights: bool = False) -> Path:
+    """Local directory of the base model: a path as given, else the repo resolved by the source.
+
+    Without `weights` only its config and tokenizer are fetched from the hub: features,
+    distances, synthesis and `predict` need no more; generation asks for the weights.
+    """
     as_path = Path(bank_config.base_model).expanduser()
     if as_path.is_dir():
         path = as_path.resolve()
     else:
-        path = source.repo_dir(bank_config.base_model, "model", BASE_MODEL_FILES)
+        files = BASE_MODEL_FILES if weights else BASE_MODEL_CONFIG_FILES
+        path = source.repo_dir(bank_config.base_model, "model", files)
     if not (path / "config.json").is_file():
         raise BankValidationError([("<base model>", f"{path} has no config.json")])
     return path
+
+
+def base_model_with_weights(bank_config) -> Path:
+    """The base model directory with its safetensors weights (downloaded on first use)."""
+    return resolve_base_model(bank_config, make_source(bank_config), weights=True)
 
 
 def inspect_bank(bank_config, progress: bool = True) -> tuple[Path, list[TaskFacts]]:

@@ -22,7 +22,8 @@ RepoKind = Literal["model", "dataset"]
 
 # Only these files are fetched: never pickled weights (*.bin, *.pt, *.pth).
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
-BASE_MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.jinja"]
+BASE_MODEL_CONFIG_FILES = ["*.json", "tokenizer.model", "*.txt", "*.jinja"]  # config + tokenizer
+BASE_MODEL_FILES = BASE_MODEL_CONFIG_FILES + ["*.safetensors"]  # + weights, for generation
 DATASET_FILES = ["data/*.parquet", "README.md", "*.json"]
 
 
