@@ -166,6 +166,66 @@ def predict(
     typer.echo(f"adapter written to {result.adapter_dir}")
 
 
+@app.command("generate")
+def generate(
+    config: Path = typer.Argument(..., help="Run config (YAML); its `generation` section applies."),
+    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    backend: Optional[str] = typer.Option(None, help="'auto', 'vllm' or 'hf' (overrides generation.backend)."),
+    examples_per_task: Optional[int] = typer.Option(None, help="First k test examples per task (overrides the config)."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generated tokens per example at most (overrides the config)."),
+):
+    """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
+    from lorabatch.config import load_config
+    from lorabatch.generation.stage import run_generation
+    from lorabatch.synthesis.batch import ensure_ray
+
+    overrides = _overrides(run_dir=run_dir, address=address)
+    flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    cfg = load_config(config, overrides)
+    ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+    result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
+    typer.echo(result.describe())
+    typer.echo(f"generations in {cfg.run_dir / 'generations'}")
+
+
+@app.command("score")
+def score(
+    run: Path = typer.Argument(..., help="A run directory with RUN/generations/."),
+    reference: Optional[str] = typer.Option(None, help="'first' (output[0], the paper's) or 'max' over references."),
+    local: bool = typer.Option(False, help="Score in this process instead of with Ray Data."),
+):
+    """Rouge-L and exact match per example, task and setting; prints the results table."""
+    from pydantic import ValidationError
+
+    from lorabatch.config import format_validation_error
+    from lorabatch.errors import ConfigError
+    from lorabatch.scoring.aggregate import format_summary
+    from lorabatch.scoring.config import ScoringConfig
+    from lorabatch.scoring.stage import run_scoring
+
+    if not run.is_dir():
+        raise typer.BadParameter(f"{run} is not a directory")
+    base = {}
+    if (run / "config.yaml").is_file():  # the run's own scoring section, then the flags
+        from lorabatch.config import load_config
+
+        base = load_config(run / "config.yaml").scoring.model_dump()
+    fields = {"reference": reference, "executor": "local" if local else None}
+    try:
+        cfg = ScoringConfig(**{**base, **{k: v for k, v in fields.items() if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), "command-line flags") from None
+    if cfg.executor == "ray":
+        from lorabatch.synthesis.batch import ensure_ray
+
+        ensure_ray()
+    summary = run_scoring(run, cfg)
+    typer.echo(format_summary(summary))
+    typer.echo(f"scores in {run / 'scores'}")
+
+
 @app.command("status")
 def status(run_dir: Path = typer.Argument(..., help="A run directory.")):
     """Per stage and per setting: what is done, pending or failed."""

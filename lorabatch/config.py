@@ -16,6 +16,8 @@ from lorabatch.bank.config import BankConfig
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
+from lorabatch.generation.config import GenerationConfig
+from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
 
@@ -45,6 +47,10 @@ class LorabatchConfig(StrictModel):
     synthesis: SynthesisConfig = Field(
         default_factory=SynthesisConfig, description="Coefficient models, mixing and adapter synthesis."
     )
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig, description="Which rows to generate, decoding, and the backend."
+    )
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Rouge-L scoring and aggregation.")
 
 
 def format_validation_error(err: ValidationError) -> list[str]:

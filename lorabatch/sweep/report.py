@@ -109,6 +109,7 @@ def _improvement_plot(run_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
     rows = pq.read_table(path, columns=["task_id", "setting", "rouge_l"]).to_pylist()
+    rows = [r for r in rows if r["rouge_l"] is not None]  # a task whose every row failed has no score
     base = {r["task_id"]: r["rouge_l"] for r in rows if r["setting"] == "base"}
     settings = sorted({r["setting"] for r in rows} - {"base"})
     if not base or not settings:

@@ -1,12 +1,140 @@
-"""Run the stages of a config in order: bank -> features -> distances -> ... (what exists so far)."""
+"""The sweep: bank → features → distances → coefficients → (just-in-time) synthesis → generation
+→ scoring → report, each stage skipped when its inputs have not changed.
+
+Stages that cache at a finer grain themselves (features per dataset content hash, distances per
+pair, adapters per synthesis key, generations per (task, setting, example)) are always called and
+do only what is missing; the others are skipped through their stage marker (`sweep.stages`).
+The report is refreshed after every stage, so it shows progress while the sweep runs.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from lorabatch.config import LorabatchConfig
+from lorabatch.sweep import metrics as sweep_metrics
+from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
+
+
+def _say(msg: str) -> None:
+    print(f"[lorabatch] {msg}", flush=True)
+
+
+def _refresh_report(run_dir: Path) -> None:
+    from lorabatch.sweep.report import write_report
+
+    write_report(run_dir, all_markers(run_dir))
+
+
+def stage_bank(config: LorabatchConfig, progress: bool):
+    from lorabatch.bank.manifest import build_manifest, load_manifest, manifest_path
+
+    run_dir = Path(config.run_dir)
+    key = content_key(config.bank.model_dump(mode="json"))
+    if is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
+        manifest = load_manifest(run_dir)
+        _say(f"bank: {manifest.num_rows} tasks (cached manifest)")
+        return manifest
+    started = time.time()
+    manifest = build_manifest(config, progress=progress)
+    mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
+    _say(f"bank: {manifest.num_rows} tasks validated")
+    return manifest
+
+
+def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bool) -> None:
+    from lorabatch.distances.matrix import compute_distances
+    from lorabatch.distances.registry import metric_class
+    from lorabatch.features import compute_bank_features
+
+    run_dir = Path(config.run_dir)
+    feats = config.features
+    if any(metric_class(m).representation == "embeddings" for m in config.distances.metrics):
+        feats = feats.model_copy(update={"embedding": feats.embedding.model_copy(update={"enabled": True})})
+    started = time.time()
+    features = compute_bank_features(manifest, run_dir, feats, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
+    mark_done(run_dir, "features", content_key(feats.model_dump(mode="json"), _manifest_hash(manifest)), started, {"datasets": len(features)})
+    sweep_metrics.stage_done("features")
+    started = time.time()
+    compute_distances(run_dir, config.distances, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
+    mark_done(run_dir, "distances", _distances_key(run_dir, config.distances.metrics), started, {"metrics": list(config.distances.metrics)})
+    sweep_metrics.stage_done("distances")
+    _say(f"distances: {', '.join(config.distances.metrics)}")
+
+
+def _manifest_hash(manifest) -> str:
+    from lorabatch.bank.manifest import manifest_hash
+
+    return manifest_hash(manifest)
+
+
+def _distances_key(run_dir: Path, metrics) -> str:
+    from lorabatch.bank.datasets import file_sha256
+    from lorabatch.distances.matrix import distance_path
+
+    return content_key({m: file_sha256(distance_path(run_dir, m)) for m in metrics})
+
+
+def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
+    from lorabatch.synthesis.stage import compute_coefficients
+
+    run_dir = Path(config.run_dir)
+    syn = config.synthesis.model_dump(mode="json", exclude={"jit", "jit_delete", "executor"})
+    for metric in config.distances.metrics:
+        stage = f"coefficients-{metric}"
+        key = content_key(_distances_key(run_dir, [metric]), syn, config.seed)
+        if is_done(run_dir, stage, key):
+            continue
+        started = time.time()
+        compute_coefficients(run_dir, metric, config.synthesis, seed=config.seed, progress=progress)
+        mark_done(run_dir, stage, key, started, {"models": list(config.synthesis.models)})
+    mark_done(run_dir, "coefficients", content_key(_distances_key(run_dir, config.distances.metrics), syn, config.seed), time.time())
+    sweep_metrics.stage_done("coefficients")
+    _say(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
+
+
+def settings_of(config: LorabatchConfig) -> list[str]:
+    """The sweep's settings: base, oracle, then <metric>-<model> for every metric and model."""
+    return ["base", "oracle"] + [f"{m}-{model}" for m in config.distances.metrics for model in config.synthesis.models]
+
+
+def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
+    """All leave-one-out adapters up front (skipped in just-in-time mode)."""
+    if config.synthesis.jit:
+        return
+    from lorabatch.sweep.metrics import adapters_synthesized
+    from lorabatch.synthesis.stage import synthesize_setting
+
+    run_dir = Path(config.run_dir)
+    started = time.time()
+    for metric in config.distances.metrics:
+        for model in config.synthesis.models:
+            paths = synthesize_setting(run_dir, metric, model, config.synthesis, progress=progress)
+            adapters_synthesized(f"{metric}-{model}", len(paths))
+    mark_done(run_dir, "synthesis", content_key(settings_of(config)), started)
+    _say("synthesis: every leave-one-out adapter written")
 
 
 def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
-    from lorabatch.bank.manifest import build_manifest
+    from lorabatch.raysession import ensure_ray
 
-    manifest = build_manifest(config, progress=progress)
-    print(f"bank: {manifest.num_rows} tasks validated -> {config.run_dir}/bank/manifest.parquet")
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_ray(config.ray.address, config.ray.num_cpus)
+    manifest = stage_bank(config, progress)
+    sweep_metrics.stage_done("bank")
+    _refresh_report(run_dir)
+    stage_features_and_distances(config, manifest, progress)
+    _refresh_report(run_dir)
+    stage_coefficients(config, progress)
+    _refresh_report(run_dir)
+    stage_synthesis(config, progress)
+    from lorabatch.sweep.evaluation import stage_generation, stage_scoring
+
+    stage_generation(config, manifest, settings_of(config), progress)
+    _refresh_report(run_dir)
+    stage_scoring(config, progress)
+    mark_done(run_dir, "report", content_key(time.time()), time.time())
+    _refresh_report(run_dir)
+    _say(f"report: {run_dir / 'report' / 'index.html'}")

@@ -1,0 +1,63 @@
+"""The generation backend interface and its registry.
+
+A backend turns a Ray Dataset of prepared work rows into a Dataset of generation rows, one output
+row per input row (a failing row carries its error instead of a prediction):
+
+    input  (WORK_COLUMNS + prompt_token_ids list<int32>)
+    output (GENERATION_SCHEMA of lorabatch.generation.schema)
+
+Backends are registered by name as "module:Class" so that choosing one imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lorabatch.generation.config import GenerationConfig
+    from lorabatch.generation.preflight import RunContext
+
+_REGISTRY: dict[str, str] = {
+    "vllm": "lorabatch.generation.vllm_backend:VLLMBackend",
+    "hf": "lorabatch.generation.hf_backend:HFBackend",
+}
+
+
+class GenerationBackend(Protocol):
+    name: str
+
+    def __init__(self, config: "GenerationConfig", context: "RunContext"): ...
+
+    def generate(self, rows):
+        """Dataset of prepared work rows -> Dataset of generation rows (same count)."""
+
+
+def register_backend(name: str, target: str) -> None:
+    """Register a backend class given as 'package.module:ClassName'."""
+    if name == "auto":
+        raise ValueError("'auto' is reserved")
+    _REGISTRY[name] = target
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend_name(name: str) -> str:
+    """'auto' -> 'vllm' if the vllm package is importable, else 'hf'; other names are checked."""
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; registered: {['auto', *backend_names()]}")
+    return name
+
+
+def backend_class(name: str):
+    module, _, cls = _REGISTRY[resolve_backend_name(name)].partition(":")
+    return getattr(importlib.import_module(module), cls)

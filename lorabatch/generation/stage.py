@@ -1,0 +1,147 @@
+"""The generation stage: plan -> skip what is done -> preflight -> backend -> RUN/generations/.
+
+Inputs: RUN/bank/manifest.parquet, the tasks' dataset splits, RUN/adapters/<setting>/<task>/.
+Output: RUN/generations/part-*.parquet (schema in lorabatch.generation.schema) and
+RUN/generations/plan.json ({"rows_per_setting": {...}}, read by `lorabatch status`).
+Rows failing the preflight are written with their error at once; the rest stream through the
+backend and are written block by block by Ray Data, so an interrupted run keeps what it finished
+and a re-run generates only the missing (task, setting, example) rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorabatch.generation.schema import conform, generation_schema
+
+
+@dataclass
+class GenerationResult:
+    backend: str
+    planned: int
+    skipped: int
+    preflight_failed: int
+    generated: int
+    failed: int
+    seconds: float
+    generated_tokens: int
+
+    def describe(self) -> str:
+        return (
+            f"generation ({self.backend}): {self.planned} rows planned, {self.skipped} already done, "
+            f"{self.generated} generated ({self.failed} failed, {self.preflight_failed} of them before generation), "
+            f"{self.generated_tokens} tokens in {self.seconds:.1f} s"
+        )
+
+
+def _slices(table, rows_per_block: int) -> list:
+    return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
+
+
+def build_context(run_dir, config, backend: str, seed: int):
+    import ray
+
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
+
+    manifest = load_manifest(run_dir)
+    base = manifest.column("base_model_path")[0].as_py()
+    max_pos = max_positions_of(base)
+    has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    ctx = RunContext(
+        run_dir=str(Path(run_dir).resolve()),
+        base_model_path=base,
+        max_new_tokens=config.max_new_tokens,
+        input_limit=input_limit(max_pos, config.max_new_tokens, config.max_input_tokens),
+        max_positions=max_pos,
+        backend=backend,
+        max_lora_rank=config.vllm.max_lora_rank if backend == "vllm" else None,
+        has_gpu=has_gpu,
+        seed=config.seed if config.seed is not None else seed,
+        modules=base_model_modules(base),
+    )
+    return manifest, ctx
+
+
+def run_generation(run_dir, config, seed: int = 0, progress: bool = True) -> GenerationResult:
+    """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
+
+    Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
+    """
+    import pyarrow.compute as pc
+    import ray
+
+    from lorabatch.atomic import write_json, write_parquet
+    from lorabatch.generation.backends import backend_class, resolve_backend_name
+    from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
+    from lorabatch.generation.preflight import preflight
+    from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
+    from lorabatch.sweep import metrics
+
+    started = time.time()
+    run_dir = Path(run_dir)
+    backend = resolve_backend_name(config.backend)
+    manifest, ctx = build_context(run_dir, config, backend, seed)
+    work = plan_work(run_dir, manifest, config)
+    write_json(generations_dir(run_dir) / "plan.json", {"rows_per_setting": rows_per_setting(work)})
+    pending = pending_work(work, done_keys(run_dir, include_failed=not config.retry_failed))
+    result = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
+    if pending.num_rows == 0:
+        result.seconds = time.time() - started
+        return result
+
+    prepared, max_rank = preflight(pending, ctx, chat_template=config.chat_template)
+    if ctx.max_lora_rank is None:
+        ctx.max_lora_rank = max_rank
+    bad = pc.is_valid(prepared.column("error"))
+    failed = prepared.filter(bad)
+    runnable = prepared.filter(pc.invert(bad)).drop_columns(["error"])
+    result.preflight_failed = failed.num_rows
+    if failed.num_rows:
+        rows = failed.drop_columns(["prompt_token_ids"]).append_column(
+            "backend", _constant_strings(backend, failed.num_rows)
+        )
+        write_parquet(generations_dir(run_dir) / f"part-{_stamp()}-preflight.parquet", conform(rows, generation_schema()))
+        for setting, n in rows_per_setting(failed).items():
+            metrics.rows_generated(setting, n, n)
+
+    if runnable.num_rows:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = progress
+        ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
+        out = backend_class(backend)(config, ctx).generate(ds)
+        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1})
+
+    from lorabatch.generation.store import read_generations
+
+    latest = read_generations(run_dir, columns=["task_id", "setting", "example_id", "error", "num_generated_tokens"])
+    keys = set(zip(*(pending.column(c).to_pylist() for c in ("task_id", "setting", "example_id"))))
+    mine = [
+        (e, n)
+        for k, e, n in zip(
+            zip(*(latest.column(c).to_pylist() for c in ("task_id", "setting", "example_id"))),
+            latest.column("error").to_pylist(),
+            latest.column("num_generated_tokens").to_pylist(),
+        )
+        if k in keys
+    ]
+    result.generated = len(mine)
+    result.failed = sum(1 for e, _ in mine if e)
+    result.generated_tokens = sum(n or 0 for _, n in mine)
+    result.seconds = time.time() - started
+    return result
+
+
+def _constant_strings(value: str, n: int):
+    import pyarrow as pa
+
+    return pa.array([value] * n, pa.string())
+
+
+def _stamp() -> str:
+    import uuid
+
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,125 @@
+"""Generation rows on disk: `RUN/generations/part-<write id>-<block>.parquet`, each file atomic.
+
+Ray Data writes them through `generations_datasink` (one file per write task, temp file + rename,
+so an interrupted sweep leaves only complete files), and `read_generations` reads them back with
+one row per (task_id, setting, example_id): a successful row wins over a failed one, and among
+rows of equal status the one in the later file wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from lorabatch.generation.schema import KEY_COLUMNS, conform, generation_schema
+
+
+def generations_dir(run_dir) -> Path:
+    return Path(run_dir) / "generations"
+
+
+def generation_files(run_dir) -> list[Path]:
+    """Part files in write order (their names start with a time-ordered write id)."""
+    return sorted(p for p in generations_dir(run_dir).glob("part-*.parquet") if p.is_file())
+
+
+def _write_id() -> str:
+    import time
+
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def generations_datasink(run_dir, count_metrics: bool = True):
+    """A Ray Data Datasink writing each block of generation rows to its own atomic Parquet file."""
+    return _datasink_class()(run_dir, count_metrics)
+
+
+_DATASINK_CLASS = None
+
+
+def _datasink_class():
+    global _DATASINK_CLASS
+    if _DATASINK_CLASS is not None:
+        return _DATASINK_CLASS
+    from ray.data import Datasink
+
+    class GenerationsDatasink(Datasink):
+        def __init__(self, run_dir, count_metrics: bool = True):
+            self.out_dir = str(generations_dir(run_dir))
+            self.write_id = _write_id()
+            self.count_metrics = count_metrics
+
+        def get_name(self) -> str:
+            return "WriteGenerations"
+
+        def write(self, blocks, ctx) -> int:
+            import pyarrow as pa
+
+            from lorabatch.atomic import write_parquet
+
+            tables = [t for t in (_to_arrow(b) for b in blocks) if t.num_rows]
+            if not tables:
+                return 0
+            schema = generation_schema()
+            table = pa.concat_tables([conform(t, schema) for t in tables])
+            name = f"part-{self.write_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:6]}.parquet"
+            write_parquet(Path(self.out_dir) / name, table)
+            if self.count_metrics:
+                _count(table)
+            return table.num_rows
+
+    _DATASINK_CLASS = GenerationsDatasink
+    return GenerationsDatasink
+
+
+def _to_arrow(block):
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(block).to_arrow()
+
+
+def _count(table) -> None:
+    from lorabatch.sweep import metrics
+
+    per: dict[str, list[int]] = {}
+    for setting, err in zip(table.column("setting").to_pylist(), table.column("error").to_pylist()):
+        c = per.setdefault(setting, [0, 0])
+        c[0] += 1
+        c[1] += bool(err)
+    for setting, (n, failed) in per.items():
+        metrics.rows_generated(setting, n, failed)
+
+
+def read_generations(run_dir, columns: list[str] | None = None):
+    """All generation rows of a run, one per key (success beats failure, later beats earlier)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = generation_schema()
+    wanted = list(dict.fromkeys([*KEY_COLUMNS, "error", *(columns or schema.names)]))
+    tables = []
+    for f in generation_files(run_dir):
+        try:
+            tables.append(conform(pq.read_table(f), schema).select(wanted))
+        except Exception as err:  # a foreign or damaged file must not hide the others
+            import warnings
+
+            warnings.warn(f"skipping unreadable generations file {f}: {err}", stacklevel=2)
+    if not tables:
+        return conform(pa.table({}), schema).select(wanted if columns is None else list(dict.fromkeys(columns)))
+    table = pa.concat_tables(tables)
+    best: dict[tuple, int] = {}
+    for i, (key, err) in enumerate(zip(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)), table.column("error").to_pylist())):
+        prev = best.get(key)
+        if prev is None or not err or table.column("error")[prev].as_py():
+            best[key] = i
+    table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
+    return table if columns is None else table.select(list(dict.fromkeys(columns)))
+
+
+def done_keys(run_dir, include_failed: bool = True) -> set[tuple[str, str, str]]:
+    """Keys already generated; with `include_failed=False` failed rows do not count as done."""
+    table = read_generations(run_dir, columns=[*KEY_COLUMNS, "error"])
+    keys = zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS))
+    errors = table.column("error").to_pylist()
+    return {k for k, e in zip(keys, errors) if include_failed or not e}

@@ -1,0 +1,151 @@
+"""Scores per example -> per task -> per setting, and the summary in the paper's shape.
+
+Per example (`examples.parquet`):
+    task_id · setting · example_id · rouge_l float64 (null if failed and excluded)
+    exact_match float64 (same) · error str | null
+Per task (`tasks.parquet`), over the task's scored examples:
+    task_id · setting · rouge_l = mean_e rouge_l · exact_match = mean_e exact_match
+    n_examples (scored) · n_errors
+Per setting (`summary.parquet`), s a setting, T_s the tasks with a score for s, R(t, s) a task score:
+    rouge_l         = mean_{t∈T_s} R(t, s)                        (macro average over tasks)
+    improvement     = mean_{t∈T_s∩T_base} R(t, s) − R(t, base)    (absolute, Rouge-L points)
+    improvement_rel = improvement / mean_{t∈T_s∩T_base} R(t, base)
+    share_improved  = |{t ∈ T_s∩T_base : R(t, s) > R(t, base)}| / |T_s∩T_base|
+    gap_closed      = Σ_t (R(t, s) − R(t, base)) / Σ_t (R(t, oracle) − R(t, base)) over
+                      t ∈ T_s∩T_base∩T_oracle (the share of the base→oracle gap closed)
+    exact_match, n_tasks = |T_s|, n_examples, n_errors
+Undefined ratios (no base tasks, zero base mean, zero gap) are NaN.
+Summary rows: base, the synthesized settings (sorted), oracle.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lorabatch.scoring.rouge import exact_match, rouge_l
+
+BASE, ORACLE = "base", "oracle"
+
+
+def score_examples(rows: list[dict], reference: str = "first", failed_rows: str = "exclude") -> list[dict]:
+    """Rouge-L F (stemmed) and exact match of each generation row."""
+    use_max = reference == "max"
+    out = []
+    for r in rows:
+        err = r.get("error")
+        refs = list(r.get("references") or [])
+        if err or r.get("prediction") is None or not refs:
+            err = err or ("no reference to score against" if not refs else "no prediction")
+            score = 0.0 if failed_rows == "zero" else None
+            out.append({**_key(r), "rouge_l": score, "exact_match": score, "error": err})
+            continue
+        out.append(
+            {
+                **_key(r),
+                "rouge_l": rouge_l(r["prediction"], refs, use_max=use_max),
+                "exact_match": exact_match(r["prediction"], refs, use_max=use_max),
+                "error": None,
+            }
+        )
+    return out
+
+
+def _key(r: dict) -> dict:
+    return {"task_id": r["task_id"], "setting": r["setting"], "example_id": r["example_id"]}
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def task_scores(examples: list[dict]) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for e in examples:
+        groups.setdefault((e["task_id"], e["setting"]), []).append(e)
+    out = []
+    for (task, setting), rows in groups.items():
+        scored = [r for r in rows if r["rouge_l"] is not None]
+        out.append(
+            {
+                "task_id": task,
+                "setting": setting,
+                "rouge_l": _mean([r["rouge_l"] for r in scored]),
+                "exact_match": _mean([r["exact_match"] for r in scored]),
+                "n_examples": len(scored),
+                "n_errors": sum(1 for r in rows if r["error"]),
+            }
+        )
+    return sorted(out, key=lambda r: (setting_order(r["setting"]), _task_order(r["task_id"])))
+
+
+def setting_order(setting: str):
+    return (0 if setting == BASE else 2 if setting == ORACLE else 1, setting)
+
+
+def _task_order(task: str):
+    digits = "".join(ch for ch in task if ch.isdigit())
+    return (int(digits) if digits else 0, task)
+
+
+def _ratio(num: float | None, den: float | None) -> float:
+    if num is None or den is None or den == 0:
+        return math.nan
+    return num / den
+
+
+def summarize(tasks: list[dict]) -> list[dict]:
+    """One row per setting: mean, improvement over base, share improved, share of the gap closed."""
+    score: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    em: dict[str, list[float]] = {}
+    for t in tasks:
+        c = counts.setdefault(t["setting"], {"n_examples": 0, "n_errors": 0})
+        c["n_examples"] += t["n_examples"]
+        c["n_errors"] += t["n_errors"]
+        if t["rouge_l"] is not None:
+            score.setdefault(t["setting"], {})[t["task_id"]] = t["rouge_l"]
+            em.setdefault(t["setting"], []).append(t["exact_match"])
+    base = score.get(BASE, {})
+    oracle = score.get(ORACLE, {})
+    rows = []
+    for setting in sorted(counts, key=setting_order):
+        s = score.get(setting, {})
+        common = [t for t in s if t in base]
+        gap_tasks = [t for t in common if t in oracle]
+        diff = _mean([s[t] - base[t] for t in common]) if common else None
+        base_mean = _mean([base[t] for t in common]) if common else None
+        rows.append(
+            {
+                "setting": setting,
+                "rouge_l": _mean(list(s.values())) if s else math.nan,
+                "improvement": diff if diff is not None else math.nan,
+                "improvement_rel": _ratio(diff, base_mean),
+                "share_improved": (sum(s[t] > base[t] for t in common) / len(common)) if common else math.nan,
+                "gap_closed": _ratio(
+                    sum(s[t] - base[t] for t in gap_tasks) if gap_tasks else None,
+                    sum(oracle[t] - base[t] for t in gap_tasks) if gap_tasks else None,
+                ),
+                "exact_match": _mean(em.get(setting, [])) if em.get(setting) else math.nan,
+                "n_tasks": len(s),
+                **counts[setting],
+            }
+        )
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The summary as a text table (rows = settings), as the paper reports it."""
+    head = f"{'setting':<24} {'Rouge-L':>8} {'Δ base':>8} {'Δ% base':>8} {'improved':>9} {'gap closed':>11} {'EM':>6} {'tasks':>6} {'errors':>7}"
+    lines = [head, "-" * len(head)]
+
+    def f(v, spec):
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+    for r in rows:
+        lines.append(
+            f"{r['setting']:<24} {f(r['rouge_l'], '.3f'):>8} {f(r['improvement'], '+.3f'):>8} "
+            f"{f(r['improvement_rel'], '+.1%'):>8} {f(r['share_improved'], '.0%'):>9} "
+            f"{f(r['gap_closed'], '.0%'):>11} {f(r['exact_match'], '.3f'):>6} {r['n_tasks']:>6} {r['n_errors']:>7}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""The scoring stage: RUN/generations/ -> RUN/scores/{examples,tasks,summary}.parquet.
+
+Per-example Rouge-L runs as a Ray Data `map_batches` over the generation rows (the expensive
+part on a full sweep); the per-task and per-setting aggregation is small and runs on the driver.
+Each output is one Parquet file written atomically. Schemas: lorabatch.scoring.aggregate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorabatch.errors import LorabatchError
+from lorabatch.scoring.aggregate import score_examples, summarize, task_scores
+
+GENERATION_COLUMNS = ["task_id", "setting", "example_id", "prediction", "references", "error"]
+
+
+class ScoringError(LorabatchError):
+    """Nothing to score (no generations) or unreadable inputs."""
+
+
+def scores_dir(run_dir) -> Path:
+    return Path(run_dir) / "scores"
+
+
+def _score_batch(batch, reference: str, failed_rows: str):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(score_examples(batch.to_pylist(), reference, failed_rows), schema=_examples_schema())
+
+
+def _examples_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("task_id", pa.string()),
+            ("setting", pa.string()),
+            ("example_id", pa.string()),
+            ("rouge_l", pa.float64()),
+            ("exact_match", pa.float64()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
+    """Score every generation row of the run; returns the summary rows (also written to disk)."""
+    import pyarrow as pa
+
+    from lorabatch.atomic import write_parquet
+    from lorabatch.generation.store import read_generations
+
+    generations = read_generations(run_dir, columns=GENERATION_COLUMNS)
+    if generations.num_rows == 0:
+        raise ScoringError(f"no generations in {Path(run_dir) / 'generations'}: run `lorabatch generate` first")
+    if config.executor == "ray":
+        import ray
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = progress
+        slices = [generations.slice(i, config.batch_size) for i in range(0, generations.num_rows, config.batch_size)]
+        ds = ray.data.from_arrow(slices).map_batches(
+            _score_batch,
+            fn_kwargs={"reference": config.reference, "failed_rows": config.failed_rows},
+            batch_format="pyarrow",
+            batch_size=config.batch_size,
+        )
+        examples = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()]).to_pylist()
+    else:
+        examples = score_examples(generations.to_pylist(), config.reference, config.failed_rows)
+    examples.sort(key=lambda e: (e["setting"], e["task_id"], e["example_id"]))
+    tasks = task_scores(examples)
+    summary = summarize(tasks)
+    out = scores_dir(run_dir)
+    write_parquet(out / "examples.parquet", pa.Table.from_pylist(examples, schema=_examples_schema()))
+    write_parquet(out / "tasks.parquet", pa.Table.from_pylist(tasks))
+    write_parquet(out / "summary.parquet", pa.Table.from_pylist(summary))
+    return summary

@@ -1,0 +1,131 @@
+"""Work rows, resumability and the preflight checks (no Ray, no generation)."""
+
+import json
+
+import pytest
+
+from lorabatch.errors import ConfigError
+
+
+def _manifest(run):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(run / "bank" / "manifest.parquet")
+
+
+def test_plan_rows_settings_and_order(pristine_run, gen):
+    from lorabatch.generation.plan import discover_settings, plan_work
+
+    assert discover_settings(pristine_run) == ["base", "oracle", gen.GOOD_SYNTH, gen.BROKEN_SYNTH]
+    work = plan_work(pristine_run, _manifest(pristine_run), gen.config())
+    # 3 tasks with 3 + 2 + 2 test examples, 4 settings.
+    assert work.num_rows == 4 * 7
+    rows = work.to_pylist()
+    assert [r["setting"] for r in rows[:7]] == ["base"] * 7 and all(r["adapter_path"] is None for r in rows[:7])
+    oracle = [r for r in rows if r["setting"] == "oracle"]
+    assert {r["adapter_path"] for r in oracle if r["task_id"] == "task2"} == {gen.manifest_rows(pristine_run)["task2"]["adapter_path"]}
+    synth = [r for r in rows if r["setting"] == gen.GOOD_SYNTH and r["task_id"] == "task3"]
+    assert synth[0]["adapter_path"] == str((pristine_run / "adapters" / gen.GOOD_SYNTH / "task3").resolve())
+    assert all(r["prompt"] and r["references"] for r in rows)
+
+    sub = plan_work(pristine_run, _manifest(pristine_run), gen.config(tasks=["task2"], settings=["base"], examples_per_task=1))
+    assert sub.to_pylist()[0]["example_id"] == "task2-11" and sub.num_rows == 1
+
+
+def test_unknown_task_and_config_errors(pristine_run, gen):
+    from pydantic import ValidationError
+
+    from lorabatch.generation.config import GenerationConfig
+    from lorabatch.generation.plan import GenerationPlanError, plan_work
+
+    with pytest.raises(GenerationPlanError, match="task99"):
+        plan_work(pristine_run, _manifest(pristine_run), gen.config(tasks=["task99"]))
+    with pytest.raises(ValidationError, match=r"registered: \['auto', 'hf', 'vllm'\]"):
+        GenerationConfig(backend="tgi")
+    with pytest.raises(ValidationError, match="enable_lora"):
+        GenerationConfig(vllm={"engine_kwargs": {"enable_lora": False}})
+    with pytest.raises(ValidationError, match="max_lora_rank"):
+        GenerationConfig(vllm={"max_lora_rank": 12})
+    with pytest.raises(ValidationError, match="max_cpu_loras"):
+        GenerationConfig(vllm={"max_loras": 8, "max_cpu_loras": 4})
+
+
+def test_whole_run_config_accepts_generation_and_scoring(tmp_path):
+    from lorabatch.config import parse_config
+
+    cfg = parse_config(
+        {
+            "run_dir": str(tmp_path),
+            "bank": {"source": "local", "root": str(tmp_path), "base_model": "x/y"},
+            "generation": {"backend": "hf", "max_new_tokens": 16},
+            "scoring": {"reference": "max"},
+        }
+    )
+    assert cfg.generation.max_new_tokens == 16 and cfg.scoring.reference == "max"
+    with pytest.raises(ConfigError, match="generation.backend"):
+        parse_config({"run_dir": "r", "bank": {"source": "local", "base_model": "x"}, "generation": {"backend": "nope"}})
+
+
+def test_preflight_flags_bad_adapters_and_long_prompts(pristine_run, gen):
+    from lorabatch.generation.plan import plan_work
+    from lorabatch.generation.preflight import RunContext, base_model_modules, preflight
+
+    base = gen.manifest_rows(pristine_run)["task1"]["base_model_path"]
+    ctx = RunContext(run_dir=str(pristine_run), base_model_path=base, max_new_tokens=8, input_limit=gen.MAX_INPUT_TOKENS,
+                     max_positions=256, backend="hf", modules=base_model_modules(base))
+    table, max_rank = preflight(plan_work(pristine_run, _manifest(pristine_run), gen.config()), ctx)
+    assert max_rank == 8 and ctx.lora_module.startswith("model.layers.")
+    errors = {(r["task_id"], r["setting"], r["example_id"]): r["error"] for r in table.to_pylist()}
+    assert "does not exist" in errors[("task1", gen.BROKEN_SYNTH, "task1-11")]
+    assert "truncated" in errors[("task2", gen.BROKEN_SYNTH, "task2-11")]
+    assert "targets no module of the base model" in errors[("task3", gen.BROKEN_SYNTH, "task3-11")]
+    assert "prompt is 37 tokens long; the limit is 24" in errors[("task1", "base", gen.LONG_EXAMPLE)]
+    ok = [k for k, e in errors.items() if e is None]
+    assert len(ok) == 18 and all(s in ("base", "oracle", gen.GOOD_SYNTH) for _, s, _ in ok)
+    assert all(ids[0] == 1 for ids in table.column("prompt_token_ids").to_pylist())  # BOS added
+
+
+def test_adapter_checks_shape_rank_and_pickle(pristine_run, tmp_path, gen):
+    import shutil
+
+    from lorabatch.generation.preflight import base_model_modules, check_adapter, input_limit
+
+    m = gen.manifest_rows(pristine_run)["task1"]
+    modules = base_model_modules(m["base_model_path"])
+    assert check_adapter(m["adapter_path"], modules) == (8, None)
+    assert "rank 8 > max_lora_rank 1" in check_adapter(m["adapter_path"], modules, max_rank=1)[1]
+    bad = tmp_path / "pickled"
+    shutil.copytree(m["adapter_path"], bad)
+    (bad / "adapter_model.safetensors").rename(bad / "adapter_model.bin")
+    assert "only safetensors" in check_adapter(str(bad), modules)[1]
+    (bad / "adapter_config.json").write_text("{not json")
+    assert "not valid JSON" in check_adapter(str(bad), modules)[1]
+    small = {k: (v[0], v[1] // 2) for k, v in modules.items()}
+    assert "do not fit" in check_adapter(m["adapter_path"], small)[1]
+    assert input_limit(256, 8, None) == 248 and input_limit(256, 8, 24) == 24
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        input_limit(256, 256, None)
+
+
+def test_read_generations_dedup_and_resume(tmp_path):
+    import pyarrow as pa
+
+    from lorabatch.atomic import write_parquet
+    from lorabatch.generation.plan import pending_work
+    from lorabatch.generation.schema import conform, generation_schema, work_schema
+    from lorabatch.generation.store import done_keys, read_generations
+
+    def row(ex, pred, err=None):
+        return {"task_id": "task1", "setting": "base", "example_id": ex, "prompt": "p", "references": ["r"], "prediction": pred, "error": err}
+
+    write_parquet(tmp_path / "generations" / "part-a.parquet", conform(pa.Table.from_pylist([row("1", "x"), row("2", None, "boom")]), generation_schema()))
+    write_parquet(tmp_path / "generations" / "part-b.parquet", conform(pa.Table.from_pylist([row("1", None, "late"), row("2", "y")]), generation_schema()))
+    (tmp_path / "generations" / "part-c.parquet").write_bytes(b"not parquet")
+    with pytest.warns(UserWarning, match="part-c"):
+        got = {r["example_id"]: r["prediction"] for r in read_generations(tmp_path).to_pylist()}
+    assert got == {"1": "x", "2": "y"}
+    with pytest.warns(UserWarning):
+        assert done_keys(tmp_path) == {("task1", "base", "1"), ("task1", "base", "2")}
+    work = pa.Table.from_pylist([{k: v for k, v in row(e, None).items() if k in work_schema().names} for e in ("1", "2", "3")], schema=work_schema())
+    assert pending_work(work, {("task1", "base", "1")}).column("example_id").to_pylist() == ["2", "3"]
+    assert json.dumps(generation_schema().names)  # schema is stable and serialisable
