@@ -1,0 +1,299 @@
+"""`lorabatch bank build-demo OUT`: the embedded demo bank, built offline and deterministically.
+
+Layout (the Lots-of-LoRAs layout, as a local "hub" directory)::
+
+    OUT/lorabatch-demo/tiny-mistral/                  base model (safetensors) + tokenizer
+    OUT/lorabatch-demo/tiny-mistral-r8-task<N>/       PEFT LoRA of task N (q/k/v, r 8, alpha 16)
+    OUT/lorabatch-demo/task<N>_<slug>/data/{train,valid,test}-00000-of-00001.parquet
+    OUT/demo_bank.json                                what was built, timings, own-vs-base Rouge-L
+
+The bank is built in a temporary directory next to OUT that replaces OUT only when everything,
+the evaluation included, has succeeded: an interrupted build never leaves a bank-looking OUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorabatch.bank.demo.families import FAMILIES, TaskSpec, make_examples, pretraining_sentences, split_examples, task_specs
+from lorabatch.bank.demo.model import ModelDims
+from lorabatch.bank.demo.train import TrainSettings
+from lorabatch.errors import LorabatchError
+
+log = logging.getLogger(__name__)
+
+BUILDER_VERSION = "1"
+ORG = "lorabatch-demo"
+BASE_REPO = f"{ORG}/tiny-mistral"
+ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
+DATASET_REPO = f"{ORG}/task{{number}}_{{slug}}"
+MANIFEST = "demo_bank.json"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big a demo bank is: tasks, examples, pre-training corpus, training and evaluation."""
+
+    n_families: int
+    n_variants: int
+    examples_per_task: int  # split 80/10/10
+    pretrain_sentences: int
+    eval_examples: int  # test examples per task scored for own vs base
+    train: TrainSettings = field(default_factory=TrainSettings)
+    dims: ModelDims = field(default_factory=ModelDims)
+    max_new_tokens: int = 8  # the longest demo answer has 5 words
+
+
+SIZES: dict[str, DemoSize] = {
+    "small": DemoSize(3, 3, 150, 4000, 15, TrainSettings(pretrain_steps=400, lora_steps=130)),
+    "default": DemoSize(6, 4, 250, 8000, 25, TrainSettings(pretrain_steps=800, lora_steps=200)),
+}
+
+
+def read_manifest(out: str | Path) -> dict | None:
+    """The `demo_bank.json` of a complete demo bank in `out`, or None."""
+    try:
+        info = json.loads((Path(out) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and info.get("complete") is True else None
+
+
+def write_datasets(org_dir: Path, specs: list[TaskSpec], examples_per_task: int, seed: int) -> dict[int, dict[str, list[dict]]]:
+    """Generate and write every task's train/valid/test Parquet files; returns the rows."""
+    from lorabatch.bank.datasets import write_split
+
+    splits = {}
+    for spec in specs:
+        splits[spec.number] = split_examples(make_examples(spec, examples_per_task, seed))
+        for split, rows in splits[spec.number].items():
+            write_split(org_dir / spec.name, split, rows)
+    return splits
+
+
+def build_demo_bank(out: str | Path, size: str = "default", seed: int = 0, force: bool = False, progress: bool = True) -> Path:
+    """Build the demo bank into `out` (or keep the one there); returns `out`.
+
+    An existing complete bank of the same size, seed and builder version is kept unless `force`.
+    A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
+    """
+    if size not in SIZES:
+        raise LorabatchError(f"unknown demo bank size {size!r}; choose one of {sorted(SIZES)}")
+    out = Path(out)
+    have = read_manifest(out)
+    if have is not None and not force:
+        if (have.get("builder_version"), have.get("size"), have.get("seed")) == (BUILDER_VERSION, size, seed):
+            with _log_to_stderr(progress):
+                log.info("%s already holds the %s demo bank (seed %d, builder %s): kept", out, size, seed, BUILDER_VERSION)
+            return out
+        log.warning("%s holds a demo bank of size %r, seed %r, builder %r: rebuilding it as %s, seed %d",
+                    out, have.get("size"), have.get("seed"), have.get("builder_version"), size, seed)  # fmt: skip
+    if out.exists() and have is None and (not out.is_dir() or any(out.iterdir())):
+        raise LorabatchError(f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)")
+    with _log_to_stderr(progress), _torch_threads():
+        return _build(out, size, SIZES[size], seed, progress)
+
+
+def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Path:
+    import torch
+    from tqdm.auto import tqdm
+
+    from lorabatch.atomic import atomic_dir, write_json
+    from lorabatch.bank.demo.model import new_model
+    from lorabatch.bank.demo.tokenizer import train_tokenizer
+    from lorabatch.bank.demo.train import lora_model, pretrain, train_lora
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    specs = task_specs(cfg.n_families, cfg.n_variants)
+    families = FAMILIES[: cfg.n_families]
+    log.info("building the %s demo bank (seed %d) into %s: %d families x %d variants = %d tasks, %d threads",
+             size, seed, out, cfg.n_families, cfg.n_variants, len(specs), torch.get_num_threads())  # fmt: skip
+    with atomic_dir(out) as tmp:
+        org = tmp / ORG
+        base_dir = org / "tiny-mistral"
+
+        t = time.perf_counter()
+        splits = write_datasets(org, specs, cfg.examples_per_task, seed)
+        sentences = pretraining_sentences(families, cfg.pretrain_sentences, seed)
+        texts = sentences + [t for s in splits.values() for rows in s.values() for r in rows for t in (r["input"], *r["output"])]
+        tokenizer = train_tokenizer(texts, base_dir)
+        timings["datasets_and_tokenizer"] = time.perf_counter() - t
+        log.info("wrote %d datasets (%d examples each); tokenizer: %d words", len(specs), cfg.examples_per_task, len(tokenizer))
+
+        t = time.perf_counter()
+        model = new_model(tokenizer, cfg.dims, seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("pre-training the base model (%d parameters) for %d steps on %d sentences",
+                 n_params, cfg.train.pretrain_steps, len(sentences))  # fmt: skip
+        pre_losses = pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
+        model.save_pretrained(base_dir)
+        timings["pretrain"] = time.perf_counter() - t
+        log.info("base model saved: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
+
+        t = time.perf_counter()
+        peft_model = lora_model(model, cfg.train, BASE_REPO)
+        lora_losses = {}
+        for spec in tqdm(specs, desc="train LoRAs", unit="task", disable=not progress or None):
+            losses = train_lora(peft_model, tokenizer, splits[spec.number]["train"], cfg.train,
+                                seed * 100_003 + spec.number, spec.task_id, progress)  # fmt: skip
+            peft_model.save_pretrained(org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}", save_embedding_layers=False)
+            lora_losses[spec.number] = (losses[0], _tail(losses))
+            log.info("%s LoRA: loss %.2f -> %.3f", spec.name, losses[0], _tail(losses))
+        timings["lora"] = time.perf_counter() - t
+        del peft_model, model
+
+        t = time.perf_counter()
+        scores = _evaluate(org, specs, splits, cfg, progress)
+        timings["evaluate"] = time.perf_counter() - t
+
+        tasks = [
+            {
+                "task_id": spec.task_id, "name": spec.name, "family": spec.family.name, "variant": spec.variant.slug,
+                "definition": spec.variant.definition, "output_format": spec.variant.formats[0],
+                **{f"n_{k}": len(v) for k, v in splits[spec.number].items()},
+                "lora_loss": [round(x, 4) for x in lora_losses[spec.number]], "rouge_l": scores[spec.number],
+            }
+            for spec in specs
+        ]  # fmt: skip
+        per_family = {f.name: _mean_scores([x["rouge_l"] for x in tasks if x["family"] == f.name]) for f in families}
+        timings["total"] = time.perf_counter() - started
+        info = {
+            "builder_version": BUILDER_VERSION,
+            "complete": True,
+            "size": size,
+            "seed": seed,
+            "base_model": BASE_REPO,
+            "adapter_repo": ADAPTER_REPO.replace("-r8-", f"-r{cfg.train.lora_rank}-"),
+            "dataset_repo": DATASET_REPO,
+            "families": [{"name": f.name, "tasks": [s.task_id for s in specs if s.family is f]} for f in families],
+            "tasks": tasks,
+            "model": {"architecture": "MistralForCausalLM", "vocab_size": model_vocab(base_dir), "n_params": n_params, **cfg.dims.as_dict()},
+            "tokenizer": {"kind": "word-level", "words": len(tokenizer), "bos_added": True},
+            "training": {**cfg.train.as_dict(), "pretrain_sentences": cfg.pretrain_sentences,
+                         "examples_per_task": cfg.examples_per_task, "pretrain_loss": [round(pre_losses[0], 4), round(_tail(pre_losses), 4)]},
+            "evaluation": {"metric": "rougeL F-measure, stemmed, against output[0]", "decoding": "greedy",
+                           "prompt": "raw input", "max_new_tokens": cfg.max_new_tokens, "examples_per_task": cfg.eval_examples},
+            "rouge_l": {"per_family": per_family, "mean": _mean_scores([x["rouge_l"] for x in tasks])},
+            "timings_s": {k: round(v, 1) for k, v in timings.items()},
+            "threads": torch.get_num_threads(),
+            "versions": _versions(),
+        }  # fmt: skip
+        write_json(tmp / MANIFEST, info)
+        _readable(tmp)
+    log.info("demo bank ready in %.0f s: %s", time.perf_counter() - started, out)
+    for name, s in per_family.items():
+        log.info("  %-18s own adapter Rouge-L %.3f   base %.3f", name, s["own"], s["base"])
+    return out
+
+
+def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, progress: bool) -> dict[int, dict]:
+    """Own adapter vs base on each task's first `eval_examples` test rows, from the saved files."""
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorabatch.bank.demo.evaluate import own_vs_base
+
+    base_dir = org / "tiny-mistral"
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    adapter_dir = lambda spec: org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}"  # noqa: E731
+    model = PeftModel.from_pretrained(base, adapter_dir(specs[0]), adapter_name=specs[0].task_id)
+    for spec in specs[1:]:
+        model.load_adapter(adapter_dir(spec), adapter_name=spec.task_id)
+    model.eval()
+    scores = {}
+    for spec in tqdm(specs, desc="own vs base", unit="task", disable=not progress or None):
+        model.set_adapter(spec.task_id)
+        result = own_vs_base(model, tokenizer, splits[spec.number]["test"][: cfg.eval_examples], cfg.max_new_tokens)
+        scores[spec.number] = result
+        log.info("%s Rouge-L own %.3f base %.3f (e.g. %r vs %r, reference %r)", spec.name, result["own"], result["base"],
+                 result["example"]["own"], result["example"]["base"], result["example"]["reference"])  # fmt: skip
+    return scores
+
+
+def _readable(root: Path) -> None:
+    """Give the bank the permissions of ordinary new files: the temporary directory is 0700 and
+    some writers use private temporary files, but every node of a cluster must read the bank."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _mean_scores(results: list[dict]) -> dict:
+    return {
+        "own": round(sum(r["own"] for r in results) / len(results), 4),
+        "base": round(sum(r["base"] for r in results) / len(results), 4),
+        "tasks": len(results),
+    }
+
+
+def _tail(losses: list[float], n: int = 10) -> float:
+    """Mean of the last `n` step losses (one step's loss is noisy)."""
+    tail = losses[-n:]
+    return sum(tail) / len(tail)
+
+
+def model_vocab(base_dir: Path) -> int:
+    return json.loads((base_dir / "config.json").read_text())["vocab_size"]
+
+
+def _versions() -> dict:
+    import peft
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "tokenizers": tokenizers.__version__}
+
+
+def build_threads() -> int:
+    """Threads for training: up to 4 (more do not speed up matrices this small), but 1 when the
+    machine is already busy — OpenMP threads competing for cores spin at every barrier, which
+    made steps 2-15x slower than a single thread in measurements on 2 cores."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] > cores - 0.5
+    except OSError:
+        busy = False
+    return 1 if busy else max(1, min(4, cores))
+
+
+@contextlib.contextmanager
+def _torch_threads():
+    """Set `build_threads()` torch threads for the build, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(build_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _log_to_stderr(enabled: bool):
+    """Show this module's INFO messages when nothing else configured logging (the CLI case)."""
+    if not enabled or logging.getLogger().hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s demo-bank: %(message)s", "%H:%M:%S"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
