@@ -19,6 +19,8 @@ pairs; only pairs involving new or changed tasks are computed.
 
 from __future__ import annotations
 
+from lorabatch.raysession import ensure_ray  # noqa: F401  (callers import it from here)
+
 import json
 import os
 import sys
@@ -67,13 +69,6 @@ def _run_block(metric, state, rows, cols) -> dict:
     d = metric.block(take(state, rows), take(state, cols))
     i, j = np.meshgrid(rows, cols, indexing="ij")
     return {"i": i.ravel().astype(np.int32), "j": j.ravel().astype(np.int32), "d": np.asarray(d, np.float64).ravel()}
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def use_ray(config: DistancesConfig, estimate_s: float) -> bool:

@@ -12,6 +12,8 @@ failed dataset, after the successful ones are cached.
 
 from __future__ import annotations
 
+from lorabatch.raysession import ensure_ray  # noqa: F401  (callers import it from here)
+
 import sys
 import time
 from pathlib import Path
@@ -25,14 +27,6 @@ from lorabatch.features.featureset import FeatureSet, FeaturesError, sample_toke
 from lorabatch.features.tokens import example_texts, load_tokenizer, tokenize_counts, tokenizer_fingerprint, vocab_size_of
 
 MANIFEST_COLUMNS = ("task_id", "dataset_path", "dataset_sha256", "base_model_path")
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start Ray in-process unless it is running (or `address` / RAY_ADDRESS names a cluster)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 class FeatureWorker:

@@ -11,6 +11,8 @@ Memory: one bank adapter at a time plus the result (2 × P floats) besides the f
 
 from __future__ import annotations
 
+from lorabatch.features.tokens import tokenizer_fingerprint  # noqa: F401  (one definition, shared with the features)
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from lorabatch.synthesis.stage import SynthesisError, neural_model_dir
 
 REQUIRED = ("input", "output")
 OPTIONAL = ("id",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -140,18 +141,6 @@ def _read_dir(path: Path):
             ds = ds["train"]
         return ds.data.table if hasattr(ds.data, "table") else ds.with_format("arrow")[:]
     raise DatasetError(f"{path}: a directory without data/train-*.parquet nor a saved Hugging Face dataset")
-
-
-def tokenizer_fingerprint(directory: str | Path) -> str | None:
-    """sha256 of a directory's tokenizer files (None when it holds none)."""
-    directory = Path(directory)
-    files = [directory / f for f in TOKENIZER_FILES[:3] if (directory / f).is_file()]
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()
 
 
 def check_tokenizers(data_path: Path, base_model_path: Path, bank_run: Path) -> None:
