@@ -10,23 +10,15 @@ STAGES = ("bank", "features", "distances", "coefficients", "generation", "scorin
 
 
 def generation_counts(run_dir: Path) -> dict[str, dict[str, int]]:
-    """{setting: {"done": n, "failed": n}} from RUN/generations/*.parquet (rows with an error
-    are failed; each (task, setting, example) counts once)."""
-    import pyarrow.parquet as pq
+    """{setting: {"done": n, "failed": n}} over RUN/generations, one row per (task, setting,
+    example) as the generation store resolves them (a success beats a recorded failure)."""
+    from lorabatch.generation.store import read_generations
 
+    table = read_generations(run_dir, columns=["setting", "error"])
     counts: dict[str, dict[str, int]] = {}
-    seen = set()
-    for f in sorted((run_dir / "generations").glob("**/*.parquet")):
-        try:
-            table = pq.read_table(f, columns=["task_id", "setting", "example_id", "error"])
-        except Exception:
-            continue
-        for task, setting, ex, err in zip(*(table.column(c).to_pylist() for c in ("task_id", "setting", "example_id", "error"))):
-            if (task, setting, ex) in seen:
-                continue
-            seen.add((task, setting, ex))
-            c = counts.setdefault(setting, {"done": 0, "failed": 0})
-            c["failed" if err else "done"] += 1
+    for setting, err in zip(table.column("setting").to_pylist(), table.column("error").to_pylist()):
+        c = counts.setdefault(setting, {"done": 0, "failed": 0})
+        c["failed" if err else "done"] += 1
     return counts
 
 
