@@ -72,7 +72,7 @@ def synthesize(
 ):
     """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
     from lorabatch.config import load_config
-    from lorabatch.synthesis.batch import ensure_ray
+    from lorabatch.raysession import ensure_ray
     from lorabatch.synthesis.stage import SynthesisError, compute_coefficients, synthesize_setting
 
     cfg = load_config(config, _overrides(run_dir=run_dir, address=address))
@@ -106,6 +106,7 @@ def distances(
     from lorabatch.config import format_validation_error, load_config
     from lorabatch.distances import DistancesConfig
     from lorabatch.distances.matrix import compute_distances
+    from lorabatch.distances.registry import features_config_for
     from lorabatch.errors import ConfigError
     from lorabatch.features import compute_bank_features
 
@@ -117,18 +118,11 @@ def distances(
     feats = cfg.features
     if local:
         dist, feats = dist.model_copy(update={"executor": "local"}), feats.model_copy(update={"executor": "local"})
-    if any(get_metric_representation(m) == "embeddings" for m in dist.metrics):
-        feats = feats.model_copy(update={"embedding": feats.embedding.model_copy(update={"enabled": True})})
+    feats = features_config_for(dist.metrics, feats)
     features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     typer.echo(f"features of {len(features)} datasets in {cfg.run_dir / 'features'}")
     compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     typer.echo(f"distances {', '.join(dist.metrics)} in {cfg.run_dir / 'distances'}")
-
-
-def get_metric_representation(name: str) -> str:
-    from lorabatch.distances.registry import metric_class
-
-    return metric_class(name).representation
 
 
 @app.command("predict")
@@ -178,7 +172,7 @@ def generate(
     """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
     from lorabatch.config import load_config
     from lorabatch.generation.stage import run_generation
-    from lorabatch.synthesis.batch import ensure_ray
+    from lorabatch.raysession import ensure_ray
 
     overrides = _overrides(run_dir=run_dir, address=address)
     flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
@@ -218,7 +212,7 @@ def score(
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), "command-line flags") from None
     if cfg.executor == "ray":
-        from lorabatch.synthesis.batch import ensure_ray
+        from lorabatch.raysession import ensure_ray
 
         ensure_ray()
     summary = run_scoring(run, cfg)

@@ -19,7 +19,7 @@ pairs; only pairs involving new or changed tasks are computed.
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray  # noqa: F401  (callers import it from here)
+from lorabatch.raysession import ensure_ray
 
 import json
 import os

@@ -53,3 +53,11 @@ def get_metric(name: str, config=None):
 
         config = DistancesConfig()
     return metric_class(name)(config)
+
+
+def features_config_for(metrics, features_config):
+    """`features_config` with embeddings turned on when any of `metrics` works on embeddings."""
+    if any(metric_class(m).representation == "embeddings" for m in metrics):
+        embedding = features_config.embedding.model_copy(update={"enabled": True})
+        return features_config.model_copy(update={"embedding": embedding})
+    return features_config

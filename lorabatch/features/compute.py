@@ -12,7 +12,7 @@ failed dataset, after the successful ones are cached.
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray  # noqa: F401  (callers import it from here)
+from lorabatch.raysession import ensure_ray
 
 import sys
 import time

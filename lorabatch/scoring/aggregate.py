@@ -76,14 +76,14 @@ def task_scores(examples: list[dict]) -> list[dict]:
                 "n_errors": sum(1 for r in rows if r["error"]),
             }
         )
-    return sorted(out, key=lambda r: (setting_order(r["setting"]), _task_order(r["task_id"])))
+    return sorted(out, key=lambda r: (setting_order(r["setting"]), task_order(r["task_id"])))
 
 
 def setting_order(setting: str):
     return (0 if setting == BASE else 2 if setting == ORACLE else 1, setting)
 
 
-def _task_order(task: str):
+def task_order(task: str):
     digits = "".join(ch for ch in task if ch.isdigit())
     return (int(digits) if digits else 0, task)
 

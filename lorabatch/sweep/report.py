@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lorabatch.atomic import write_text
+from lorabatch.scoring.aggregate import task_order
 
 SUMMARY_COLUMNS = [
     ("setting", "setting", "{}"),
@@ -65,17 +66,12 @@ def _square(table, value: str):
 
     targets = table.column("target").to_pylist()
     sources = table.column("source").to_pylist()
-    labels = sorted(set(targets) | set(sources), key=_task_order)
+    labels = sorted(set(targets) | set(sources), key=task_order)
     index = {t: k for k, t in enumerate(labels)}
     m = np.full((len(labels), len(labels)), np.nan)
     for t, s, v in zip(targets, sources, table.column(value).to_pylist()):
         m[index[t], index[s]] = v
     return m, labels
-
-
-def _task_order(task: str):
-    digits = "".join(ch for ch in task if ch.isdigit())
-    return (int(digits) if digits else 0, task)
 
 
 def _summary_table(run_dir: Path) -> str:

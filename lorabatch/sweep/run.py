@@ -45,13 +45,11 @@ def stage_bank(config: LorabatchConfig, progress: bool):
 
 def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bool) -> None:
     from lorabatch.distances.matrix import compute_distances
-    from lorabatch.distances.registry import metric_class
+    from lorabatch.distances.registry import features_config_for
     from lorabatch.features import compute_bank_features
 
     run_dir = Path(config.run_dir)
-    feats = config.features
-    if any(metric_class(m).representation == "embeddings" for m in config.distances.metrics):
-        feats = feats.model_copy(update={"embedding": feats.embedding.model_copy(update={"enabled": True})})
+    feats = features_config_for(config.distances.metrics, config.features)
     started = time.time()
     features = compute_bank_features(manifest, run_dir, feats, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
     mark_done(run_dir, "features", content_key(feats.model_dump(mode="json"), _manifest_hash(manifest)), started, {"datasets": len(features)})
@@ -69,11 +67,15 @@ def _manifest_hash(manifest) -> str:
     return manifest_hash(manifest)
 
 
-def _distances_key(run_dir: Path, metrics) -> str:
+def _distance_hashes(run_dir: Path, metrics) -> dict[str, str]:
     from lorabatch.bank.datasets import file_sha256
     from lorabatch.distances.matrix import distance_path
 
-    return content_key({m: file_sha256(distance_path(run_dir, m)) for m in metrics})
+    return {m: file_sha256(distance_path(run_dir, m)) for m in metrics}
+
+
+def _distances_key(run_dir: Path, metrics) -> str:
+    return content_key(_distance_hashes(run_dir, metrics))
 
 
 def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
@@ -81,15 +83,16 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
 
     run_dir = Path(config.run_dir)
     syn = config.synthesis.model_dump(mode="json", exclude={"jit", "jit_delete", "executor"})
+    hashes = _distance_hashes(run_dir, config.distances.metrics)
     for metric in config.distances.metrics:
         stage = f"coefficients-{metric}"
-        key = content_key(_distances_key(run_dir, [metric]), syn, config.seed)
+        key = content_key(content_key({metric: hashes[metric]}), syn, config.seed)
         if is_done(run_dir, stage, key):
             continue
         started = time.time()
         compute_coefficients(run_dir, metric, config.synthesis, seed=config.seed, progress=progress)
         mark_done(run_dir, stage, key, started, {"models": list(config.synthesis.models)})
-    mark_done(run_dir, "coefficients", content_key(_distances_key(run_dir, config.distances.metrics), syn, config.seed), time.time())
+    mark_done(run_dir, "coefficients", content_key(content_key(hashes), syn, config.seed), time.time())
     sweep_metrics.stage_done("coefficients")
     _say(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
 

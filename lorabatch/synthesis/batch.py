@@ -13,7 +13,7 @@ The same pass computes the bank's Gram matrix G = Θ Θᵀ (`bank_gram`) for the
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray  # noqa: F401  (re-exported for callers)
+from lorabatch.raysession import ensure_ray
 
 import contextlib
 import os
