@@ -65,7 +65,9 @@ def format_validation_error(err: ValidationError) -> list[str]:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        problems.append(f"{loc}: {msg} (got {shown})")
+        # Validators that already name the value in their message need no second copy of it.
+        named = item.get("type") == "value_error" and (repr(value) in msg or str(value) in msg)
+        problems.append(f"{loc}: {msg}" if named else f"{loc}: {msg} (got {shown})")
     return problems
 
 

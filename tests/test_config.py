@@ -70,3 +70,49 @@ def test_cli_reports_config_errors_and_exit_code(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lorabatch.cli", "bank", "manifest", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "needs bank.root" in out.stderr
+
+
+def test_every_section_reported_at_once_before_any_work(tmp_path):
+    """One bad field in every section of the sweep config: all are reported together, with their
+    dotted path and value, and `lorabatch sweep` stops before it creates anything."""
+    run_dir = tmp_path / "run"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        f"run_dir: {run_dir}\n"
+        "ray: {num_cpus: 0}\n"
+        "bank: {source: local, root: bank, base_model: m}\n"
+        "features: {mmd_sample_size: -3, embedding: {batch_size: 0}}\n"
+        "distances: {metrics: [JS, Hellinger], executor: gpu}\n"
+        "synthesis: {temperature: -1, models: [normalized, lasso], neural: {epochs: 0}, jit_wave: 0}\n"
+        "generation: {backend: onnx, max_new_tokens: 0, vllm: {max_lora_rank: 7}, hf: {dtype: int4}}\n"
+        "scoring: {reference: last}\n"
+    )
+    expected = {
+        "ray.num_cpus": "0",
+        "features.mmd_sample_size": "-3",
+        "features.embedding.batch_size": "0",
+        "distances.metrics": "Hellinger",
+        "distances.executor": "'gpu'",
+        "synthesis.temperature": "-1",
+        "synthesis.models": "lasso",
+        "synthesis.neural.epochs": "0",
+        "synthesis.jit_wave": "0",
+        "generation.backend": "onnx",
+        "generation.max_new_tokens": "0",
+        "generation.vllm.max_lora_rank": "7",
+        "generation.hf.dtype": "'int4'",
+        "scoring.reference": "'last'",
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    problems = info.value.problems
+    for path, value in expected.items():
+        lines = [p for p in problems if p.startswith(f"{path}:") or p.startswith(f"{path}.")]
+        assert lines, f"{path} not reported in {problems}"
+        assert value in lines[0], (path, lines[0])
+    assert len(problems) == len(expected), problems
+
+    out = subprocess.run([sys.executable, "-m", "lorabatch.cli", "sweep", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert all(path in out.stderr for path in expected), out.stderr
+    assert not run_dir.exists()

@@ -65,15 +65,17 @@ def build_context(run_dir, config, backend: str, seed: int):
     return manifest, ctx
 
 
-def run_generation(run_dir, config, seed: int = 0, progress: bool = True) -> GenerationResult:
+def run_generation(run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True) -> GenerationResult:
     """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
 
     Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
+    `write_plan=False` leaves RUN/generations/plan.json alone (a caller generating the plan in
+    waves writes the whole plan itself).
     """
     import pyarrow.compute as pc
     import ray
 
-    from lorabatch.atomic import write_json, write_parquet
+    from lorabatch.atomic import write_parquet
     from lorabatch.generation.backends import backend_class, resolve_backend_name
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
@@ -85,7 +87,8 @@ def run_generation(run_dir, config, seed: int = 0, progress: bool = True) -> Gen
     backend = resolve_backend_name(config.backend)
     manifest, ctx = build_context(run_dir, config, backend, seed)
     work = plan_work(run_dir, manifest, config)
-    write_json(generations_dir(run_dir) / "plan.json", {"rows_per_setting": rows_per_setting(work)})
+    if write_plan:
+        write_plan_file(run_dir, work)
     pending = pending_work(work, done_keys(run_dir, include_failed=not config.retry_failed))
     result = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
     if pending.num_rows == 0:
@@ -133,6 +136,15 @@ def run_generation(run_dir, config, seed: int = 0, progress: bool = True) -> Gen
     result.generated_tokens = sum(n or 0 for _, n in mine)
     result.seconds = time.time() - started
     return result
+
+
+def write_plan_file(run_dir, work) -> None:
+    """RUN/generations/plan.json: planned rows per setting (read by `lorabatch status`)."""
+    from lorabatch.atomic import write_json
+    from lorabatch.generation.plan import rows_per_setting
+    from lorabatch.generation.store import generations_dir
+
+    write_json(generations_dir(run_dir) / "plan.json", {"rows_per_setting": rows_per_setting(work)})
 
 
 def _constant_strings(value: str, n: int):

@@ -10,15 +10,20 @@ from lorabatch.sweep.stages import content_key, mark_done
 
 
 def stage_generation(config, manifest, settings: list[str], progress: bool) -> None:
-    """Generate the rows of `settings` (the config's `generation.settings` wins when given)."""
+    """Generate the rows of `settings` (the config's `generation.settings` wins when given); with
+    `synthesis.jit` the synthesized settings' adapters are made wave by wave just before (`sweep.jit`)."""
     from lorabatch.generation.stage import run_generation
+    from lorabatch.sweep.jit import generate_just_in_time
 
     run_dir = Path(config.run_dir)
     gen = config.generation
     if gen.settings is None:
         gen = gen.model_copy(update={"settings": settings})
     started = time.time()
-    result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
+    if config.synthesis.jit:
+        result = generate_just_in_time(config, gen, progress=progress)
+    else:
+        result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
     print(f"[lorabatch] {result.describe()}", flush=True)
     mark_done(run_dir, "generation", content_key(gen.model_dump(mode="json")), started, {"planned": result.planned, "failed": result.failed})
     sweep_metrics.stage_done("generation")

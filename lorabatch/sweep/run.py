@@ -82,7 +82,7 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
     from lorabatch.synthesis.stage import compute_coefficients
 
     run_dir = Path(config.run_dir)
-    syn = config.synthesis.model_dump(mode="json", exclude={"jit", "jit_delete", "executor"})
+    syn = config.synthesis.model_dump(mode="json", exclude={"jit", "jit_delete", "jit_wave", "executor"})
     hashes = _distance_hashes(run_dir, config.distances.metrics)
     for metric in config.distances.metrics:
         stage = f"coefficients-{metric}"

@@ -101,6 +101,12 @@ class SynthesisConfig(StrictModel):
     jit_delete: bool = Field(
         True, description="With `jit`: delete an adapter once its generations are written."
     )
+    jit_wave: int = Field(
+        512,
+        ge=1,
+        description="With `jit`: adapters synthesized per wave (settings × tasks) before that wave is "
+        "generated; bounds the disk held by synthesized adapters at one wave.",
+    )
 
     @field_validator("models")
     @classmethod

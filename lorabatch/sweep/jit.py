@@ -1,0 +1,108 @@
+"""Just-in-time synthesis: leave-one-out adapters are made wave by wave, right before the
+generation that needs them, and (with `synthesis.jit_delete`) removed once the wave's rows are
+written.
+
+Up front, a sweep holds N × |settings| synthesized adapters on disk at once (502 × 12 adapters of
+Mistral-7B at rank 16 ≈ 6,000 × 27 MB ≈ 160 GB). In waves it holds at most `synthesis.jit_wave`.
+
+A wave is a cross product S × T of settings and tasks, because a generation call evaluates every
+(setting, task) pair of its config: every pair in it must have an adapter, or its rows would fail
+as "missing adapter". Only pairs with pending rows are synthesized; the other pairs' rows are
+already written and are skipped by the generation stage, so they need none.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorabatch.generation.schema import BASE_SETTING, ORACLE_SETTING
+
+
+@dataclass(frozen=True)
+class Wave:
+    settings: tuple[str, ...]
+    tasks: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.settings) * len(self.tasks)
+
+
+def plan_waves(pending_tasks: dict[str, list[str]], wave_size: int) -> list[Wave]:
+    """Group the pending (setting → tasks) pairs of the synthesized settings into waves of at most
+    `wave_size` adapters.
+
+    When a setting has at least `wave_size` pending tasks, its tasks are cut into chunks of
+    `wave_size`, one setting per wave. Otherwise settings with the same pending tasks are grouped,
+    ⌊wave_size / |tasks|⌋ at a time, so that a small bank runs in few waves (each wave starts the
+    generation workers anew, which costs an engine start).
+    """
+    waves: list[Wave] = []
+    by_tasks: dict[tuple[str, ...], list[str]] = {}
+    for setting, tasks in pending_tasks.items():
+        if not tasks:
+            continue
+        if len(tasks) >= wave_size:
+            for i in range(0, len(tasks), wave_size):
+                waves.append(Wave((setting,), tuple(tasks[i : i + wave_size])))
+        else:
+            by_tasks.setdefault(tuple(tasks), []).append(setting)
+    for tasks, settings in by_tasks.items():
+        per_wave = max(1, wave_size // len(tasks))
+        for i in range(0, len(settings), per_wave):
+            waves.append(Wave(tuple(settings[i : i + per_wave]), tasks))
+    return waves
+
+
+def pending_tasks_by_setting(pending) -> dict[str, list[str]]:
+    """{setting: tasks with pending rows, in plan order} for the synthesized settings of `pending`."""
+    out: dict[str, dict[str, None]] = {}
+    for setting, task in zip(pending.column("setting").to_pylist(), pending.column("task_id").to_pylist()):
+        if setting not in (BASE_SETTING, ORACLE_SETTING):
+            out.setdefault(setting, {})[task] = None
+    return {s: list(t) for s, t in out.items()}
+
+
+def generate_just_in_time(config, gen, progress: bool = True):
+    """Generate the rows of `gen` (a GenerationConfig with its settings filled in), synthesizing the
+    adapters of each wave just before it; returns the summed `GenerationResult`."""
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.generation.backends import resolve_backend_name
+    from lorabatch.generation.plan import pending_work, plan_work
+    from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
+    from lorabatch.generation.store import done_keys
+    from lorabatch.sweep.metrics import adapters_synthesized
+    from lorabatch.synthesis.stage import adapter_dir, layout_from_manifest, synthesize_setting
+
+    run_dir = Path(config.run_dir)
+    syn = config.synthesis
+    work = plan_work(run_dir, load_manifest(run_dir), gen)
+    write_plan_file(run_dir, work)
+    pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
+    total = GenerationResult(resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
+
+    direct = [s for s in gen.settings if s in (BASE_SETTING, ORACLE_SETTING)]
+    calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
+    waves = plan_waves(pending_tasks_by_setting(pending), syn.jit_wave)
+    calls += [(w, gen.model_copy(update={"settings": list(w.settings), "tasks": list(w.tasks)})) for w in waves]
+    layout = layout_from_manifest(run_dir) if waves else None
+    for i, (wave, wave_gen) in enumerate(calls):
+        if wave is not None:
+            print(f"[lorabatch] just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
+                  f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)", flush=True)  # fmt: skip
+            for setting in wave.settings:
+                metric, _, model = setting.rpartition("-")
+                synthesize_setting(run_dir, metric, model, syn, tasks=list(wave.tasks), layout=layout, progress=False)
+                adapters_synthesized(setting, len(wave.tasks))
+        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=False)
+        if wave is not None and syn.jit_delete:
+            for setting in wave.settings:
+                for task in wave.tasks:
+                    shutil.rmtree(adapter_dir(run_dir, setting, task), ignore_errors=True)
+        total.generated += result.generated
+        total.failed += result.failed
+        total.preflight_failed += result.preflight_failed
+        total.generated_tokens += result.generated_tokens
+        total.seconds += result.seconds
+    return total
