@@ -19,8 +19,11 @@ import time
 from pathlib import Path
 
 
-def peft_sequential(run: Path, cfg) -> tuple[int, float]:
-    """Per adapter: load it, generate its rows in batches, unload it. Returns (tokens, seconds)."""
+def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
+    """Per adapter: load it, generate its rows in batches, unload it.
+
+    Returns (tokens, seconds, {(task, example): generated ids up to and including EOS}).
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -33,22 +36,39 @@ def peft_sequential(run: Path, cfg) -> tuple[int, float]:
     work, _ = preflight(plan_work(run, manifest, cfg), ctx)
     start = time.perf_counter()
     base = AutoModelForCausalLM.from_pretrained(ctx.base_model_path, dtype=torch.float32).eval()
+    eos = base.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
     tokens = 0
-    groups: dict[str, list[list[int]]] = {}
-    for path, ids in zip(work.column("adapter_path").to_pylist(), work.column("prompt_token_ids").to_pylist()):
-        groups.setdefault(path, []).append(ids)
+    outputs: dict[tuple[str, str], list[int]] = {}
+    groups: dict[str, list[tuple[tuple[str, str], list[int]]]] = {}
+    keys = zip(work.column("task_id").to_pylist(), work.column("example_id").to_pylist())
+    for key, path, ids in zip(keys, work.column("adapter_path").to_pylist(), work.column("prompt_token_ids").to_pylist()):
+        groups.setdefault(path, []).append((key, ids))
     with torch.inference_mode():
-        for path, prompts in groups.items():
+        for path, rows in groups.items():
             model = PeftModel.from_pretrained(base, path).eval()
-            for i in range(0, len(prompts), cfg.batch_size):
-                chunk = prompts[i : i + cfg.batch_size]
-                width = max(len(p) for p in chunk)
-                x = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            for i in range(0, len(rows), cfg.batch_size):
+                chunk = rows[i : i + cfg.batch_size]
+                width = max(len(p) for _, p in chunk)
+                x = torch.tensor([[0] * (width - len(p)) + p for _, p in chunk])
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk])
                 out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=0)
-                tokens += int((out[:, width:] != 0).sum())
+                for (key, _), gen_ids in zip(chunk, out[:, width:].tolist()):
+                    ids = gen_ids[: gen_ids.index(eos) + 1] if eos in gen_ids else gen_ids
+                    outputs[key] = ids
+                    tokens += len(ids)
             base = model.unload()
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, outputs
+
+
+def parity(run: Path, peft_outputs: dict) -> tuple[int, int]:
+    """(rows whose greedy ids are identical on both sides, rows compared)."""
+    from lorabatch.generation.store import read_generations
+
+    rows = read_generations(run, columns=["task_id", "example_id", "generated_token_ids", "error"]).to_pylist()
+    done = [r for r in rows if not r["error"] and (r["task_id"], r["example_id"]) in peft_outputs]
+    same = sum(list(r["generated_token_ids"]) == peft_outputs[(r["task_id"], r["example_id"])] for r in done)
+    return same, len(done)
 
 
 def main() -> None:
@@ -85,12 +105,14 @@ def main() -> None:
         vcfg = GenerationConfig(backend="vllm", vllm={"dtype": "float32"}, **common)
         v = run_generation(run, vcfg, progress=False)
         hcfg = GenerationConfig(backend="hf", **common)
-        h_tokens, h_seconds = peft_sequential(run, hcfg)
+        h_tokens, h_seconds, h_outputs = peft_sequential(run, hcfg)
+        same, compared = parity(run, h_outputs)
         v_tps, h_tps = v.generated_tokens / v.seconds, h_tokens / h_seconds
         print(f"machine: {platform.machine()}, {ray.cluster_resources().get('CPU')} CPUs, GPUs: {ray.cluster_resources().get('GPU', 0)}")
         print(f"rows: {v.planned} (oracle adapter of each task x up to {args.examples} {split} examples), max_new_tokens {args.max_new_tokens}")
         print(f"vLLM multi-LoRA (ray.data.llm, engine start included): {v.generated_tokens} tokens in {v.seconds:.1f} s = {v_tps:.1f} tokens/s")
         print(f"PEFT per-adapter sequential:                           {h_tokens} tokens in {h_seconds:.1f} s = {h_tps:.1f} tokens/s")
+        print(f"greedy parity: {same} of {compared} rows give identical token ids on both sides")
         print(f"ratio vLLM / PEFT: {v_tps / h_tps:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ MAX_INPUT_TOKENS = 24
 LONG_EXAMPLE = "task1-long"
 GOOD_SYNTH = "JS-normalized"
 BROKEN_SYNTH = "XX-broken"
+NEAR_TIE = 0.01  # logit margin under which float32 batched kernels may legitimately pick the runner-up
 
 
 def _write_no_module_adapter(src: Path, dst: Path) -> None:
@@ -102,6 +103,22 @@ def reference_outputs(base_path: str, adapter_path: str | None, prompts: list[li
     return out
 
 
+def divergence_margin(base, adapter, prompt_ids, ours, ref):
+    """Float64 logit gap between the reference token and ours at the first step where they differ."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float64)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).to(torch.float64)
+    step = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + ref[:step]])).logits[0, -1]
+    return float(logits[ref[step]] - logits[ours[step]])
+
+
 def generation_config(**overrides):
     from lorabatch.generation.config import GenerationConfig
 
@@ -133,4 +150,6 @@ def gen():
         config=generation_config,
         manifest_rows=manifest_rows,
         reference_outputs=reference_outputs,
+        divergence_margin=divergence_margin,
+        NEAR_TIE=NEAR_TIE,
     )

@@ -9,7 +9,6 @@ import pytest
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
-NEAR_TIE = 0.01  # logit margin under which float32 batched kernels may legitimately pick the runner-up
 
 
 @pytest.fixture(scope="module")
@@ -23,22 +22,6 @@ def vllm_run(pristine_run, tmp_path_factory, local_ray, gen):
     cfg = gen.config(backend="vllm", batch_size=64, vllm={"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32"})
     result = run_generation(run, cfg, progress=False)
     return run, result, {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
-
-
-def _divergence_margin(base, adapter, prompt_ids, ours, ref):
-    """Float64 logit gap between the reference token and ours at the first step where they differ."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float64)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).to(torch.float64)
-    step = next(i for i, (a, b) in enumerate(zip(ours, ref)) if a != b)
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([prompt_ids + ref[:step]])).logits[0, -1]
-    return float(logits[ref[step]] - logits[ours[step]])
 
 
 def test_bad_rows_fail_alone_and_rest_complete(vllm_run, gen):
@@ -71,8 +54,8 @@ def test_base_rows_equal_base_alone_and_adapters_match_peft(vllm_run, gen):
                 same += 1
                 continue
             assert adapter is not None, f"base row {r['task_id']}/{r['example_id']} differs from base-alone output"
-            margin = _divergence_margin(base, adapter, p, got, want)
-            assert 0 <= margin < NEAR_TIE, (adapter, got, want, margin)
+            margin = gen.divergence_margin(base, adapter, p, got, want)
+            assert 0 <= margin < gen.NEAR_TIE, (adapter, got, want, margin)
     assert total == 18 and same >= 16
 
 
