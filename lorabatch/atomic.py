@@ -7,9 +7,11 @@ see either the old content or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,16 +66,43 @@ def write_npy(target: str | os.PathLike, array) -> None:
             np.save(fh, array, allow_pickle=False)
 
 
+def _owner_tag(pid: int) -> str:
+    return f"{socket.gethostname()}-{pid}"
+
+
+def _remove_orphans(target: Path) -> None:
+    """Remove temporary directories of `target` left by dead writers on this host."""
+    host = socket.gethostname()
+    for tmp in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
+        pid = tmp.name[len(f".{target.name}.{host}-") :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; on success it replaces `target` whole.
 
     On failure the temporary directory is removed and `target` is left as it was (absent if it
-    was absent), so a failed write never leaves a directory that looks complete.
+    was absent), so a failed write never leaves a directory that looks complete. A writer killed
+    outright (SIGKILL) cannot clean up: its hidden directory, named after its host and pid, is
+    removed by the next write of the same target once that process is gone.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _remove_orphans(target)
+    prefix = f".{target.name}.{_owner_tag(os.getpid())}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():

@@ -289,11 +289,15 @@ def _log_to_stderr(enabled: bool):
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s demo-bank: %(message)s", "%H:%M:%S"))
-    level = log.level
+    level, propagate = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    # A library imported during the build (Ray, say) may configure the root logger; without this
+    # every message would then print twice.
+    log.propagate = False
     try:
         yield
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.propagate = propagate
