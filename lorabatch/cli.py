@@ -39,12 +39,13 @@ def bank_build_demo(
 def bank_manifest(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
 ):
     """Resolve the bank, validate it, and write RUN/bank/manifest.parquet."""
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import load_config
 
-    cfg = load_config(config, _overrides(run_dir=run_dir))
+    cfg = load_config(config, _overrides(sets, run_dir=run_dir))
     table = build_manifest(cfg)
     typer.echo(f"{table.num_rows} tasks validated; manifest at {cfg.run_dir / 'bank' / 'manifest.parquet'}")
 
@@ -53,13 +54,14 @@ def bank_manifest(
 def sweep(
     config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/demo.yaml."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
 ):
     """The leave-one-out experiment over the whole bank, each stage cached in the run directory."""
     from lorabatch.config import load_config
     from lorabatch.sweep.run import run_sweep
 
-    run_sweep(load_config(config, _overrides(run_dir=run_dir, address=address)))
+    run_sweep(load_config(config, _overrides(sets, run_dir=run_dir, address=address)))
 
 
 @app.command("synthesize")
@@ -67,6 +69,7 @@ def synthesize(
     config: Path = typer.Argument(..., help="Run config (YAML); its `synthesis` section applies."),
     metric: Optional[list[str]] = typer.Option(None, help="Metric(s) to use (default: every RUN/distances/<metric>.parquet)."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
     coefficients_only: bool = typer.Option(False, help="Write the coefficients (and neural model), no adapters."),
 ):
@@ -75,7 +78,7 @@ def synthesize(
     from lorabatch.raysession import ensure_ray
     from lorabatch.synthesis.stage import SynthesisError, compute_coefficients, synthesize_setting
 
-    cfg = load_config(config, _overrides(run_dir=run_dir, address=address))
+    cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
     metrics = metric or sorted(p.stem for p in (cfg.run_dir / "distances").glob("*.parquet"))
     if not metrics:
         raise SynthesisError(f"no distances in {cfg.run_dir / 'distances'}: compute them first")
@@ -96,6 +99,7 @@ def distances(
     config: Path = typer.Argument(..., help="Run config (YAML); its `features` and `distances` sections apply."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metric(s) to compute (default: distances.metrics)."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
     local: bool = typer.Option(False, help="Compute features and blocks in this process, without Ray."),
 ):
@@ -110,7 +114,7 @@ def distances(
     from lorabatch.errors import ConfigError
     from lorabatch.features import compute_bank_features
 
-    cfg = load_config(config, _overrides(run_dir=run_dir, address=address))
+    cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
     try:
         dist = DistancesConfig(**{**cfg.distances.model_dump(), **({"metrics": metrics} if metrics else {})})
     except ValidationError as err:
@@ -164,6 +168,7 @@ def predict(
 def generate(
     config: Path = typer.Argument(..., help="Run config (YAML); its `generation` section applies."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
     backend: Optional[str] = typer.Option(None, help="'auto', 'vllm' or 'hf' (overrides generation.backend)."),
     examples_per_task: Optional[int] = typer.Option(None, help="First k test examples per task (overrides the config)."),
@@ -174,7 +179,7 @@ def generate(
     from lorabatch.generation.stage import run_generation
     from lorabatch.raysession import ensure_ray
 
-    overrides = _overrides(run_dir=run_dir, address=address)
+    overrides = _overrides(sets, run_dir=run_dir, address=address)
     flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(config, overrides)
@@ -230,10 +235,29 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory.")):
     typer.echo("\n".join(status_lines(run_dir)))
 
 
-def _overrides(**flags) -> dict:
-    """CLI flags that map onto config fields (flag name -> dotted config path)."""
+def _overrides(sets: Optional[list[str]] = None, **flags) -> dict:
+    """Config overrides from the CLI: `--set dotted.path=value` (value read as YAML, so `3`, `true`,
+    `[JS, KL]` keep their types) and the flags that map onto config fields."""
+    import yaml
+
+    from lorabatch.errors import ConfigError
+
+    out: dict = {}
+    problems = []
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected dotted.path=value, e.g. synthesis.top_k=3")
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            problems.append(f"--set {item!r}: the value is not valid YAML ({err.__class__.__name__})")
+    if problems:
+        raise ConfigError(problems, "the command line")
     paths = {"run_dir": "run_dir", "address": "ray.address"}
-    return {paths[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None}
+    out.update({paths[k]: (str(v) if isinstance(v, Path) else v) for k, v in flags.items() if v is not None})
+    return out
 
 
 def main() -> None:

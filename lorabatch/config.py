@@ -100,8 +100,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node = data
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ConfigError([f"{dotted}: {where} is not a section (got {node!r})"], "the overrides")
     node[leaf] = value
 
 

@@ -116,3 +116,20 @@ def test_every_section_reported_at_once_before_any_work(tmp_path):
     assert out.returncode == 2
     assert all(path in out.stderr for path in expected), out.stderr
     assert not run_dir.exists()
+
+
+def test_cli_set_overrides_are_typed_and_validated(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run_dir: {tmp_path / 'run'}\nbank: {{source: hub, base_model: m}}\n")
+    cmd = [sys.executable, "-m", "lorabatch.cli", "sweep", str(cfg)]
+    out = subprocess.run(cmd + ["--set", "synthesis.top_k=0", "--set", "distances.metrics=[JS, XX]"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "synthesis.top_k: Input should be greater than or equal to 1 (got 0)" in out.stderr
+    assert "unknown metric(s) ['XX']" in out.stderr
+    out = subprocess.run(cmd + ["--set", "synthesis.top_k"], capture_output=True, text=True)
+    assert out.returncode == 2 and "expected dotted.path=value" in out.stderr
+
+    from lorabatch.cli import _overrides
+
+    got = load_config(cfg, _overrides(["synthesis.top_k=3", "synthesis.jit=true", "distances.metrics=[JS, KL]"]))
+    assert got.synthesis.top_k == 3 and got.synthesis.jit is True and got.distances.metrics == ["JS", "KL"]
