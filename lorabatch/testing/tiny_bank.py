@@ -84,8 +84,16 @@ def build_base_model(out_dir: Path, vocab_size: int, seed: int = 0, name: str | 
     return model
 
 
-def build_tiny_bank(root: str | Path, n_tasks: int = 4, rank: int = 8, seed: int = 0, org: str = "tiny-org", rows: int = 12) -> TinyBank:
-    """Write a tiny bank under `root` and describe it. Deterministic for a given seed."""
+def build_tiny_bank(
+    root: str | Path, n_tasks: int = 4, rank: int = 8, seed: int = 0, org: str = "tiny-org", rows: int = 12, test_rows: int = 2
+) -> TinyBank:
+    """Write a tiny bank under `root` and describe it. Deterministic for a given seed.
+
+    Each task has `rows` examples: the last `test_rows` are its test split, the 2 before them
+    its valid split, the rest its train split.
+    """
+    if rows < test_rows + 3:
+        raise ValueError(f"rows must leave at least one train example after {test_rows} test and 2 valid rows, got {rows}")
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -112,9 +120,10 @@ def build_tiny_bank(root: str | Path, n_tasks: int = 4, rank: int = 8, seed: int
             for i in range(rows)
         ]
         ds_dir = root / f"{org}/task{n}_tiny_{n}"
-        write_split(ds_dir, "train", data[: rows - 4])
-        write_split(ds_dir, "valid", data[rows - 4 : rows - 2])
-        write_split(ds_dir, "test", data[rows - 2 :])
+        held_out = rows - test_rows
+        write_split(ds_dir, "train", data[: held_out - 2])
+        write_split(ds_dir, "valid", data[held_out - 2 : held_out])
+        write_split(ds_dir, "test", data[held_out:])
     return TinyBank(
         root=root,
         org=org,
