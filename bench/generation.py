@@ -2,6 +2,7 @@
 
     python bench/generation.py                    # builds a tiny bank, 8 adapters
     python bench/generation.py --run runs/demo    # a run directory with a bank manifest (demo bank)
+    python bench/generation.py --run runs/demo --split train --examples 100   # 2,400 rows
 
 Both sides generate the same rows (every task's oracle adapter on its first k test examples,
 greedy, max_new_tokens N) from the same token ids; tokens/s = generated tokens / wall seconds,
@@ -76,8 +77,15 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="Run directory with RUN/bank/manifest.parquet (default: a tiny bank).")
     ap.add_argument("--tasks", type=int, default=8, help="Tasks of the tiny bank.")
     ap.add_argument("--examples", type=int, default=16, help="Test examples per task.")
+    ap.add_argument("--split", choices=["train", "valid", "test"], help="Split whose examples are the prompts "
+                    "(default: test for --run; the tiny bank's train split otherwise). The demo bank's test "
+                    "splits hold 25 examples per task; its train splits 200, for a workload that amortises engine start.")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-loras", type=int, default=4, help="vLLM: adapters resident in one engine batch.")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--marginal", action="store_true", help="Also run both sides on 1 example per task and print "
+                    "the marginal tokens/s, (tokens_full - tokens_1) / (seconds_full - seconds_1): the rate once "
+                    "the engine / model is started, which is what a long sweep sees.")
     args = ap.parse_args()
 
     import ray
@@ -99,10 +107,13 @@ def main() -> None:
             run = tmp / "run"
             (run / "bank").mkdir(parents=True)
             shutil.copy(args.run / "bank" / "manifest.parquet", run / "bank" / "manifest.parquet")
-        split = "train" if args.run is None else "test"
+        small_run = tmp / "run-1"
+        (small_run / "bank").mkdir(parents=True)
+        shutil.copy(run / "bank" / "manifest.parquet", small_run / "bank" / "manifest.parquet")
+        split = args.split or ("train" if args.run is None else "test")
         common = dict(settings=["oracle"], split=split, examples_per_task=args.examples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
         ray.init(include_dashboard=False, log_to_driver=False)
-        vcfg = GenerationConfig(backend="vllm", vllm={"dtype": "float32"}, **common)
+        vcfg = GenerationConfig(backend="vllm", vllm={"dtype": "float32", "max_loras": args.max_loras}, **common)
         v = run_generation(run, vcfg, progress=False)
         hcfg = GenerationConfig(backend="hf", **common)
         h_tokens, h_seconds, h_outputs = peft_sequential(run, hcfg)
@@ -114,6 +125,14 @@ def main() -> None:
         print(f"PEFT per-adapter sequential:                           {h_tokens} tokens in {h_seconds:.1f} s = {h_tps:.1f} tokens/s")
         print(f"greedy parity: {same} of {compared} rows give identical token ids on both sides")
         print(f"ratio vLLM / PEFT: {v_tps / h_tps:.2f}x")
+        if args.marginal:
+            one = {**common, "examples_per_task": 1}
+            v1 = run_generation(small_run, vcfg.model_copy(update=one), progress=False)
+            h1_tokens, h1_seconds, _ = peft_sequential(small_run, hcfg.model_copy(update=one))
+            vm = (v.generated_tokens - v1.generated_tokens) / max(v.seconds - v1.seconds, 1e-9)
+            hm = (h_tokens - h1_tokens) / max(h_seconds - h1_seconds, 1e-9)
+            print(f"1 example per task: vLLM {v1.generated_tokens} tokens in {v1.seconds:.1f} s, PEFT {h1_tokens} tokens in {h1_seconds:.1f} s")
+            print(f"marginal tokens/s: vLLM {vm:.1f}, PEFT {hm:.1f}, ratio {vm / hm:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
