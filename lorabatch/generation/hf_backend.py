@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from lorabatch.generation.schema import generation_schema
+from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 
 BASE_ADAPTER = "__base__"
 
@@ -162,7 +162,7 @@ class HFGenerator:
         for r, o, t, e in zip(rows, outputs, texts, errors):
             out.append(
                 {
-                    **{k: r[k] for k in ("task_id", "setting", "example_id", "prompt", "references", "adapter_path")},
+                    **{k: r.get(k) for k in WORK_COLUMNS},
                     "prediction": t if e is None else None,
                     "generated_token_ids": o or [],
                     "num_input_tokens": len(r["prompt_token_ids"]),

@@ -31,7 +31,7 @@ def discover_settings(run_dir) -> list[str]:
 
 def select_tasks(manifest, tasks) -> list[dict]:
     """Manifest rows (as dicts) of the requested tasks, in manifest order."""
-    rows = manifest.select(["task_id", "adapter_path", "dataset_path", "base_model_path"]).to_pylist()
+    rows = manifest.select(["task_id", "adapter_path", "adapter_sha256", "dataset_path", "base_model_path"]).to_pylist()
     if tasks == "all":
         return rows
     known = {r["task_id"]: r for r in rows}
@@ -44,14 +44,17 @@ def select_tasks(manifest, tasks) -> list[dict]:
     return sorted((known[w] for w in order), key=lambda r: order[r["task_id"]])
 
 
-def plan_work(run_dir, manifest, config) -> "pa.Table":  # noqa: F821
+def plan_work(run_dir, manifest, config, adapter_ids: dict | None = None) -> "pa.Table":  # noqa: F821
     """The work rows of `config` (a GenerationConfig) as a pyarrow Table with `work_schema()`.
 
     Rows are ordered by setting, then task, then example, so consecutive rows share an adapter.
+    Each row carries its `fingerprint` (`generation.fingerprint`); `adapter_ids` {(setting, task):
+    identity} gives the identity of adapters that do not exist yet (just-in-time synthesis).
     """
     import pyarrow as pa
 
     from lorabatch.bank.datasets import read_split
+    from lorabatch.generation.fingerprint import adapter_identity, params_json, row_fingerprint
 
     run_dir = Path(run_dir)
     tasks = select_tasks(manifest, config.tasks)
@@ -65,9 +68,14 @@ def plan_work(run_dir, manifest, config) -> "pa.Table":  # noqa: F821
             table = table.slice(0, config.examples_per_task)
         examples[task["task_id"]] = table.to_pylist()
     columns: dict[str, list] = {name: [] for name in work_schema().names}
+    params = params_json(config)
     for setting in settings:
         for task in tasks:
             adapter = adapter_for(run_dir, setting, task)
+            identity = (adapter_ids or {}).get((setting, task["task_id"]))
+            if identity is None:
+                sha = task["adapter_sha256"] if setting == ORACLE_SETTING else None
+                identity = adapter_identity(adapter, sha)
             for ex in examples[task["task_id"]]:
                 columns["task_id"].append(task["task_id"])
                 columns["setting"].append(setting)
@@ -75,6 +83,7 @@ def plan_work(run_dir, manifest, config) -> "pa.Table":  # noqa: F821
                 columns["prompt"].append(ex["input"])
                 columns["references"].append(list(ex["output"] or []))
                 columns["adapter_path"].append(adapter)
+                columns["fingerprint"].append(row_fingerprint(identity, ex["input"], params))
     return pa.table(columns, schema=work_schema())
 
 
@@ -93,12 +102,15 @@ def rows_per_setting(work) -> dict[str, int]:
     return counts
 
 
-def pending_work(work, done_keys: set[tuple[str, str, str]]):
-    """The rows of `work` whose (task_id, setting, example_id) is not in `done_keys`."""
+def pending_work(work, done: dict[tuple[str, str, str], str | None]):
+    """The rows of `work` not done yet: no row with their (task_id, setting, example_id) is in
+    `done` ({key: fingerprint}, see `store.done_keys`), or that row's fingerprint differs from the
+    one planned now (the adapter, prompt or decoding changed since; rows written before
+    fingerprints existed count as stale)."""
     import pyarrow as pa
 
-    if not done_keys or work.num_rows == 0:
+    if not done or work.num_rows == 0:
         return work
     keys = zip(*(work.column(c).to_pylist() for c in KEY_COLUMNS))
-    mask = pa.array([k not in done_keys for k in keys], type=pa.bool_())
+    mask = pa.array([done.get(k, "") != fp for k, fp in zip(keys, work.column("fingerprint").to_pylist())], type=pa.bool_())
     return work.filter(mask)

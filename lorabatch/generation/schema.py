@@ -3,6 +3,8 @@
 Work row (one per task × setting × example), built by `lorabatch.generation.plan`:
     task_id str · setting str ('base', 'oracle', '<metric>-<model>') · example_id str
     prompt str (the raw `input`) · references list<str> (`output`) · adapter_path str | null (null for base)
+    fingerprint str (what the output depends on: adapter identity, prompt, decoding parameters;
+    see lorabatch.generation.fingerprint; null in rows written before it existed)
 
 Generation row (`RUN/generations/part-*.parquet`), one per work row:
     the work row's columns · prediction str | null · generated_token_ids list<int32>
@@ -14,7 +16,7 @@ its prediction is null. Rows are keyed by (task_id, setting, example_id).
 from __future__ import annotations
 
 KEY_COLUMNS = ("task_id", "setting", "example_id")
-WORK_COLUMNS = (*KEY_COLUMNS, "prompt", "references", "adapter_path")
+WORK_COLUMNS = (*KEY_COLUMNS, "prompt", "references", "adapter_path", "fingerprint")
 BASE_SETTING = "base"
 ORACLE_SETTING = "oracle"
 
@@ -30,6 +32,7 @@ def work_schema():
             ("prompt", pa.string()),
             ("references", pa.list_(pa.string())),
             ("adapter_path", pa.string()),
+            ("fingerprint", pa.string()),
         ]
     )
 

@@ -65,12 +65,14 @@ def build_context(run_dir, config, backend: str, seed: int):
     return manifest, ctx
 
 
-def run_generation(run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True) -> GenerationResult:
+def run_generation(
+    run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True, adapter_ids: dict | None = None
+) -> GenerationResult:
     """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
 
     Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
     `write_plan=False` leaves RUN/generations/plan.json alone (a caller generating the plan in
-    waves writes the whole plan itself).
+    waves writes the whole plan itself); `adapter_ids` is passed on to `plan_work`.
     """
     import pyarrow.compute as pc
     import ray
@@ -86,7 +88,7 @@ def run_generation(run_dir, config, seed: int = 0, progress: bool = True, write_
     run_dir = Path(run_dir)
     backend = resolve_backend_name(config.backend)
     manifest, ctx = build_context(run_dir, config, backend, seed)
-    work = plan_work(run_dir, manifest, config)
+    work = plan_work(run_dir, manifest, config, adapter_ids)
     if write_plan:
         write_plan_file(run_dir, work)
     pending = pending_work(work, done_keys(run_dir, include_failed=not config.retry_failed))

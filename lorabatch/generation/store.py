@@ -2,8 +2,8 @@
 
 Ray Data writes them through `generations_datasink` (one file per write task, temp file + rename,
 so an interrupted sweep leaves only complete files), and `read_generations` reads them back with
-one row per (task_id, setting, example_id): a successful row wins over a failed one, and among
-rows of equal status the one in the later file wins.
+one row per (task_id, setting, example_id): the row in the later file wins, except that a failed
+row never replaces a successful one of the same fingerprint.
 """
 
 from __future__ import annotations
@@ -91,12 +91,15 @@ def _count(table) -> None:
 
 
 def read_generations(run_dir, columns: list[str] | None = None):
-    """All generation rows of a run, one per key (success beats failure, later beats earlier)."""
+    """All generation rows of a run, one per key: the latest written wins, except that a failed
+    row does not replace an earlier successful row with the same fingerprint (a failed retry of
+    the same work). A row with another fingerprint (other adapter, prompt or decoding) replaces
+    whatever came before, since it is what the run was last asked to generate."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = generation_schema()
-    wanted = list(dict.fromkeys([*KEY_COLUMNS, "error", *(columns or schema.names)]))
+    wanted = list(dict.fromkeys([*KEY_COLUMNS, "error", "fingerprint", *(columns or schema.names)]))
     tables = []
     for f in generation_files(run_dir):
         try:
@@ -108,18 +111,23 @@ def read_generations(run_dir, columns: list[str] | None = None):
     if not tables:
         return conform(pa.table({}), schema).select(wanted if columns is None else list(dict.fromkeys(columns)))
     table = pa.concat_tables(tables)
+    keys = zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS))
+    errors = table.column("error").to_pylist()
+    prints = table.column("fingerprint").to_pylist()
     best: dict[tuple, int] = {}
-    for i, (key, err) in enumerate(zip(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)), table.column("error").to_pylist())):
+    for i, key in enumerate(keys):
         prev = best.get(key)
-        if prev is None or not err or table.column("error")[prev].as_py():
-            best[key] = i
+        if prev is not None and errors[i] and not errors[prev] and prints[i] == prints[prev]:
+            continue
+        best[key] = i
     table = table.take(pa.array(sorted(best.values()), type=pa.int64()))
     return table if columns is None else table.select(list(dict.fromkeys(columns)))
 
 
-def done_keys(run_dir, include_failed: bool = True) -> set[tuple[str, str, str]]:
-    """Keys already generated; with `include_failed=False` failed rows do not count as done."""
-    table = read_generations(run_dir, columns=[*KEY_COLUMNS, "error"])
+def done_keys(run_dir, include_failed: bool = True) -> dict[tuple[str, str, str], str | None]:
+    """{key: fingerprint} of the rows already generated (as `read_generations` resolves them);
+    with `include_failed=False` failed rows do not count as done."""
+    table = read_generations(run_dir, columns=[*KEY_COLUMNS, "error", "fingerprint"])
     keys = zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS))
-    errors = table.column("error").to_pylist()
-    return {k for k, e in zip(keys, errors) if include_failed or not e}
+    rows = zip(keys, table.column("error").to_pylist(), table.column("fingerprint").to_pylist())
+    return {k: fp for k, e, fp in rows if include_failed or not e}

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from lorabatch.generation.config import VLLM_LORA_RANKS
-from lorabatch.generation.schema import generation_schema
+from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 
 ZERO_ADAPTER_DIR = ".zero-adapter"
 
@@ -98,7 +98,7 @@ def _finish(batch):
     texts = batch.column("generated_text").to_pylist() if "generated_text" in batch.column_names else [None] * n
     tokens = batch.column("generated_tokens").to_pylist() if "generated_tokens" in batch.column_names else [[]] * n
     prompt_ids = batch.column("prompt_token_ids").to_pylist()
-    out = {name: batch.column(name) for name in ("task_id", "setting", "example_id", "prompt", "references", "adapter_path")}
+    out = {name: batch.column(name) for name in WORK_COLUMNS if name in batch.column_names}
     out["prediction"] = pa.array([t if e is None else None for t, e in zip(texts, errors)], pa.string())
     out["generated_token_ids"] = pa.array([list(t or []) for t in tokens], pa.list_(pa.int32()))
     out["num_input_tokens"] = pa.array([len(p) for p in prompt_ids], pa.int32())

@@ -8,7 +8,9 @@ Mistral-7B at rank 16 ≈ 6,000 × 27 MB ≈ 160 GB). In waves it holds at most 
 A wave is a cross product S × T of settings and tasks, because a generation call evaluates every
 (setting, task) pair of its config: every pair in it must have an adapter, or its rows would fail
 as "missing adapter". Only pairs with pending rows are synthesized; the other pairs' rows are
-already written and are skipped by the generation stage, so they need none.
+already written and are skipped by the generation stage, so they need none. Whether a row is done
+depends on its fingerprint, which holds the adapter's identity (`generation.fingerprint`): here it
+is the synthesis key each adapter will have, computed before the adapter exists.
 """
 
 from __future__ import annotations
@@ -69,15 +71,23 @@ def generate_just_in_time(config, gen, progress: bool = True):
     adapters of each wave just before it; returns the summed `GenerationResult`."""
     from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import resolve_backend_name
-    from lorabatch.generation.plan import pending_work, plan_work
+    from lorabatch.generation.plan import pending_work, plan_work, select_tasks
     from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
     from lorabatch.generation.store import done_keys
     from lorabatch.sweep.metrics import adapters_synthesized
-    from lorabatch.synthesis.stage import adapter_dir, layout_from_manifest, synthesize_setting
+    from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
 
     run_dir = Path(config.run_dir)
     syn = config.synthesis
-    work = plan_work(run_dir, load_manifest(run_dir), gen)
+    manifest = load_manifest(run_dir)
+    layout = layout_from_manifest(run_dir)
+    tasks = select_tasks(manifest, gen.tasks)
+    ids = {
+        (setting, task): identity
+        for setting in gen.settings if setting not in (BASE_SETTING, ORACLE_SETTING)
+        for task, identity in expected_identities(run_dir, setting, [t["task_id"] for t in tasks], syn, layout).items()
+    }  # fmt: skip
+    work = plan_work(run_dir, manifest, gen, ids)
     write_plan_file(run_dir, work)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
     total = GenerationResult(resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
@@ -86,7 +96,6 @@ def generate_just_in_time(config, gen, progress: bool = True):
     calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
     waves = plan_waves(pending_tasks_by_setting(pending), syn.jit_wave)
     calls += [(w, gen.model_copy(update={"settings": list(w.settings), "tasks": list(w.tasks)})) for w in waves]
-    layout = layout_from_manifest(run_dir) if waves else None
     for i, (wave, wave_gen) in enumerate(calls):
         if wave is not None:
             print(f"[lorabatch] just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
@@ -95,7 +104,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
                 metric, _, model = setting.rpartition("-")
                 synthesize_setting(run_dir, metric, model, syn, tasks=list(wave.tasks), layout=layout, progress=False)
                 adapters_synthesized(setting, len(wave.tasks))
-        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=False)
+        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=False, adapter_ids=ids)
         if wave is not None and syn.jit_delete:
             for setting in wave.settings:
                 for task in wave.tasks:

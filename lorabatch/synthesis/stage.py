@@ -264,6 +264,20 @@ def synthesize_setting(
     return [adapter_dir(run_dir, setting, targets[i]) for i in rows]
 
 
+def expected_identities(run_dir, setting: str, tasks: list[str], config: SynthesisConfig, layout: BankLayout) -> dict[str, str]:
+    """{task: "synth:<synthesis key>"}: the identity (`generation.fingerprint`) each leave-one-out
+    adapter of `setting` has once synthesized with `config`, known before it exists."""
+    from lorabatch.synthesis.writer import synthesis_key
+
+    metric, _, model = setting.rpartition("-")
+    targets, sources, c, _ = read_coefficients(coefficients_path(run_dir, metric, model))
+    if sources != layout.task_ids:
+        raise SynthesisError(f"coefficients of {setting} were computed for another bank: recompute them")
+    spec = _mixing_spec(config, layout)
+    row = {t: i for i, t in enumerate(targets)}
+    return {t: f"synth:{synthesis_key(layout.manifest_hash, layout.task_ids, c[row[t]], spec)}" for t in tasks if t in row}
+
+
 @contextlib.contextmanager
 def jit_adapter(run_dir, setting: str, task_id: str, config: SynthesisConfig, layout: BankLayout | None = None) -> Iterator[Path]:
     """Just-in-time: yield the (setting, task) adapter, synthesizing it if needed; delete it after

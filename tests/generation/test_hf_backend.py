@@ -106,3 +106,33 @@ def test_more_adapters_in_a_batch_than_an_actor_holds(pristine_run, tmp_path, lo
     tok = AutoTokenizer.from_pretrained(base)
     for r in good[:6]:
         assert r["generated_token_ids"] == gen.reference_outputs(base, r["adapter_path"], [tok(r["prompt"])["input_ids"]])[0]
+
+
+def test_changed_adapter_or_decoding_regenerates_only_what_changed(hf_run, tmp_path, local_ray, gen):
+    """A row is done only while its fingerprint (adapter identity, prompt, decoding) is unchanged:
+    swapping one synthesized adapter regenerates that task's rows alone; another max_new_tokens
+    regenerates every row. Scoring then reads the new rows."""
+    import shutil
+
+    from lorabatch.generation import read_generations, run_generation
+
+    run = tmp_path / "run"
+    shutil.copytree(hf_run[0], run)
+    before = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
+    assert all(r["fingerprint"] for r in before.values())
+    target = run / "adapters" / gen.GOOD_SYNTH / "task1"
+    shutil.rmtree(target)
+    shutil.copytree(gen.manifest_rows(run)["task1"]["adapter_path"], target)  # task1 now holds its own adapter
+
+    again = run_generation(run, gen.config(backend="hf"), progress=False)
+    rows = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
+    changed = {k for k in rows if k[:2] == ("task1", gen.GOOD_SYNTH)}
+    assert again.generated == len(changed) > 0 and again.skipped == again.planned - len(changed)
+    for k in changed:
+        if not rows[k]["error"]:
+            assert rows[k]["fingerprint"] != before[k]["fingerprint"]
+            assert rows[k]["generated_token_ids"] == rows[("task1", "oracle", k[2])]["generated_token_ids"]
+    assert all(rows[k] == before[k] for k in rows if k not in changed)
+
+    longer = run_generation(run, gen.config(backend="hf", max_new_tokens=gen.MAX_NEW_TOKENS + 2), progress=False)
+    assert longer.skipped == 0 and longer.generated == longer.planned

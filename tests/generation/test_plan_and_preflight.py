@@ -115,17 +115,34 @@ def test_read_generations_dedup_and_resume(tmp_path):
     from lorabatch.generation.schema import conform, generation_schema, work_schema
     from lorabatch.generation.store import done_keys, read_generations
 
-    def row(ex, pred, err=None):
-        return {"task_id": "task1", "setting": "base", "example_id": ex, "prompt": "p", "references": ["r"], "prediction": pred, "error": err}
+    def row(ex, pred, err=None, fp="f1"):
+        return {"task_id": "task1", "setting": "base", "example_id": ex, "prompt": "p", "references": ["r"],
+                "prediction": pred, "error": err, "fingerprint": fp}  # fmt: skip
 
-    write_parquet(tmp_path / "generations" / "part-a.parquet", conform(pa.Table.from_pylist([row("1", "x"), row("2", None, "boom")]), generation_schema()))
-    write_parquet(tmp_path / "generations" / "part-b.parquet", conform(pa.Table.from_pylist([row("1", None, "late"), row("2", "y")]), generation_schema()))
+    def part(name, rows):
+        write_parquet(tmp_path / "generations" / name, conform(pa.Table.from_pylist(rows), generation_schema()))
+
+    part("part-a.parquet", [row("1", "x"), row("2", None, "boom"), row("3", "old", fp="f0"), row("4", "ok")])
+    # Later: a failed retry of 1 (same fingerprint: the success stays), 2 now succeeds, 3 was
+    # regenerated with another adapter (fingerprint f1 replaces f0), 4 failed with a new fingerprint.
+    part("part-b.parquet", [row("1", None, "late"), row("2", "y"), row("3", "new"), row("4", None, "new adapter broken", fp="f2")])
     (tmp_path / "generations" / "part-c.parquet").write_bytes(b"not parquet")
     with pytest.warns(UserWarning, match="part-c"):
-        got = {r["example_id"]: r["prediction"] for r in read_generations(tmp_path).to_pylist()}
-    assert got == {"1": "x", "2": "y"}
+        got = {r["example_id"]: (r["prediction"], r["error"]) for r in read_generations(tmp_path).to_pylist()}
+    assert got == {"1": ("x", None), "2": ("y", None), "3": ("new", None), "4": (None, "new adapter broken")}
     with pytest.warns(UserWarning):
-        assert done_keys(tmp_path) == {("task1", "base", "1"), ("task1", "base", "2")}
-    work = pa.Table.from_pylist([{k: v for k, v in row(e, None).items() if k in work_schema().names} for e in ("1", "2", "3")], schema=work_schema())
-    assert pending_work(work, {("task1", "base", "1")}).column("example_id").to_pylist() == ["2", "3"]
+        done = done_keys(tmp_path)
+    assert done == {("task1", "base", e): fp for e, fp in (("1", "f1"), ("2", "f1"), ("3", "f1"), ("4", "f2"))}
+    with pytest.warns(UserWarning):
+        assert set(done_keys(tmp_path, include_failed=False)) == {("task1", "base", e) for e in ("1", "2", "3")}
+
+    def work(fps):
+        rows = [{k: v for k, v in row(e, None, fp=fp).items() if k in work_schema().names} for e, fp in fps]
+        return pa.Table.from_pylist(rows, schema=work_schema())
+
+    # Pending: never generated (5), or generated with another fingerprint than planned now (2, and
+    # 4 whose failed row came from the f2 adapter), or written before fingerprints existed.
+    planned = work([("1", "f1"), ("2", "f9"), ("3", "f1"), ("4", "f1"), ("5", "f1")])
+    assert pending_work(planned, done).column("example_id").to_pylist() == ["2", "4", "5"]
+    assert pending_work(planned, {("task1", "base", "1"): None}).column("example_id").to_pylist() == ["1", "2", "3", "4", "5"]
     assert json.dumps(generation_schema().names)  # schema is stable and serialisable

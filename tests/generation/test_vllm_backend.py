@@ -28,6 +28,7 @@ def test_bad_rows_fail_alone_and_rest_complete(vllm_run, gen):
     _, result, rows = vllm_run
     assert result.backend == "vllm" and result.generated == 28 and result.failed == 10
     assert all(r["backend"] == "vllm" and r["prediction"] is not None for r in rows.values() if not r["error"])
+    assert all(r["fingerprint"] for r in rows.values())  # carried through ray.data.llm: re-runs skip these rows
     assert "targets no module" in rows[("task3", gen.BROKEN_SYNTH, "task3-11")]["error"]
 
 

@@ -43,7 +43,7 @@ def tiny_bank(tmp_path_factory):
     return build_tiny_bank(tmp_path_factory.mktemp("jit") / "bank", n_tasks=4, rank=8, rows=10)
 
 
-def _config(bank, run_dir, jit: bool):
+def _config(bank, run_dir, jit: bool, temperature: float = 0.05):
     from lorabatch.config import parse_config
 
     return parse_config({
@@ -53,7 +53,7 @@ def _config(bank, run_dir, jit: bool):
         "bank": bank.bank_config(validate_weights=False),
         "distances": {"metrics": ["JS", "WD"]},
         "synthesis": {"models": ["normalized"], "executor": "local", "chunk_size": 1024,
-                      "jit": jit, "jit_wave": 4, "temperature": 0.05},
+                      "jit": jit, "jit_wave": 4, "temperature": temperature},
         "generation": {"backend": "hf", "examples_per_task": 2, "max_new_tokens": 4, "batch_size": 4},
     })  # fmt: skip
 
@@ -70,11 +70,29 @@ def _predictions(run_dir) -> dict:
 def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_path):
     import ray
 
+    from lorabatch.generation.store import generation_files
     from lorabatch.sweep.run import run_sweep
 
+    def rows_written_since(files):
+        import pyarrow.parquet as pq
+
+        new = [f for f in generation_files(tmp_path / "jit") if f not in files]
+        return sorted(s for f in new for s in pq.read_table(f, columns=["setting"]).column("setting").to_pylist())
+
+    synthesized = sorted(["JS-normalized"] * 8 + ["WD-normalized"] * 8)
     try:
         run_sweep(_config(tiny_bank, tmp_path / "upfront", jit=False), progress=False)
         run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)
+        files = generation_files(tmp_path / "jit")
+        run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)
+        assert rows_written_since(files) == []  # nothing changed: nothing regenerated
+        # Another temperature gives other coefficients, so other adapters: exactly their rows are redone.
+        run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True, temperature=50.0), progress=False)
+        assert rows_written_since(files) == synthesized
+        hot = _predictions(tmp_path / "jit")
+        files = generation_files(tmp_path / "jit")
+        run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)  # and back
+        assert rows_written_since(files) == synthesized
     finally:
         ray.shutdown()
     upfront, jit = _predictions(tmp_path / "upfront"), _predictions(tmp_path / "jit")
@@ -89,3 +107,4 @@ def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_p
     plan = json.loads((tmp_path / "jit" / "generations" / "plan.json").read_text())
     assert plan == json.loads((tmp_path / "upfront" / "generations" / "plan.json").read_text())
     assert plan["rows_per_setting"] == {s: 8 for s in ("base", "oracle", "JS-normalized", "WD-normalized")}
+    assert any(hot[k] != jit[k] for k in jit if k[1] not in ("base", "oracle"))  # the redone rows really changed

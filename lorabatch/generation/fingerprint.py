@@ -1,0 +1,74 @@
+"""What a generation row's output depends on, stored with the row as its `fingerprint`.
+
+A row is keyed by (task, setting, example), but its output also depends on which adapter the
+setting held when it ran, on the prompt, and on the decoding parameters. Re-running a sweep after
+changing any of them (another synthesis temperature, a re-trained bank adapter, another
+`max_new_tokens`) must regenerate the row instead of reusing the old output, so a row counts as
+done only when its stored fingerprint equals the one planned now.
+
+    fingerprint = sha256(adapter identity, prompt, output-affecting generation parameters)[:24]
+
+Adapter identity, cheapest first:
+    base                      "base"
+    oracle (a bank adapter)   "sha256:<adapter_model.safetensors sha256>" from the bank manifest
+    synthesized               "synth:<synthesis key>" from the adapter's provenance.json (or, for
+                              just-in-time synthesis, the key the adapter will be written with)
+    any other adapter dir     "files:<sha256 of adapter_config.json and the weights>"
+    missing                   "missing" (the row fails in the preflight anyway)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+BASE_IDENTITY = "base"
+MISSING_IDENTITY = "missing"
+
+
+def generation_params(config) -> dict:
+    """The GenerationConfig fields that change a row's output (the backend does not: both
+    backends are held to the same greedy outputs)."""
+    params = {
+        "split": config.split,
+        "max_new_tokens": config.max_new_tokens,
+        "max_input_tokens": config.max_input_tokens,
+        "chat_template": config.chat_template,
+        "temperature": config.temperature,
+    }
+    if config.temperature > 0:
+        params.update(top_p=config.top_p, seed=config.seed)
+    return params
+
+
+def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = None) -> str:
+    """Identity of the adapter a row runs with (see the module docstring)."""
+    from lorabatch.synthesis.writer import read_provenance
+
+    if adapter_path is None:
+        return BASE_IDENTITY
+    if manifest_sha256:
+        return f"sha256:{manifest_sha256}"
+    path = Path(adapter_path)
+    if not path.is_dir():
+        return MISSING_IDENTITY
+    key = (read_provenance(path) or {}).get("synthesis_key")
+    if key:
+        return f"synth:{key}"
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        f = path / name
+        if f.is_file():
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return f"files:{h.hexdigest()}"
+
+
+def row_fingerprint(adapter_id: str, prompt: str, params_json: str) -> str:
+    return hashlib.sha256(f"{adapter_id}\n{params_json}\n{prompt}".encode()).hexdigest()[:24]
+
+
+def params_json(config) -> str:
+    return json.dumps(generation_params(config), sort_keys=True)
