@@ -34,7 +34,8 @@ class DistancesConfig(StrictModel):
         10.0, ge=0, description="'auto' executor: estimated single-core seconds from which Ray Data is used."
     )
     num_workers: int | None = Field(
-        None, ge=1, description="Parallel block workers: Ray tasks or local threads (None: the CPUs available)."
+        None, ge=1, description="Parallel block workers: Ray tasks or local threads; also the threads that prepare "
+        "the per-dataset arrays (None: the CPUs available).",
     )
     ot_sample_size: int = Field(
         128, ge=1, description="OT_EMD: example embeddings per dataset (seeded subsample) in the exact EMD."

@@ -4,11 +4,14 @@ A metric turns a `FeatureSet` of N datasets into a *state*: a dict of arrays who
 indexes the datasets (or lists with one entry per dataset). `block(rows, cols)` maps the states
 of a block of target datasets [R] and of source datasets [C] to D [R, C] with
 D[r, c] = d(target r, source c) — one vectorized computation per block, no per-pair Python loop
-for the paper's metrics.
+for the paper's metrics. A block must not modify the state it reads (it may be a view of the
+whole bank's state, shared by concurrent blocks).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -26,6 +29,11 @@ class Metric:
     def __init__(self, config):
         self.config = config
 
+    @property
+    def workers(self) -> int:
+        """Threads for per-dataset preparation: config.num_workers, else the CPUs."""
+        return self.config.num_workers or os.cpu_count() or 1
+
     def params(self) -> dict:
         """The config values this metric's values depend on (recorded with the matrix)."""
         return {}
@@ -35,6 +43,11 @@ class Metric:
 
     def block(self, rows: dict, cols: dict) -> np.ndarray:
         raise NotImplementedError
+
+    def block_upper(self, rows: dict) -> np.ndarray:
+        """D [R, R] among the datasets of `rows` (a diagonal block of a symmetric metric); only
+        entries r <= c are read, so an override may skip the strict lower triangle."""
+        return self.block(rows, rows)
 
     def estimate_seconds(self, n_pairs: int, features) -> float:
         """Rough single-core seconds for `n_pairs` pairs (chooses between Ray and threads)."""
@@ -46,12 +59,18 @@ class Metric:
 
 
 def take(state: dict, index) -> dict:
-    """The state restricted to the datasets `index` (first axis / list entries)."""
+    """The state restricted to the datasets `index` (first axis / list entries).
+
+    A run of consecutive indices (every block the grid cuts) selects a view, not a copy: 128
+    rows of a [N, 32000] float64 array would otherwise copy 33 MB per array, side and block.
+    """
     index = np.asarray(index, dtype=np.int64)
+    if len(index) and index[-1] - index[0] == len(index) - 1 and np.all(np.diff(index) == 1):
+        index = slice(int(index[0]), int(index[-1]) + 1)
     out = {}
     for k, v in state.items():
         if isinstance(v, list):
-            out[k] = [v[i] for i in index]
+            out[k] = v[index] if isinstance(index, slice) else [v[i] for i in index]
         elif isinstance(v, np.ndarray) and v.ndim >= 1:
             out[k] = v[index]
         else:
@@ -59,27 +78,19 @@ def take(state: dict, index) -> dict:
     return out
 
 
-def pairwise_reduce(a: np.ndarray, b: np.ndarray, op: str, chunk: int = 2048) -> np.ndarray:
-    """out [R, C] with out[r, c] = Σ_v f(a[r, v], b[c, v]) for f chosen by `op`:
+def rowwise(fn, n: int, workers: int, rows_per_task: int = 32) -> None:
+    """fn(rows) for consecutive slices of `rows_per_task` datasets out of n, on `workers` threads.
 
-        'slogs':  f = (x + y) · log(x + y)      (JS: the only non-separable part)
-
-    Chunks of the vocabulary keep the [C, chunk] temporaries in cache; per (row, chunk) the
-    work is one add, one log and one row-wise dot product, all vectorized over C × chunk.
+    For per-dataset preparation (densities, logs, CDFs, FFTs): numpy and scipy.fft release the
+    GIL inside their array operations, and slices of a few MB stay in cache between the steps
+    `fn` applies to them.
     """
-    r, c, v = a.shape[0], b.shape[0], a.shape[1]
-    out = np.zeros((r, c))
-    width = min(chunk, v)
-    buf, logs = np.empty((c, width)), np.empty((c, width))
-    for c0 in range(0, v, width):
-        c1 = min(v, c0 + width)
-        w = c1 - c0
-        bc, s, ls = b[:, c0:c1], buf[:, :w], logs[:, :w]
-        for i in range(r):
-            np.add(bc, a[i, c0:c1], out=s)
-            if op == "slogs":
-                np.log(s, out=ls)
-                out[i] += np.vecdot(s, ls)
-            else:
-                raise ValueError(f"unknown reduction {op!r}")
-    return out
+    slices = [slice(a, min(n, a + rows_per_task)) for a in range(0, n, rows_per_task)]
+    workers = min(workers, len(slices))
+    if workers <= 1:
+        for rows in slices:
+            fn(rows)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, slices):
+            pass
