@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="override the config's run_dir (shared storage on a cluster)")
     args = parser.parse_args(argv)
 
+    import lorabatch
     from lorabatch.config import load_config
     from lorabatch.errors import LorabatchError
     from lorabatch.sweep.run import run_sweep
@@ -33,8 +34,23 @@ def main(argv: list[str] | None = None) -> int:
         overrides["run_dir"] = args.run_dir
     if os.environ.get("RAY_ADDRESS"):
         overrides["ray.address"] = "auto"
+    # Which interpreter and which copy of the package run (the working dir a job uploaded, or an
+    # installed one) is the first thing to know when a cluster job misbehaves.
+    print(
+        f"[lorabatch] job: python {sys.executable}, lorabatch from {Path(lorabatch.__file__).parent}, "
+        f"Ray at {os.environ.get('RAY_ADDRESS') or 'a new local instance'}",
+        flush=True,
+    )
     try:
-        run_sweep(load_config(args.config, overrides))
+        config = load_config(args.config, overrides)
+        if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not config.run_dir.is_absolute():  # set by the job server
+            # The job's working directory is Ray's temporary copy of --working-dir: a relative
+            # run directory would be written there and vanish with it.
+            raise LorabatchError(
+                f"run_dir {str(config.run_dir)!r} is relative; inside a Ray job the working directory is a "
+                "temporary copy, so pass an absolute --run-dir on storage every node sees"
+            )
+        run_sweep(config)
     except LorabatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -92,9 +92,16 @@ def generate_just_in_time(config, gen, progress: bool = True):
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
     total = GenerationResult(resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
 
+    pending_pairs = pending_tasks_by_setting(pending)
+    if syn.jit_delete:
+        # A sweep killed mid-wave leaves the adapters of the pairs that wave had finished; no
+        # later wave schedules those pairs again, so remove them here.
+        for setting in {s for s, _ in ids}:
+            for task in {t for s, t in ids if s == setting} - set(pending_pairs.get(setting, ())):
+                shutil.rmtree(adapter_dir(run_dir, setting, task), ignore_errors=True)
     direct = [s for s in gen.settings if s in (BASE_SETTING, ORACLE_SETTING)]
     calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
-    waves = plan_waves(pending_tasks_by_setting(pending), syn.jit_wave)
+    waves = plan_waves(pending_pairs, syn.jit_wave)
     calls += [(w, gen.model_copy(update={"settings": list(w.settings), "tasks": list(w.tasks)})) for w in waves]
     for i, (wave, wave_gen) in enumerate(calls):
         if wave is not None:

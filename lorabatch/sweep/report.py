@@ -141,10 +141,19 @@ def _matrix_section(run_dir: Path, folder: str, value: str, cmap: str, what: str
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f2f2f2}td:first-child{text-align:left;font-weight:600}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}td:first-child{font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}
 .pending{color:#888;font-style:italic}.meta{color:#666;font-size:90%}
 """
+
+
+PIPELINE = ("bank", "features", "distances", "coefficients", "synthesis", "generation", "scoring", "report")
+
+
+def _stage_order(name: str) -> tuple:
+    """Pipeline order; a stage's parts (`coefficients-JS`) right after it; unknown stages last."""
+    stem = name.split("-", 1)[0]
+    return (PIPELINE.index(stem) if stem in PIPELINE else len(PIPELINE), name != stem, name)
 
 
 def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
@@ -152,7 +161,7 @@ def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     stage_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(m.get('finished_at', ''))}</td><td>{m.get('seconds', '')}</td></tr>"
-        for name, m in (stages or {}).items()
+        for name, m in sorted((stages or {}).items(), key=lambda item: _stage_order(item[0]))
     )
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>lorabatch report — {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
@@ -162,7 +171,7 @@ def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
 <h2>Per-task improvement over base</h2>{_improvement_plot(run_dir)}
 <h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(run_dir, 'coefficients', 'c', 'viridis', 'coefficient heatmaps')}
 <h2>Distances</h2>{_matrix_section(run_dir, 'distances', 'd', 'magma_r', 'distance heatmaps')}
-<h2>Stages</h2><table><thead><tr><th>stage</th><th>finished</th><th>seconds</th></tr></thead><tbody>{stage_rows}</tbody></table>
+<h2>Stages</h2><table id='stages'><thead><tr><th>stage</th><th>finished</th><th>seconds</th></tr></thead><tbody>{stage_rows}</tbody></table>
 </body></html>"""
     target = run_dir / "report" / "index.html"
     write_text(target, page)

@@ -68,6 +68,8 @@ def _predictions(run_dir) -> dict:
 
 
 def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_path):
+    import shutil
+
     import ray
 
     from lorabatch.generation.store import generation_files
@@ -93,6 +95,13 @@ def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_p
         files = generation_files(tmp_path / "jit")
         run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)  # and back
         assert rows_written_since(files) == synthesized
+        # A sweep killed mid-wave leaves the adapters of pairs the wave had finished: the next
+        # run, which has nothing left to generate for them, removes them.
+        leftover = tmp_path / "jit" / "adapters" / "JS-normalized" / "task1"
+        shutil.copytree(tmp_path / "upfront" / "adapters" / "JS-normalized" / "task1", leftover)
+        files = generation_files(tmp_path / "jit")
+        run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)
+        assert rows_written_since(files) == [] and not leftover.exists()
     finally:
         ray.shutdown()
     upfront, jit = _predictions(tmp_path / "upfront"), _predictions(tmp_path / "jit")
