@@ -103,13 +103,15 @@ def settings_of(config: LorabatchConfig) -> list[str]:
 
 
 def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
-    """All leave-one-out adapters up front (skipped in just-in-time mode)."""
+    """All leave-one-out adapters up front (in just-in-time mode the generation stage makes them,
+    wave by wave, so this stage only records that)."""
+    run_dir = Path(config.run_dir)
     if config.synthesis.jit:
+        mark_done(run_dir, "synthesis", content_key(settings_of(config), "jit"), time.time(), {"mode": "just-in-time, with generation"})
         return
     from lorabatch.sweep.metrics import adapters_synthesized
     from lorabatch.synthesis.stage import synthesize_setting
 
-    run_dir = Path(config.run_dir)
     started = time.time()
     for metric in config.distances.metrics:
         for model in config.synthesis.models:

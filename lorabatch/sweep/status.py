@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lorabatch.sweep.stages import all_markers
 
-STAGES = ("bank", "features", "distances", "coefficients", "generation", "scoring", "report")
+STAGES = ("bank", "features", "distances", "coefficients", "synthesis", "generation", "scoring", "report")
 
 
 def generation_counts(run_dir: Path) -> dict[str, dict[str, int]]:
