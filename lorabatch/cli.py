@@ -28,11 +28,12 @@ def bank_build_demo(
     size: str = typer.Option("default", help="'small' (tests, < 3 min) or 'default' (< 10 min)."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
     force: bool = typer.Option(False, help="Rebuild even if OUT already holds a demo bank."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: up to 4, 1 on a busy machine); fix it to reproduce a bank exactly."),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(out, size=size, seed=seed, force=force)
+    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads)
 
 
 @bank_app.command("manifest")

@@ -23,6 +23,12 @@ class DemoBankConfig(StrictModel):
         "default", description="'small' (for tests, < 3 min) or 'default' (< 10 min on 2 cores)."
     )
     seed: int = Field(0, description="Seed of every random choice of the builder.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads of the build (None: up to 4, or 1 on a busy machine). Builds with "
+        "different thread counts differ in floating-point rounding, so fix it to reproduce a bank exactly.",
+    )
 
 
 class BankConfig(StrictModel):

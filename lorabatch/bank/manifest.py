@@ -38,7 +38,7 @@ def ensure_demo_bank(bank_config) -> None:
         return
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(bank_config.root, size=bank_config.demo.size, seed=bank_config.demo.seed)
+    build_demo_bank(bank_config.root, size=bank_config.demo.size, seed=bank_config.demo.seed, threads=bank_config.demo.threads)
 
 
 def resolve_base_model(bank_config, source, weights: bool = False) -> Path:

@@ -39,6 +39,7 @@ def test_manifest_describes_the_build(info):
     assert info["model"]["architecture"] == "MistralForCausalLM" and info["model"]["head_dim"] in (32, 64)
     assert info["training"]["lora_rank"] == 8 and info["training"]["lora_alpha"] == 16
     assert info["timings_s"]["total"] > 0
+    assert info["threads"] == 2  # the fixture's fixed thread count, whatever the machine's load
 
 
 def test_layout(small_demo_bank, info):

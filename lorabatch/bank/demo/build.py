@@ -77,10 +77,14 @@ def write_datasets(org_dir: Path, specs: list[TaskSpec], examples_per_task: int,
     return splits
 
 
-def build_demo_bank(out: str | Path, size: str = "default", seed: int = 0, force: bool = False, progress: bool = True) -> Path:
+def build_demo_bank(
+    out: str | Path, size: str = "default", seed: int = 0, force: bool = False, progress: bool = True, threads: int | None = None
+) -> Path:
     """Build the demo bank into `out` (or keep the one there); returns `out`.
 
     An existing complete bank of the same size, seed and builder version is kept unless `force`.
+    `threads`: torch threads (None: `build_threads()`); the result depends on it through
+    floating-point rounding, so a fixed value reproduces a bank exactly.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
     if size not in SIZES:
@@ -96,7 +100,7 @@ def build_demo_bank(out: str | Path, size: str = "default", seed: int = 0, force
                     out, have.get("size"), have.get("seed"), have.get("builder_version"), size, seed)  # fmt: skip
     if out.exists() and have is None and (not out.is_dir() or any(out.iterdir())):
         raise LorabatchError(f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)")
-    with _log_to_stderr(progress), _torch_threads():
+    with _log_to_stderr(progress), _torch_threads(threads):
         return _build(out, size, SIZES[size], seed, progress)
 
 
@@ -269,12 +273,12 @@ def build_threads() -> int:
 
 
 @contextlib.contextmanager
-def _torch_threads():
-    """Set `build_threads()` torch threads for the build, restored afterwards."""
+def _torch_threads(threads: int | None = None):
+    """Set `threads` (default `build_threads()`) torch threads for the build, restored afterwards."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(build_threads())
+    torch.set_num_threads(threads or build_threads())
     try:
         yield
     finally:
