@@ -75,54 +75,19 @@ def load_counts(run_dir, key: str) -> np.ndarray:
     return np.load(entry_dir(run_dir, key) / "counts.npy", allow_pickle=False)
 
 
-def read_npy_into(path: str | Path, out: np.ndarray, header: bytes | None = None) -> bytes | None:
-    """Read a .npy file holding exactly out's dtype and shape straight into `out` (C-contiguous).
-
-    Returns the file's header bytes, or None (leaving `out` undefined) when the file is missing
-    or holds anything else: the caller falls back to np.load. Given the header of a previous
-    file of the same layout, the header is compared byte for byte instead of parsed. Spares the
-    bank loader a temporary per file, the copy of stacking them and most header parsing.
-    """
-    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        return None
-    with fh:
-        if header is None or fh.read(len(header)) != header:
-            fh.seek(0)
-            reader = readers.get(np.lib.format.read_magic(fh))
-            if reader is None:
-                return None
-            shape, fortran, dtype = reader(fh)
-            if shape != out.shape or dtype != out.dtype or (fortran and out.ndim > 1):
-                return None
-            size = fh.tell()
-            fh.seek(0)
-            header = fh.read(size)
-        if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
-            return None
-        return header
-
-
 def _load_rows(paths: list[str], load, empty_shape: tuple) -> np.ndarray:
-    """np.stack([load(i) for each path]) as int64, reading each file in place when its layout
-    matches the first one's (the shape comes from the files, as with np.stack)."""
+    """np.stack of the per-dataset arrays as int64, each file memory-mapped and copied straight
+    into its row (no temporary per file, no stacking copy); `load(i)` makes a missing one."""
     if not paths:
         return np.zeros(empty_shape, np.int64)
     first = np.asarray(load(0), dtype=np.int64)
     out = np.empty((len(paths), *first.shape), np.int64)
     out[0] = first
-    header = None
     for i, path in enumerate(paths[1:], 1):
-        read = read_npy_into(path, out[i], header)
-        if read is None:
-            row = np.asarray(load(i))
-            if row.shape != first.shape:
-                raise FeaturesError(f"{path}: shape {row.shape} differs from the bank's other entries {first.shape}")
-            out[i] = row
-        else:
-            header = read
+        row = np.load(path, mmap_mode="r", allow_pickle=False) if os.path.isfile(path) else np.asarray(load(i))
+        if row.shape != first.shape:
+            raise FeaturesError(f"{path}: shape {row.shape} differs from the bank's other entries {first.shape}")
+        out[i] = row
     return out
 
 

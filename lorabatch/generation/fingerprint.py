@@ -56,14 +56,10 @@ def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = Non
     key = (read_provenance(path) or {}).get("synthesis_key")
     if key:
         return f"synth:{key}"
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        f = path / name
-        if f.is_file():
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return f"files:{h.hexdigest()}"
+    from lorabatch.bank.datasets import file_sha256
+
+    hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / "adapter_config.json", path / "adapter_model.safetensors")]
+    return f"files:{hashlib.sha256(' '.join(hashes).encode()).hexdigest()}"
 
 
 def row_fingerprint(adapter_id: str, prompt: str, params_json: str) -> str:

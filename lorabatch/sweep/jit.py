@@ -96,8 +96,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
     if syn.jit_delete:
         # A sweep killed mid-wave leaves the adapters of the pairs that wave had finished; no
         # later wave schedules those pairs again, so remove them here.
-        for setting in {s for s, _ in ids}:
-            for task in {t for s, t in ids if s == setting} - set(pending_pairs.get(setting, ())):
+        for setting, task in ids:
+            if task not in pending_pairs.get(setting, ()):
                 shutil.rmtree(adapter_dir(run_dir, setting, task), ignore_errors=True)
     direct = [s for s in gen.settings if s in (BASE_SETTING, ORACLE_SETTING)]
     calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
