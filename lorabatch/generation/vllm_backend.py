@@ -12,6 +12,11 @@ So no row is ever sent without a LoRA while LoRA is enabled: base rows carry a *
 outputs token for token (tested against plain transformers). A sweep with base rows only runs
 with LoRA disabled.
 
+CPU LoRA ops. On CPU the engine runs lorabatch's grouped LoRA kernels (`vllm_cpu_lora.py`, a
+vLLM plugin switched on through the engine's environment) unless `vllm.cpu_lora_kernels` is
+'vllm'. They are faster, and with them a row without a LoRA gets no adapter at all; the zero
+adapter stays, so base rows are right with either set of ops.
+
 Prompts go in already tokenized (the preflight's ids, so both backends see identical inputs)
 and outputs are decoded by ray.data.llm's detokenize stage with `skip_special_tokens=True`,
 which is what the HF backend does too.
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from lorabatch.generation.config import VLLM_LORA_RANKS
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
+from lorabatch.generation.vllm_cpu_lora import ENV_VAR as CPU_LORA_ENV
 
 ZERO_ADAPTER_DIR = ".zero-adapter"
 
@@ -158,6 +164,7 @@ class VLLMBackend:
         processor = build_processor(
             vLLMEngineProcessorConfig(
                 model_source=ctx.base_model_path,
+                runtime_env={"env_vars": {CPU_LORA_ENV: cfg.vllm.cpu_lora_kernels}},
                 engine_kwargs=self.engine_kwargs(enable_lora=any_lora),
                 batch_size=cfg.batch_size,
                 concurrency=cfg.concurrency,
