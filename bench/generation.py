@@ -25,6 +25,18 @@ import time
 from pathlib import Path
 
 
+def planned_rows(run: Path, cfg, backend: str):
+    """(context, preflighted work rows, largest adapter rank) of `cfg` on `run`, as the
+    generation stage plans them."""
+    from lorabatch.generation.plan import plan_work
+    from lorabatch.generation.preflight import preflight
+    from lorabatch.generation.stage import build_context
+
+    manifest, ctx = build_context(run, cfg, backend, 0)
+    work, max_rank = preflight(plan_work(run, manifest, cfg), ctx)
+    return ctx, work, max_rank
+
+
 def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
     """Per adapter: load it, generate its rows `cfg.batch_size` at a time (1: one prompt at a
     time, the way a per-adapter evaluation loop is usually written), unload it.
@@ -35,12 +47,7 @@ def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorabatch.generation.plan import plan_work
-    from lorabatch.generation.preflight import preflight
-    from lorabatch.generation.stage import build_context
-
-    manifest, ctx = build_context(run, cfg, "hf", 0)
-    work, _ = preflight(plan_work(run, manifest, cfg), ctx)
+    ctx, work, _ = planned_rows(run, cfg, "hf")
     start = time.perf_counter()
     base = AutoModelForCausalLM.from_pretrained(ctx.base_model_path, dtype=torch.float32).eval()
     eos = base.generation_config.eos_token_id
@@ -76,14 +83,10 @@ def vllm_direct(run: Path, cfg, max_loras: int) -> tuple[int, float, float]:
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from lorabatch.generation.plan import plan_work
-    from lorabatch.generation.preflight import preflight
-    from lorabatch.generation.stage import build_context
     from lorabatch.generation.vllm_backend import vllm_rank
     from lorabatch.generation.vllm_cpu_lora import ENV_VAR
 
-    manifest, ctx = build_context(run, cfg, "vllm", 0)
-    work, max_rank = preflight(plan_work(run, manifest, cfg), ctx)
+    ctx, work, max_rank = planned_rows(run, cfg, "vllm")
     paths = work.column("adapter_path").to_pylist()
     prompts = [{"prompt_token_ids": ids} for ids in work.column("prompt_token_ids").to_pylist()]
     slots = {p: i + 1 for i, p in enumerate(dict.fromkeys(paths))}

@@ -168,7 +168,7 @@ class MultiscaleMMD(Metric):
         size = samples.shape[1]
         self_term = np.array([z[i, u] @ w for i, (u, w) in enumerate(zip(ids, weights))]) / (size * size)
         return {"z": z, "ids": list(ids), "weights": [w.astype(np.float64) for w in weights], "self": self_term,
-                "size": np.full(len(samples), size)}  # fmt: skip
+                "size": size}  # fmt: skip
 
     def block(self, rows, cols):
         # Σ_{x ∈ X_r, y ∈ X_c} k(x − y) = Σ_y count_c(y) z_r[y] over the ids U the column samples
@@ -178,6 +178,6 @@ class MultiscaleMMD(Metric):
         w = np.zeros((len(cols["ids"]), len(union)))
         w[owner, where] = np.concatenate(cols["weights"])
         cross = rows["z"][:, union] @ w.T
-        cross /= rows["size"][:, None] * cols["size"][None, :]
+        cross /= rows["size"] * cols["size"]
         d = rows["self"][:, None] + cols["self"][None, :] - 2.0 * cross
         return np.maximum(d, 0.0)

@@ -122,11 +122,6 @@ def uninstall() -> None:
         setattr(punica_cpu, name, stock)
 
 
-def installed() -> bool:
-    lora_ops, punica_cpu = _modules()
-    return all(getattr(m, name) is kernel for m in (lora_ops, punica_cpu) for name, kernel in KERNELS.items())
-
-
 def register() -> None:
     """vLLM general-plugin hook: install the grouped kernels when the environment asks for them."""
     if os.environ.get(ENV_VAR) == GROUPED:
