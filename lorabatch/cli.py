@@ -77,7 +77,9 @@ def synthesize(
     """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
     from lorabatch.config import load_config
     from lorabatch.raysession import ensure_ray
-    from lorabatch.synthesis.stage import SynthesisError, compute_coefficients, synthesize_setting
+    from lorabatch.synthesis.stage import (
+        SynthesisError, compute_coefficients, compute_uniform_coefficients, mixture_settings, synthesize_setting,
+    )  # fmt: skip
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
     metrics = metric or sorted(p.stem for p in (cfg.run_dir / "distances").glob("*.parquet"))
@@ -88,10 +90,12 @@ def synthesize(
         ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
     for m in metrics:
         compute_coefficients(cfg.run_dir, m, syn, seed=cfg.seed)
-        for model in syn.models:
-            if not (syn.jit or coefficients_only):
-                paths = synthesize_setting(cfg.run_dir, m, model, syn)
-                typer.echo(f"{m}-{model}: {len(paths)} adapters in {paths[0].parent}")
+    if "uniform" in syn.controls:
+        compute_uniform_coefficients(cfg.run_dir)
+    if not (syn.jit or coefficients_only):
+        for setting in mixture_settings(metrics, syn):
+            paths = synthesize_setting(cfg.run_dir, setting, syn)
+            typer.echo(f"{setting}: {len(paths)} adapters in {paths[0].parent}")
     typer.echo(f"coefficients in {cfg.run_dir / 'coefficients'}")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from lorabatch.bank.config import BankConfig
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
+from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import StrictModel
@@ -50,7 +51,21 @@ class LorabatchConfig(StrictModel):
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Which rows to generate, decoding, and the backend."
     )
+    fewshot: FewShotConfig = Field(
+        default_factory=FewShotConfig,
+        description="`select` and `refine`: settings chosen or optimised on each task's own training examples.",
+    )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Rouge-L scoring and aggregation.")
+
+    @model_validator(mode="after")
+    def _refine_start_is_a_setting(self):
+        if "refine" in self.fewshot.methods:
+            start = self.fewshot.refine.start
+            metric, _, model = start.rpartition("-")
+            if metric not in self.distances.metrics or model not in self.synthesis.models:
+                settings = [f"{m}-{k}" for m in self.distances.metrics for k in self.synthesis.models]
+                raise ValueError(f"fewshot.refine.start must be one of the sweep's paper settings {settings}, got {start!r}")
+        return self
 
 
 def format_validation_error(err: ValidationError) -> list[str]:

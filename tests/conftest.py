@@ -35,10 +35,12 @@ def sweep_bank(tmp_path_factory):
 @pytest.fixture(scope="session")
 def write_sweep_config(sweep_bank):
     """write(path, run_dir, metrics=..., models=..., **generation) -> path of a sweep config YAML
-    over `sweep_bank` (hf backend, few new tokens; generation fields override the defaults)."""
+    over `sweep_bank` (hf backend, few new tokens; generation fields override the defaults).
+    Controls and few-shot settings are off unless asked for: these sweeps test the mechanics."""
     import yaml
 
-    def write(path, run_dir, metrics=("JS",), models=("attentional", "normalized"), features_executor="ray", **generation):
+    def write(path, run_dir, metrics=("JS",), models=("attentional", "normalized"), features_executor="ray",
+              controls=(), fewshot=(), **generation):  # fmt: skip
         config = {
             "run_dir": str(run_dir),
             "seed": 0,
@@ -46,7 +48,8 @@ def write_sweep_config(sweep_bank):
             "ray": {"num_cpus": 2},
             "features": {"executor": features_executor},
             "distances": {"metrics": list(metrics), "executor": "local"},
-            "synthesis": {"models": list(models), "executor": "local"},
+            "synthesis": {"models": list(models), "executor": "local", "controls": list(controls)},
+            "fewshot": {"methods": list(fewshot)},
             "generation": {"backend": "hf", "max_new_tokens": 16, "batch_size": 4, **generation},
             "scoring": {"executor": "local"},
         }

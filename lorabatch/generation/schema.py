@@ -1,7 +1,7 @@
 """Schemas of the generation stage's rows.
 
 Work row (one per task × setting × example), built by `lorabatch.generation.plan`:
-    task_id str · setting str ('base', 'oracle', '<metric>-<model>') · example_id str
+    task_id str · setting str (a `lorabatch.settings.Setting` name) · example_id str
     prompt str (the raw `input`) · references list<str> (`output`) · adapter_path str | null (null for base)
     fingerprint str (what the output depends on: adapter identity, prompt, decoding parameters;
     see lorabatch.generation.fingerprint; null in rows written before it existed)
@@ -15,10 +15,11 @@ its prediction is null. Rows are keyed by (task_id, setting, example_id).
 
 from __future__ import annotations
 
+from lorabatch.settings import BASE as BASE_SETTING
+from lorabatch.settings import ORACLE as ORACLE_SETTING
+
 KEY_COLUMNS = ("task_id", "setting", "example_id")
 WORK_COLUMNS = (*KEY_COLUMNS, "prompt", "references", "adapter_path", "fingerprint")
-BASE_SETTING = "base"
-ORACLE_SETTING = "oracle"
 
 
 def work_schema():

@@ -12,10 +12,15 @@ Per setting (`summary.parquet`), s a setting, T_s the tasks with a score for s, 
     improvement_rel = improvement / mean_{t∈T_s∩T_base} R(t, base)
     share_improved  = |{t ∈ T_s∩T_base : R(t, s) > R(t, base)}| / |T_s∩T_base|
     gap_closed      = Σ_t (R(t, s) − R(t, base)) / Σ_t (R(t, oracle) − R(t, base)) over
-                      t ∈ T_s∩T_base∩T_oracle (the share of the base→oracle gap closed)
+                      t ∈ T_s∩T_base∩T_oracle (the share of the base→oracle gap closed; NaN
+                      when the oracle does not beat base on those tasks: there is no gap)
+    vs_uniform      = mean_{t∈T_s∩T_uniform} R(t, s) − R(t, uniform)   (NaN without a uniform row)
+    beats_uniform   = vs_uniform > 0 (null for base, oracle, uniform itself and without uniform):
+                      a setting that does not beat the data-free control adds nothing
     exact_match, n_tasks = |T_s|, n_examples, n_errors
 Undefined ratios (no base tasks, zero base mean, zero gap) are NaN.
-Summary rows: base, the synthesized settings (sorted), oracle.
+Summary rows in `lorabatch.settings.display_order`: base, paper settings, controls, select,
+refine, oracle.
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ from __future__ import annotations
 import math
 
 from lorabatch.scoring.rouge import exact_match, rouge_l
-
-BASE, ORACLE = "base", "oracle"
+from lorabatch.settings import BASE, ORACLE, UNIFORM, display_order
 
 
 def score_examples(rows: list[dict], reference: str = "first", failed_rows: str = "exclude") -> list[dict]:
@@ -80,7 +84,7 @@ def task_scores(examples: list[dict]) -> list[dict]:
 
 
 def setting_order(setting: str):
-    return (0 if setting == BASE else 2 if setting == ORACLE else 1, setting)
+    return display_order(setting)
 
 
 def task_order(task: str):
@@ -108,6 +112,7 @@ def summarize(tasks: list[dict]) -> list[dict]:
             em.setdefault(t["setting"], []).append(t["exact_match"])
     base = score.get(BASE, {})
     oracle = score.get(ORACLE, {})
+    uniform = score.get(UNIFORM, {})
     rows = []
     for setting in sorted(counts, key=setting_order):
         s = score.get(setting, {})
@@ -122,10 +127,8 @@ def summarize(tasks: list[dict]) -> list[dict]:
                 "improvement": diff if diff is not None else math.nan,
                 "improvement_rel": _ratio(diff, base_mean),
                 "share_improved": (sum(s[t] > base[t] for t in common) / len(common)) if common else math.nan,
-                "gap_closed": _ratio(
-                    sum(s[t] - base[t] for t in gap_tasks) if gap_tasks else None,
-                    sum(oracle[t] - base[t] for t in gap_tasks) if gap_tasks else None,
-                ),
+                "gap_closed": _gap_closed(s, base, oracle, gap_tasks),
+                **_versus_uniform(setting, s, uniform),
                 "exact_match": _mean(em.get(setting, [])) if em.get(setting) else math.nan,
                 "n_tasks": len(s),
                 **counts[setting],
@@ -134,9 +137,26 @@ def summarize(tasks: list[dict]) -> list[dict]:
     return rows
 
 
+def _gap_closed(s: dict, base: dict, oracle: dict, tasks: list[str]) -> float:
+    gap = sum(oracle[t] - base[t] for t in tasks) if tasks else None
+    if gap is None or gap <= 0:
+        return math.nan
+    return sum(s[t] - base[t] for t in tasks) / gap
+
+
+def _versus_uniform(setting: str, s: dict, uniform: dict) -> dict:
+    common = [t for t in s if t in uniform]
+    if not common or setting in (BASE, ORACLE, UNIFORM):
+        delta = _mean([s[t] - uniform[t] for t in common]) if common and setting != UNIFORM else None
+        return {"vs_uniform": delta if delta is not None else math.nan, "beats_uniform": None}
+    delta = _mean([s[t] - uniform[t] for t in common])
+    return {"vs_uniform": delta, "beats_uniform": bool(delta > 0)}
+
+
 def format_summary(rows: list[dict]) -> str:
     """The summary as a text table (rows = settings), as the paper reports it."""
-    head = f"{'setting':<24} {'Rouge-L':>8} {'Δ base':>8} {'Δ% base':>8} {'improved':>9} {'gap closed':>11} {'EM':>6} {'tasks':>6} {'errors':>7}"
+    head = (f"{'setting':<24} {'Rouge-L':>8} {'Δ base':>8} {'Δ% base':>8} {'improved':>9} {'gap closed':>11} "
+            f"{'Δ uniform':>10} {'EM':>6} {'tasks':>6} {'errors':>7}")  # fmt: skip
     lines = [head, "-" * len(head)]
 
     def f(v, spec):
@@ -146,6 +166,9 @@ def format_summary(rows: list[dict]) -> str:
         lines.append(
             f"{r['setting']:<24} {f(r['rouge_l'], '.3f'):>8} {f(r['improvement'], '+.3f'):>8} "
             f"{f(r['improvement_rel'], '+.1%'):>8} {f(r['share_improved'], '.0%'):>9} "
-            f"{f(r['gap_closed'], '.0%'):>11} {f(r['exact_match'], '.3f'):>6} {r['n_tasks']:>6} {r['n_errors']:>7}"
+            f"{f(r['gap_closed'], '.0%'):>11} {f(r.get('vs_uniform'), '+.3f'):>10} {f(r['exact_match'], '.3f'):>6} "
+            f"{r['n_tasks']:>6} {r['n_errors']:>7}{'  ✗ not above uniform' if r.get('beats_uniform') is False else ''}"
         )
+    if any(r.get("beats_uniform") is False for r in rows):
+        lines.append("✗: does not beat `uniform`, the plain mean of the other tasks' adapters (no task information).")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The sweep's evaluation stages: generation (every planned row not yet written) and scoring."""
+"""The sweep's evaluation stages: few-shot settings (select, refine), generation (every planned row
+not yet written) and scoring."""
 
 from __future__ import annotations
 
@@ -7,6 +8,64 @@ from pathlib import Path
 
 from lorabatch.sweep import metrics as sweep_metrics
 from lorabatch.sweep.stages import content_key, mark_done
+
+
+def fewshot_key(config) -> str:
+    """What the few-shot results depend on: its config, the mixing, the seed and the content of the
+    bank (manifest hash), distances and coefficient files."""
+    from lorabatch.bank.datasets import file_sha256
+    from lorabatch.bank.manifest import load_manifest, manifest_hash
+    from lorabatch.distances.matrix import distance_path
+    from lorabatch.synthesis.stage import mixture_settings, setting_coefficients_path
+
+    run_dir = Path(config.run_dir)
+    metrics = list(config.distances.metrics)
+    files = [distance_path(run_dir, m) for m in metrics]
+    files += [setting_coefficients_path(run_dir, s) for s in mixture_settings(metrics, config.synthesis)]
+    syn = config.synthesis.model_dump(mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"})
+    return content_key(
+        config.fewshot.model_dump(mode="json", exclude={"concurrency", "num_cpus", "num_gpus"}), syn, config.seed,
+        manifest_hash(load_manifest(run_dir)), {str(f.relative_to(run_dir)): file_sha256(f) for f in files},
+    )  # fmt: skip
+
+
+def stage_fewshot(config, progress: bool) -> None:
+    """select / refine adapters for every task, unless done with the same inputs and still on disk."""
+    from lorabatch.fewshot.stage import read_results, results_path, run_fewshot
+    from lorabatch.sweep.stages import is_done
+    from lorabatch.synthesis.stage import adapter_dir
+
+    run_dir = Path(config.run_dir)
+    methods = config.fewshot.methods
+    if not methods:
+        mark_done(run_dir, "fewshot", content_key("off"), time.time(), {"methods": []})
+        return
+    key = fewshot_key(config)
+    if is_done(run_dir, "fewshot", key) and all(results_path(run_dir, m).is_file() for m in methods):
+        intact = all(
+            (adapter_dir(run_dir, m, r["task_id"]) / "adapter_model.safetensors").is_file()
+            for m in methods for r in read_results(run_dir, m) if not r["error"]
+        )  # fmt: skip
+        if intact:
+            print("[lorabatch] few-shot: select/refine cached", flush=True)
+            return
+    started = time.time()
+    results = run_fewshot(run_dir, config.fewshot, config.synthesis, list(config.distances.metrics), config.seed, progress)
+    info = {}
+    for method, rows in results.items():
+        ok = [r for r in rows if not r["error"]]
+        info[method] = {
+            "tasks": len(rows), "failed": len(rows) - len(ok),
+            "forward_passes_per_task": sum(r["forward_passes"] for r in ok) / max(1, len(ok)),
+            "seconds_per_task": sum(r["seconds"] for r in ok) / max(1, len(ok)),
+        }  # fmt: skip
+        print(f"[lorabatch] few-shot {method}: {len(ok)}/{len(rows)} tasks, "
+              f"{info[method]['forward_passes_per_task']:.0f} forward passes and {info[method]['seconds_per_task']:.2f} s per task", flush=True)  # fmt: skip
+        for r in rows:
+            if r["error"]:
+                print(f"[lorabatch]   {method} failed for {r['task_id']}: {r['error']}", flush=True)
+    mark_done(run_dir, "fewshot", key, started, info)
+    sweep_metrics.stage_done("fewshot")
 
 
 def stage_generation(config, manifest, settings: list[str], progress: bool) -> None:
@@ -39,4 +98,9 @@ def stage_scoring(config, progress: bool) -> list[dict]:
     mark_done(run_dir, "scoring", content_key(config.scoring.model_dump(mode="json"), time.time()), started)
     sweep_metrics.stage_done("scoring")
     print(format_summary(summary), flush=True)
+    from lorabatch.fewshot.stage import format_costs
+
+    costs = format_costs(run_dir)
+    if costs:
+        print(costs, flush=True)
     return summary

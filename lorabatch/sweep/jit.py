@@ -19,7 +19,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorabatch.generation.schema import BASE_SETTING, ORACLE_SETTING
+from lorabatch.settings import Setting
+
+
+def _mixture(setting: str) -> bool:
+    return Setting.parse(setting).has_coefficients
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def pending_tasks_by_setting(pending) -> dict[str, list[str]]:
     """{setting: tasks with pending rows, in plan order} for the synthesized settings of `pending`."""
     out: dict[str, dict[str, None]] = {}
     for setting, task in zip(pending.column("setting").to_pylist(), pending.column("task_id").to_pylist()):
-        if setting not in (BASE_SETTING, ORACLE_SETTING):
+        if _mixture(setting):
             out.setdefault(setting, {})[task] = None
     return {s: list(t) for s, t in out.items()}
 
@@ -84,7 +88,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
     tasks = select_tasks(manifest, gen.tasks)
     ids = {
         (setting, task): identity
-        for setting in gen.settings if setting not in (BASE_SETTING, ORACLE_SETTING)
+        for setting in gen.settings if _mixture(setting)
         for task, identity in expected_identities(run_dir, setting, [t["task_id"] for t in tasks], syn, layout).items()
     }  # fmt: skip
     work = plan_work(run_dir, manifest, gen, ids)
@@ -99,7 +103,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
         for setting, task in ids:
             if task not in pending_pairs.get(setting, ()):
                 shutil.rmtree(adapter_dir(run_dir, setting, task), ignore_errors=True)
-    direct = [s for s in gen.settings if s in (BASE_SETTING, ORACLE_SETTING)]
+    direct = [s for s in gen.settings if not _mixture(s)]
     calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
     waves = plan_waves(pending_pairs, syn.jit_wave)
     calls += [(w, gen.model_copy(update={"settings": list(w.settings), "tasks": list(w.tasks)})) for w in waves]
@@ -108,8 +112,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
             print(f"[lorabatch] just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
                   f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)", flush=True)  # fmt: skip
             for setting in wave.settings:
-                metric, _, model = setting.rpartition("-")
-                synthesize_setting(run_dir, metric, model, syn, tasks=list(wave.tasks), layout=layout, progress=False)
+                synthesize_setting(run_dir, setting, syn, tasks=list(wave.tasks), layout=layout, progress=False)
                 adapters_synthesized(setting, len(wave.tasks))
         result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=False, adapter_ids=ids)
         if wave is not None and syn.jit_delete:

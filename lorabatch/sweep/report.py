@@ -16,6 +16,8 @@ from pathlib import Path
 
 from lorabatch.atomic import write_text
 from lorabatch.scoring.aggregate import task_order
+from lorabatch.settings import BASE, COEFFICIENT_MODELS
+from lorabatch.sweep.stages import PIPELINE
 
 SUMMARY_COLUMNS = [
     ("setting", "setting", "{}"),
@@ -24,6 +26,7 @@ SUMMARY_COLUMNS = [
     ("improvement_rel", "Δ% vs base", "{:+.1%}"),
     ("share_improved", "tasks improved", "{:.0%}"),
     ("gap_closed", "base→oracle gap closed", "{:.0%}"),
+    ("vs_uniform", "Δ vs uniform", "{:+.3f}"),
     ("exact_match", "exact match", "{:.3f}"),
     ("n_tasks", "tasks", "{}"),
     ("n_examples", "examples", "{}"),
@@ -89,8 +92,40 @@ def _summary_table(run_dir: Path) -> str:
         for key, _, fmt in cols:
             v = r.get(key)
             cells.append("<td>–</td>" if v is None or v != v else f"<td>{html.escape(fmt.format(v))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        below = r.get("beats_uniform") is False
+        mark = " class='below-uniform' title='does not beat uniform'" if below else ""
+        body.append(f"<tr{mark}>{''.join(cells)}</tr>")
+    note = (
+        "<p class='meta'>Rows in grey with ✗ do not beat <code>uniform</code>, the plain mean of the other "
+        "tasks' adapters (no task information).</p>"
+        if any(r.get("beats_uniform") is False for r in rows) else ""
+    )  # fmt: skip
+    return f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+
+
+def _fewshot_table(run_dir: Path) -> str:
+    """Per few-shot method: tasks, mean loss vs its reference, forward passes and seconds per task."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for method in ("select", "refine"):
+        path = run_dir / "fewshot" / f"{method}.parquet"
+        if not path.is_file():
+            continue
+        ok = [r for r in pq.read_table(path).to_pylist() if not r["error"]]
+        n = max(1, len(ok))
+        rows.append((method, len(ok), sum(r["loss"] for r in ok) / n, sum(r["start_loss"] for r in ok) / n,
+                     sum(r["evaluations"] for r in ok) / n, sum(r["forward_passes"] for r in ok) / n,
+                     sum(r["seconds"] for r in ok) / n))  # fmt: skip
+    if not rows:
+        return "<p class='pending'>No few-shot settings (select / refine) in this run yet.</p>"
+    body = "".join(
+        f"<tr><td>{m}</td><td>{k}</td><td>{loss:.3f}</td><td>{start:.3f}</td><td>{ev:.0f}</td><td>{fp:.0f}</td><td>{sec:.2f}</td></tr>"
+        for m, k, loss, start, ev, fp, sec in rows
+    )
+    head = ("<th>method</th><th>tasks</th><th>few-shot loss</th><th>reference loss (select: best paper setting; "
+            "refine: start)</th><th>adapters tried / task</th><th>forward passes / task</th><th>seconds / task</th>")  # fmt: skip
+    return f"<table id='fewshot'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _improvement_plot(run_dir: Path) -> str:
@@ -106,8 +141,10 @@ def _improvement_plot(run_dir: Path) -> str:
 
     rows = pq.read_table(path, columns=["task_id", "setting", "rouge_l"]).to_pylist()
     rows = [r for r in rows if r["rouge_l"] is not None]  # a task whose every row failed has no score
-    base = {r["task_id"]: r["rouge_l"] for r in rows if r["setting"] == "base"}
-    settings = sorted({r["setting"] for r in rows} - {"base"})
+    base = {r["task_id"]: r["rouge_l"] for r in rows if r["setting"] == BASE}
+    from lorabatch.settings import display_order
+
+    settings = sorted({r["setting"] for r in rows} - {BASE}, key=display_order)
     if not base or not settings:
         return "<p class='pending'>Per-task improvements need base and at least one other setting.</p>"
     fig, ax = plt.subplots(figsize=(10, 4))
@@ -124,6 +161,8 @@ def _matrix_section(run_dir: Path, folder: str, value: str, cmap: str, what: str
     import pyarrow.parquet as pq
 
     files = sorted((run_dir / folder).rglob("*.parquet"))
+    if folder == "coefficients":  # the paper settings' (Figure 1); the controls' are trivial
+        files = [f for f in files if f.stem in COEFFICIENT_MODELS]
     if not files:
         return f"<p class='pending'>{what.capitalize()} pending.</p>"
     out = []
@@ -144,10 +183,9 @@ table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:
 th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}td:first-child{font-weight:600}
 .grid{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}img{max-width:100%}
 .pending{color:#888;font-style:italic}.meta{color:#666;font-size:90%}
+tr.below-uniform td{color:#999}tr.below-uniform td:first-child::after{content:" ✗"}
 """
 
-
-PIPELINE = ("bank", "features", "distances", "coefficients", "synthesis", "generation", "scoring", "report")
 
 
 def _stage_order(name: str) -> tuple:
@@ -168,6 +206,7 @@ def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
 <h1>lorabatch report</h1>
 <p class='meta'>run directory {html.escape(str(run_dir.resolve()))} · written {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>
 <h2>Results (Rouge-L, test splits)</h2>{_summary_table(run_dir)}
+<h2>Few-shot settings: what they cost</h2>{_fewshot_table(run_dir)}
 <h2>Per-task improvement over base</h2>{_improvement_plot(run_dir)}
 <h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(run_dir, 'coefficients', 'c', 'viridis', 'coefficient heatmaps')}
 <h2>Distances</h2>{_matrix_section(run_dir, 'distances', 'd', 'magma_r', 'distance heatmaps')}

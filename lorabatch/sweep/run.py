@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from lorabatch.config import LorabatchConfig
+from lorabatch.settings import BASE, ORACLE
 from lorabatch.sweep import metrics as sweep_metrics
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
 
@@ -92,14 +93,22 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
         started = time.time()
         compute_coefficients(run_dir, metric, config.synthesis, seed=config.seed, progress=progress)
         mark_done(run_dir, stage, key, started, {"models": list(config.synthesis.models)})
+    if "uniform" in config.synthesis.controls:
+        from lorabatch.synthesis.stage import compute_uniform_coefficients
+
+        compute_uniform_coefficients(run_dir)
     mark_done(run_dir, "coefficients", content_key(content_key(hashes), syn, config.seed), time.time())
     sweep_metrics.stage_done("coefficients")
     _say(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
 
 
 def settings_of(config: LorabatchConfig) -> list[str]:
-    """The sweep's settings: base, oracle, then <metric>-<model> for every metric and model."""
-    return ["base", "oracle"] + [f"{m}-{model}" for m in config.distances.metrics for model in config.synthesis.models]
+    """The sweep's settings: base, oracle, <metric>-<model> for every metric and model, the
+    controls, then the few-shot methods (select, refine)."""
+    from lorabatch.synthesis.stage import mixture_settings
+
+    mixtures = [s.name for s in mixture_settings(config.distances.metrics, config.synthesis)]
+    return [BASE, ORACLE, *mixtures, *config.fewshot.methods]
 
 
 def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
@@ -112,11 +121,12 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
     from lorabatch.sweep.metrics import adapters_synthesized
     from lorabatch.synthesis.stage import synthesize_setting
 
+    from lorabatch.synthesis.stage import mixture_settings
+
     started = time.time()
-    for metric in config.distances.metrics:
-        for model in config.synthesis.models:
-            paths = synthesize_setting(run_dir, metric, model, config.synthesis, progress=progress)
-            adapters_synthesized(f"{metric}-{model}", len(paths))
+    for setting in mixture_settings(config.distances.metrics, config.synthesis):
+        paths = synthesize_setting(run_dir, setting, config.synthesis, progress=progress)
+        adapters_synthesized(setting.name, len(paths))
     mark_done(run_dir, "synthesis", content_key(settings_of(config)), started)
     _say("synthesis: every leave-one-out adapter written")
 
@@ -135,7 +145,10 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
     stage_coefficients(config, progress)
     _refresh_report(run_dir)
     stage_synthesis(config, progress)
-    from lorabatch.sweep.evaluation import stage_generation, stage_scoring
+    from lorabatch.sweep.evaluation import stage_fewshot, stage_generation, stage_scoring
+
+    stage_fewshot(config, progress)
+    _refresh_report(run_dir)
 
     stage_generation(config, manifest, settings_of(config), progress)
     _refresh_report(run_dir)

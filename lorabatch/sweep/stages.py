@@ -18,6 +18,9 @@ from typing import Any
 
 from lorabatch.atomic import write_json
 
+# The sweep's stages in pipeline order (status and the report list them so).
+PIPELINE = ("bank", "features", "distances", "coefficients", "synthesis", "fewshot", "generation", "scoring", "report")
+
 
 def content_key(*parts: Any) -> str:
     """sha256 of the JSON form of `parts` (paths and other objects via str)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorabatch.settings import display_order
+from lorabatch.sweep.stages import PIPELINE as STAGES
 from lorabatch.sweep.stages import all_markers
-
-STAGES = ("bank", "features", "distances", "coefficients", "synthesis", "generation", "scoring", "report")
 
 
 def generation_counts(run_dir: Path) -> dict[str, dict[str, int]]:
@@ -41,7 +41,7 @@ def status_lines(run_dir: str | Path) -> list[str]:
         lines.append(f"{stage:<14} {'done' if m else 'pending':<8} {m['finished_at'] if m else ''}")
     planned = planned_counts(run_dir)
     done = generation_counts(run_dir)
-    settings = sorted(set(planned) | set(done), key=lambda s: (s not in ("base", "oracle"), s))
+    settings = sorted(set(planned) | set(done), key=display_order)
     if settings:
         lines += ["", f"{'setting':<22} {'done':>7} {'failed':>7} {'pending':>8} {'planned':>8}"]
         for s in settings:

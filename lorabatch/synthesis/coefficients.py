@@ -12,6 +12,10 @@ self entry to exclude.
                   authors' normalized_version; std 0 gives z = 0, i.e. uniform weights)
     neural:       C_i = softmin_T(g(z_i·)) with g a trained scalar MLP (see `neural.py`)
 
+Controls (what a setting must beat to show that distances carry information):
+    uniform:      C_ij = 1 / (N − 1) for j ≠ i      (the plain mean of the other adapters)
+    nearest:      C_ij = 1 for j = argmin_{k≠i} d_ik (ties: the lower column), else 0
+
 Top-k sparsification keeps the k largest weights of a row and renormalises them to sum 1.
 """
 
@@ -119,6 +123,27 @@ def neural_coefficients(
         raise ValueError(f"scalar_fn returned shape {g.shape}, expected {d.shape}")
     scores = exclude_diagonal(g) if exclude_self else g
     return sparsify_top_k(softmin(scores, temperature), top_k)
+
+
+def uniform_coefficients(n_tasks: int) -> np.ndarray:
+    """C [N, N] with every other task weighted 1 / (N − 1) and the task itself 0."""
+    if n_tasks < 2:
+        raise ValueError("leave-one-out coefficients need at least 2 bank tasks")
+    c = np.full((n_tasks, n_tasks), 1.0 / (n_tasks - 1))
+    np.fill_diagonal(c, 0.0)
+    return c
+
+
+def nearest_coefficients(distances: np.ndarray) -> np.ndarray:
+    """C [N, N]: all weight on each task's closest other task (ties: the lower column)."""
+    d = _check_distances(distances, exclude_self=True)
+    if np.isnan(d).any():
+        i, j = np.argwhere(np.isnan(d))[0]
+        raise ValueError(f"distance matrix holds NaN (first at row {i}, column {j})")
+    nearest = np.argmin(exclude_diagonal(d), axis=1)
+    c = np.zeros_like(d)
+    c[np.arange(d.shape[0]), nearest] = 1.0
+    return c
 
 
 def check_coefficients(coefficients: np.ndarray, exclude_self: bool = True, atol: float = 1e-9) -> None:

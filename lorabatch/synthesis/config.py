@@ -57,6 +57,12 @@ class SynthesisConfig(StrictModel):
         default_factory=lambda: list(COEFFICIENT_MODELS),
         description="Coefficient models to compute for every metric (settings are <metric>-<model>).",
     )
+    controls: list[Literal["uniform", "nearest"]] = Field(
+        default_factory=lambda: ["uniform", "nearest"],
+        description="Control settings synthesized and evaluated beside the paper's: 'uniform' (every "
+        "other task weighted equally) and 'nearest' (nearest-<metric>: the closest other task by each "
+        "metric). Mixed like the paper settings.",
+    )
     temperature: float = Field(
         1.0, gt=0, description="Softmin temperature T: c ∝ exp(−s/T). The paper uses 1."
     )
@@ -117,6 +123,14 @@ class SynthesisConfig(StrictModel):
         if dupes:
             raise ValueError(f"models listed more than once: {dupes}")
         return models
+
+    @field_validator("controls")
+    @classmethod
+    def _controls_unique(cls, controls):
+        dupes = sorted({c for c in controls if controls.count(c) > 1})
+        if dupes:
+            raise ValueError(f"controls listed more than once: {dupes}")
+        return controls
 
     @field_validator("exact_rank")
     @classmethod

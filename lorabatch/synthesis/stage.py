@@ -6,9 +6,11 @@ Writes  RUN/coefficients/<metric>/<model>.parquet   target, source, c, rank (1 =
             only non-zero weights; schema metadata `lorabatch.coefficients` (JSON): metric, model,
             tasks (row/column order), temperature, top_k, manifest hash, and for neural the
             training tasks
+        RUN/coefficients/<metric>/nearest.parquet   control nearest-<metric> (same schema)
+        RUN/coefficients/uniform.parquet            control uniform (same schema)
         RUN/coefficients/<metric>/neural/model.{safetensors,json}   the trained MLP
         RUN/coefficients/gram.npy (+ gram.json: manifest hash)       G = ΘΘᵀ of the bank
-        RUN/adapters/<metric>-<model>/<task>/                       PEFT dir + provenance.json
+        RUN/adapters/<setting>/<task>/                              PEFT dir + provenance.json
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 
 from lorabatch.atomic import write_json, write_npy, write_parquet
 from lorabatch.errors import LorabatchError
+from lorabatch.settings import NEAREST, UNIFORM, Setting
 from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.synthesis.tensors import BankLayout, layout_from_manifest
 
@@ -35,6 +38,18 @@ class SynthesisError(LorabatchError):
 
 def coefficients_path(run_dir, metric: str, model: str) -> Path:
     return Path(run_dir) / "coefficients" / metric / f"{model}.parquet"
+
+
+def setting_coefficients_path(run_dir, setting: Setting | str) -> Path:
+    """The coefficient file of a paper setting or a control."""
+    setting = Setting.parse(setting) if isinstance(setting, str) else setting
+    if setting.kind == "paper":
+        return coefficients_path(run_dir, setting.metric, setting.model)
+    if setting.kind == NEAREST:
+        return coefficients_path(run_dir, setting.metric, NEAREST)
+    if setting.kind == UNIFORM:
+        return Path(run_dir) / "coefficients" / f"{UNIFORM}.parquet"
+    raise SynthesisError(f"setting {setting.name} has no coefficient file (it is not a mixture of bank adapters)")
 
 
 def neural_model_dir(run_dir, metric: str) -> Path:
@@ -133,7 +148,8 @@ def bank_gram_cached(run_dir, layout: BankLayout, chunk_size: int, progress: boo
 def compute_coefficients(
     run_dir, metric: str, config: SynthesisConfig, seed: int = 0, layout: BankLayout | None = None, progress: bool = True
 ) -> dict[str, np.ndarray]:
-    """Every configured model's leave-one-out C [N, N] for one metric, written to Parquet."""
+    """Every configured model's leave-one-out C [N, N] for one metric (returned), written to Parquet
+    with the nearest-<metric> control's when `config.controls` asks for it."""
     from lorabatch.synthesis import coefficients as coef
 
     layout = layout or layout_from_manifest(run_dir)
@@ -156,7 +172,33 @@ def compute_coefficients(
         coef.check_coefficients(c)
         write_coefficients(coefficients_path(run_dir, metric, model), layout.task_ids, c, {**meta, "model": model, **extra})
         out[model] = c
+    if NEAREST in config.controls:
+        c = coef.nearest_coefficients(d)
+        write_coefficients(setting_coefficients_path(run_dir, Setting.nearest(metric)), layout.task_ids, c,
+                           {"metric": metric, "manifest_hash": layout.manifest_hash, "model": NEAREST})  # fmt: skip
     return out
+
+
+def mixture_settings(metrics, config: SynthesisConfig) -> list[Setting]:
+    """The settings whose adapters are bank mixtures: <metric>-<model> for every metric and model,
+    then the controls (uniform once, nearest-<metric> per metric)."""
+    out = [Setting.paper(m, model) for m in metrics for model in config.models]
+    if UNIFORM in config.controls:
+        out.append(Setting(UNIFORM))
+    if NEAREST in config.controls:
+        out += [Setting.nearest(m) for m in metrics]
+    return out
+
+
+def compute_uniform_coefficients(run_dir, layout: BankLayout | None = None) -> np.ndarray:
+    """The `uniform` control's C [N, N] (1 / (N − 1) off the diagonal), written to Parquet."""
+    from lorabatch.synthesis.coefficients import uniform_coefficients
+
+    layout = layout or layout_from_manifest(run_dir)
+    c = uniform_coefficients(layout.n_tasks)
+    write_coefficients(setting_coefficients_path(run_dir, UNIFORM), layout.task_ids, c,
+                       {"metric": None, "manifest_hash": layout.manifest_hash, "model": UNIFORM})  # fmt: skip
+    return c
 
 
 def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, seed, progress=True):
@@ -195,24 +237,28 @@ def _mixing_spec(config: SynthesisConfig, layout: BankLayout) -> dict:
     return spec
 
 
+def mix_row(layout: BankLayout, coefficients: np.ndarray, config: SynthesisConfig, progress: bool = False):
+    """(tensors, rank, exact-mixing report or None) of one coefficient row [N], mixed as `config` says."""
+    from lorabatch.synthesis.mixing import mix_exact, mix_paper
+
+    if config.mixing == "paper":
+        return mix_paper(layout, coefficients, progress=progress), int(layout.adapter_config["r"]), None
+    spec = _mixing_spec(config, layout)
+    tensors, report = mix_exact(layout, coefficients, spec["rank"], config.cat_max_rank)
+    return tensors, report["rank"], report
+
+
 def synthesize_one(
     layout: BankLayout, coefficients: np.ndarray, target_dir, config: SynthesisConfig, *, setting: str | None, target: str,
     extra: dict | None = None, progress: bool = False,
 ) -> Path:  # fmt: skip
     """One adapter from one coefficient row [N] (paper or exact mixing), written atomically."""
     from lorabatch.synthesis.batch import output_dtype_name
-    from lorabatch.synthesis.mixing import mix_exact, mix_paper
     from lorabatch.synthesis.writer import output_adapter_config, provenance_record, write_adapter
 
     spec = _mixing_spec(config, layout)
-    extra = dict(extra or {})
-    if config.mixing == "paper":
-        tensors = mix_paper(layout, coefficients, progress=progress)
-        rank = int(layout.adapter_config["r"])
-    else:
-        tensors, report = mix_exact(layout, coefficients, spec["rank"], config.cat_max_rank)
-        rank = report["rank"]
-        extra["exact"] = report
+    tensors, rank, report = mix_row(layout, coefficients, config, progress=progress)
+    extra = dict(extra or {}, **({"exact": report} if report else {}))
     prov = provenance_record(
         setting=setting, target=target, task_ids=layout.task_ids, coefficients=coefficients,
         manifest_hash=layout.manifest_hash, mixing=spec, extra=extra,
@@ -222,10 +268,10 @@ def synthesize_one(
 
 
 def synthesize_setting(
-    run_dir, metric: str, model: str, config: SynthesisConfig, *, tasks: list[str] | None = None,
+    run_dir, setting: Setting | str, config: SynthesisConfig, *, tasks: list[str] | None = None,
     layout: BankLayout | None = None, progress: bool = True, force: bool = False,
 ) -> list[Path]:  # fmt: skip
-    """All leave-one-out adapters of setting <metric>-<model> (or those of `tasks`).
+    """All leave-one-out adapters of a paper setting or a control (or those of `tasks`).
 
     Adapters whose provenance already carries the same synthesis key are kept (cache hit).
     Paper mixing streams the bank once for all targets; exact mixing goes target by target.
@@ -234,10 +280,10 @@ def synthesize_setting(
     from lorabatch.synthesis.writer import is_current, provenance_record, synthesis_key
 
     layout = layout or layout_from_manifest(run_dir)
-    targets, sources, c, _ = read_coefficients(coefficients_path(run_dir, metric, model))
+    setting = str(setting)
+    targets, sources, c, _ = read_coefficients(setting_coefficients_path(run_dir, setting))
     if sources != layout.task_ids:
-        raise SynthesisError(f"coefficients of {metric}-{model} were computed for another bank: recompute them")
-    setting = f"{metric}-{model}"
+        raise SynthesisError(f"coefficients of {setting} were computed for another bank: recompute them")
     wanted = targets if tasks is None else list(tasks)
     unknown = sorted(set(wanted) - set(targets))
     if unknown:
@@ -269,8 +315,7 @@ def expected_identities(run_dir, setting: str, tasks: list[str], config: Synthes
     adapter of `setting` has once synthesized with `config`, known before it exists."""
     from lorabatch.synthesis.writer import synthesis_key
 
-    metric, _, model = setting.rpartition("-")
-    targets, sources, c, _ = read_coefficients(coefficients_path(run_dir, metric, model))
+    targets, sources, c, _ = read_coefficients(setting_coefficients_path(run_dir, setting))
     if sources != layout.task_ids:
         raise SynthesisError(f"coefficients of {setting} were computed for another bank: recompute them")
     spec = _mixing_spec(config, layout)
@@ -282,8 +327,7 @@ def expected_identities(run_dir, setting: str, tasks: list[str], config: Synthes
 def jit_adapter(run_dir, setting: str, task_id: str, config: SynthesisConfig, layout: BankLayout | None = None) -> Iterator[Path]:
     """Just-in-time: yield the (setting, task) adapter, synthesizing it if needed; delete it after
     the block when `config.jit_delete` (also on error, so no half-used adapter stays behind)."""
-    metric, _, model = setting.rpartition("-")
-    path = synthesize_setting(run_dir, metric, model, config, tasks=[task_id], layout=layout, progress=False)[0]
+    path = synthesize_setting(run_dir, setting, config, tasks=[task_id], layout=layout, progress=False)[0]
     try:
         yield path
     finally:

@@ -52,10 +52,11 @@ def output_adapter_config(bank_config: dict, rank: int, scaling: float | None = 
 
 
 def contributors(task_ids: list[str], coefficients: np.ndarray, limit: int = MAX_LISTED_COEFFICIENTS) -> list[tuple[str, float]]:
-    """(task, weight) of the non-zero coefficients, largest first, at most `limit`."""
+    """(task, weight) of the non-zero coefficients, largest magnitude first, at most `limit`
+    (refined coefficients may be negative)."""
     c = np.asarray(coefficients, dtype=np.float64)
-    order = np.argsort(-c, kind="stable")
-    return [(task_ids[j], float(c[j])) for j in order[:limit] if c[j] > 0]
+    order = np.argsort(-np.abs(c), kind="stable")
+    return [(task_ids[j], float(c[j])) for j in order[:limit] if c[j] != 0]
 
 
 def synthesis_key(manifest_hash: str | None, task_ids: list[str], coefficients: np.ndarray, mixing: dict) -> str:

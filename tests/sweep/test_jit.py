@@ -53,7 +53,8 @@ def _config(bank, run_dir, jit: bool, temperature: float = 0.05):
         "bank": bank.bank_config(validate_weights=False),
         "distances": {"metrics": ["JS", "WD"]},
         "synthesis": {"models": ["normalized"], "executor": "local", "chunk_size": 1024,
-                      "jit": jit, "jit_wave": 4, "temperature": temperature},
+                      "jit": jit, "jit_wave": 4, "temperature": temperature, "controls": []},
+        "fewshot": {"methods": []},
         "generation": {"backend": "hf", "examples_per_task": 2, "max_new_tokens": 4, "batch_size": 4},
     })  # fmt: skip
 

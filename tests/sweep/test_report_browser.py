@@ -123,7 +123,7 @@ def test_dom_has_the_results_table_and_the_stages(rendered, reference_sweep):
     for row, r in zip(table[1:], summary):
         assert row[1] == f"{r['rouge_l']:.3f}"
     stages = [row[0] for row in page.tables["stages"][1:]]
-    assert stages == ["bank", "features", "distances", "coefficients", "coefficients-JS", "synthesis", "generation", "scoring", "report"]
+    assert stages == ["bank", "features", "distances", "coefficients", "coefficients-JS", "synthesis", "fewshot", "generation", "scoring", "report"]
 
 
 def test_plots_decode_and_are_drawn(rendered):

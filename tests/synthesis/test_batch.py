@@ -113,16 +113,16 @@ def test_stage_coefficients_adapters_cache_and_jit(fresh_run):
     _, _, _, nmeta = read_coefficients(run / "coefficients" / "JS" / "neural.parquet")
     assert len(nmeta["train_tasks"]) == 4
 
-    paths = synthesize_setting(run, "JS", "normalized", cfg, progress=False)
+    paths = synthesize_setting(run, "JS-normalized", cfg, progress=False)
     assert [p.name for p in paths] == fresh_run.task_ids
     banks = [load_tensors(d) for d in fresh_run.adapter_dirs]
     got = load_tensors(paths[3])
     for k, want in expected_adapter(banks, c[3]).items():
         assert np.abs(got[k] - want).max() <= 1e-6
     mtimes = [os.stat(p / "adapter_model.safetensors").st_mtime_ns for p in paths]
-    synthesize_setting(run, "JS", "normalized", cfg, progress=False)  # cache hit: nothing rewritten
+    synthesize_setting(run, "JS-normalized", cfg, progress=False)  # cache hit: nothing rewritten
     assert mtimes == [os.stat(p / "adapter_model.safetensors").st_mtime_ns for p in paths]
-    synthesize_setting(run, "JS", "normalized", small_config(output_dtype="float16"), progress=False, tasks=["task2"])
+    synthesize_setting(run, "JS-normalized", small_config(output_dtype="float16"), progress=False, tasks=["task2"])
     assert os.stat(paths[1] / "adapter_model.safetensors").st_mtime_ns != mtimes[1]  # other mixing: rebuilt
 
     with jit_adapter(run, "JS-attentional", "task4", small_config(jit=True)) as path:

@@ -1,0 +1,93 @@
+"""Config of the few-shot stage: `select` and `refine`, training-free settings that read only the
+target task's own training examples (never its test split)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lorabatch.strict import StrictModel
+
+
+class SelectConfig(StrictModel):
+    """`select`: the candidate with the lowest few-shot loss. Candidates are every mixture setting
+    of the sweep (paper settings and controls) plus, per metric, normalized coefficients on this
+    grid of temperature × top-k (z-scores are scale-free, so one grid serves every metric)."""
+
+    temperatures: list[float] = Field(
+        default_factory=lambda: [1.0, 0.3, 0.1], description="Softmin temperatures of the grid (each > 0)."
+    )
+    top_k: list[int | None] = Field(
+        default_factory=lambda: [None, 3], description="Top-k sparsifications of the grid (None: all tasks)."
+    )
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value):
+        bad = [t for t in value if not t > 0]
+        if bad:
+            raise ValueError(f"temperatures must be > 0, got {bad}")
+        return value
+
+    @field_validator("top_k")
+    @classmethod
+    def _k_positive(cls, value):
+        bad = [k for k in value if k is not None and k < 1]
+        if bad:
+            raise ValueError(f"top_k entries must be ≥ 1 or null, got {bad}")
+        return value
+
+
+class RefineConfig(StrictModel):
+    """`refine`: LoraHub's recipe on the top-K bank tasks of a starting setting — CMA-ES over the K
+    weights w ∈ [−bound, bound]^K minimising  loss(Σ_j w_j B_j A_j) + l1 · Σ_j |w_j|,  started from
+    the starting setting's top-K weights (renormalised), at most `budget` loss evaluations. The
+    result is mixed exactly (ΔW = Σ w_j B_j A_j) and never has a higher few-shot loss than its
+    starting point (the start is the first point evaluated and the fallback)."""
+
+    start: str = Field(
+        "JS-normalized",
+        description="The paper setting (<metric>-<model>, one of the sweep's) whose coefficients give the "
+        "top-K tasks and the starting weights. JS-normalized is the paper's best setting.",
+    )
+    top_k: int = Field(5, ge=1, description="K: bank tasks whose weights are optimised.")
+    budget: int = Field(40, ge=2, description="Loss evaluations at most, the start included (LoraHub uses 40).")
+    l1: float = Field(0.05, ge=0, description="L1 penalty on the weights (LoraHub uses 0.05).")
+    bound: float = Field(1.5, gt=0, description="Each weight stays in [−bound, bound] (LoraHub uses 1.5).")
+    sigma: float = Field(0.3, gt=0, description="Initial CMA-ES step size.")
+
+
+class FewShotConfig(StrictModel):
+    methods: list[Literal["select", "refine"]] = Field(
+        default_factory=lambda: ["select", "refine"],
+        description="Few-shot settings of the sweep ([] turns the stage off).",
+    )
+    split: Literal["train", "valid"] = Field(
+        "train", description="Split the few-shot examples come from (never the test split)."
+    )
+    examples: int = Field(16, ge=1, description="k: examples per task the loss is computed on (a seeded sample).")
+    batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
+    select: SelectConfig = Field(default_factory=SelectConfig, description="The `select` candidates.")
+    refine: RefineConfig = Field(default_factory=RefineConfig, description="The `refine` optimisation.")
+    seed: int | None = Field(None, description="Seed of the example sample and of CMA-ES (None: the run's seed).")
+    device: str = Field("auto", description="torch device of the loss workers ('auto': cuda when present).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base model dtype for the loss.")
+    concurrency: int = Field(1, ge=1, description="Loss workers (Ray actors, each holding the base model).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per loss worker.")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs).")
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, value):
+        dupes = sorted({m for m in value if value.count(m) > 1})
+        if dupes:
+            raise ValueError(f"methods listed more than once: {dupes}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, value):
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
+        return value

@@ -1,0 +1,148 @@
+"""Teacher-forced few-shot loss of an adapter held in memory: forward passes only.
+
+For k examples (x_e, y_e), with y_e = output[0] followed by EOS (what a trained adapter learns to
+emit, so an answer in the wrong length or format costs loss) and the prompt x_e tokenized exactly
+as generation sees it (raw input, BOS added):
+
+    loss(θ) = (1/k) Σ_e (1/|y_e|) Σ_t −log p_θ(y_e,t | x_e, y_e,<t)
+
+The base model is loaded once; an adapter is copied into a PEFT slot of its rank (one slot per
+rank, created on first use, lora_alpha chosen so the scaling α/r equals the bank's) and the k
+examples run in batches of `batch_size`. Every call counts its forward passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = -100
+
+
+def encode_examples(tokenizer, rows: list[dict], max_positions: int | None = None) -> list[tuple[list[int], int]]:
+    """(prompt ids + answer ids + EOS, prompt length) per row; a prompt too long for the model
+    loses its first tokens (the answer is always kept whole)."""
+    prompts = tokenizer([r["input"] for r in rows])["input_ids"]
+    answers = tokenizer([r["output"][0] for r in rows], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for p, a in zip(prompts, answers):
+        a = list(a) + eos
+        if max_positions is not None and len(p) + len(a) > max_positions:
+            p = p[-max(1, max_positions - len(a)) :]
+        out.append((list(p) + a, len(p)))
+    return out
+
+
+class FewShotLoss:
+    """The loss of in-memory adapters on a fixed set of examples, with the base model loaded once."""
+
+    def __init__(self, base_model_path: str, adapter_config: dict, device: str = "auto", dtype: str = "float32", batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=getattr(torch, dtype)).to(self.device)
+        model.eval()
+        self.base = model
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.adapter_config = dict(adapter_config)
+        self.batch_size = int(batch_size)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.peft = None
+        self.slots: dict[int, str] = {}
+        self.items: list[tuple[list[int], int]] = []
+        self.forward_passes = 0
+
+    def set_examples(self, rows: list[dict]) -> None:
+        """The examples every following `loss` call is computed on."""
+        if not rows:
+            raise ValueError("few-shot loss needs at least one example")
+        self.items = encode_examples(self.tokenizer, rows, self.max_positions)
+
+    def _slot(self, rank: int) -> str:
+        """The PEFT adapter holding rank-`rank` tensors (created on first use)."""
+        if rank in self.slots:
+            return self.slots[rank]
+        from peft import LoraConfig, get_peft_model
+
+        from lorabatch.synthesis.tensors import scaling_of
+
+        cfg = self.adapter_config
+        alpha = scaling_of(cfg) * (rank**0.5 if cfg.get("use_rslora") else rank)
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=cfg.get("target_modules"),
+            use_rslora=bool(cfg.get("use_rslora", False)), fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+            lora_dropout=0.0, bias="none", task_type=cfg.get("task_type", "CAUSAL_LM"),
+        )  # fmt: skip
+        name = f"r{rank}"
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, config)
+        self.peft.eval()
+        self.slots[rank] = name
+        return name
+
+    def load(self, tensors: dict[str, np.ndarray]) -> str:
+        """Copy an adapter's tensors (names as in adapter_model.safetensors) into its rank's slot."""
+        import torch
+        from peft import set_peft_model_state_dict
+
+        rank = next(v.shape[0] for k, v in tensors.items() if k.endswith("lora_A.weight"))
+        name = self._slot(int(rank))
+        dtype = next(self.base.parameters()).dtype
+        state = {k: torch.as_tensor(np.ascontiguousarray(v)).to(self.device, dtype) for k, v in tensors.items()}
+        result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
+        unexpected = getattr(result, "unexpected_keys", None) or []
+        if unexpected:
+            raise ValueError(f"adapter tensors do not fit the base model: unexpected {unexpected[:3]}")
+        self.peft.set_adapter(name)
+        return name
+
+    def loss(self, tensors: dict[str, np.ndarray] | None) -> float:
+        """Mean per-example answer loss with `tensors` as the adapter (None: the base model)."""
+        if not self.items:
+            raise ValueError("call set_examples first")
+        losses = self.example_losses(tensors)
+        return float(np.mean(losses))
+
+    def example_losses(self, tensors: dict[str, np.ndarray] | None) -> np.ndarray:
+        import contextlib
+
+        import torch
+
+        if tensors is not None:
+            self.load(tensors)
+            model, context = self.peft, contextlib.nullcontext()
+        else:
+            model = self.peft if self.peft is not None else self.base
+            context = self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        out = []
+        with torch.inference_mode(), context:
+            for start in range(0, len(self.items), self.batch_size):
+                batch = self.items[start : start + self.batch_size]
+                out.append(self._batch_losses(model, batch))
+                self.forward_passes += 1
+        return np.concatenate(out)
+
+    def _batch_losses(self, model, batch) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, n_prompt) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+            labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        logits = model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
+        targets = labels[:, 1:].to(self.device)
+        nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        counts = (targets != IGNORE).sum(dim=1).clamp(min=1)
+        return (nll.sum(dim=1) / counts).cpu().numpy().astype(np.float64)

@@ -1,0 +1,233 @@
+"""select / refine on a tiny bank: the few-shot loss against a reference, choices that follow the
+loss, no use of the test split, reproducibility, and the controls' adapters."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+N_TASKS = 5
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def _config(run: Path, bank, **fewshot):
+    from lorabatch.config import parse_config
+
+    return parse_config({
+        "run_dir": str(run), "bank": bank.bank_config(validate_weights=False),
+        "distances": {"metrics": ["JS"]},
+        "synthesis": {"models": ["attentional", "normalized"], "executor": "local"},
+        "fewshot": {"examples": 6, "refine": {"top_k": 3, "budget": 12}, **fewshot},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A run with manifest, seeded JS distances and every coefficient file (no adapters yet)."""
+    from lorabatch.bank.manifest import build_manifest
+    from lorabatch.synthesis.stage import compute_coefficients, compute_uniform_coefficients
+    from lorabatch.testing.tiny_bank import build_tiny_bank
+
+    root = tmp_path_factory.mktemp("fewshot")
+    bank = build_tiny_bank(root / "bank", n_tasks=N_TASKS, rank=8, rows=20)
+    run = root / "run"
+    config = _config(run, bank)
+    manifest = build_manifest(config, progress=False)
+    ids = manifest.column("task_id").to_pylist()
+    d = np.random.default_rng(3).uniform(0.1, 2.0, size=(N_TASKS, N_TASKS))
+    np.fill_diagonal(d, 0.0)
+    _write_distances(run, "JS", ids, d)
+    compute_coefficients(run, "JS", config.synthesis, progress=False)
+    compute_uniform_coefficients(run)
+    return run, bank, ids, d
+
+
+def _write_distances(run: Path, metric: str, ids: list[str], d: np.ndarray) -> None:
+    import pyarrow as pa
+
+    from lorabatch.atomic import write_parquet
+
+    rows = [{"target": t, "source": s, "d": float(d[i, j])} for i, t in enumerate(ids) for j, s in enumerate(ids)]
+    write_parquet(run / "distances" / f"{metric}.parquet", pa.Table.from_pylist(rows))
+
+
+def _copy(pristine, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(pristine[0], run)
+    return run
+
+
+def _run(run: Path, bank, **fewshot):
+    from lorabatch.fewshot.stage import run_fewshot
+
+    config = _config(run, bank, **fewshot)
+    return run_fewshot(run, config.fewshot, config.synthesis, ["JS"], seed=0, progress=False)
+
+
+def _tensors(adapter: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def _reference_loss(base: str, adapter: Path | None, rows: list[dict]) -> float:
+    """Mean per-example loss of output[0] + EOS given input, with stock PeftModel.from_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for r in rows:
+            prompt = tok(r["input"])["input_ids"]
+            answer = tok(r["output"][0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = torch.tensor([prompt + answer])
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            losses.append(float(model(input_ids=ids, labels=labels).loss))
+    return float(np.mean(losses))
+
+
+def test_loss_of_an_adapter_in_a_slot_equals_peft_from_pretrained(pristine):
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.fewshot.loss import FewShotLoss
+    from lorabatch.fewshot.stage import few_shot_examples
+    from lorabatch.synthesis.tensors import layout_from_manifest
+
+    run, _, ids, _ = pristine
+    manifest = load_manifest(run).to_pylist()
+    layout = layout_from_manifest(run)
+    base = manifest[0]["base_model_path"]
+    rows = few_shot_examples(manifest[0]["dataset_path"], "train", 5, 0, ids[0])
+    evaluator = FewShotLoss(base, layout.adapter_config, "cpu", "float32", batch_size=2)
+    evaluator.set_examples(rows)
+    for k in (1, 2):
+        adapter = Path(manifest[k]["adapter_path"])
+        ours = evaluator.loss({name: np.asarray(v) for name, v in _tensors(adapter).items()})
+        assert ours == pytest.approx(_reference_loss(base, adapter, rows), rel=1e-5)
+    assert evaluator.loss(None) == pytest.approx(_reference_loss(base, None, rows), rel=1e-5)
+    assert evaluator.forward_passes == 3 * 3  # 5 examples in batches of 2, three adapters
+
+
+def test_few_shot_examples_are_seeded_and_never_from_test(pristine):
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.fewshot.stage import FewShotError, few_shot_examples
+
+    run, _, ids, _ = pristine
+    path = load_manifest(run).to_pylist()[0]["dataset_path"]
+    a = few_shot_examples(path, "train", 4, 0, ids[0])
+    assert a == few_shot_examples(path, "train", 4, 0, ids[0])
+    assert [r["id"] for r in a] != [r["id"] for r in few_shot_examples(path, "train", 4, 1, ids[0])]
+    with pytest.raises(FewShotError):
+        few_shot_examples(path, "test", 4, 0, ids[0])
+
+
+def test_select_and_refine_never_read_the_test_split(pristine, tmp_path, local_ray):
+    run_a = _copy(pristine, tmp_path / "a")
+    run_b = _copy(pristine, tmp_path / "b")
+    bank = pristine[1]
+    results_a = _run(run_a, bank)
+    # Garbage in place of every test split: any read of it would fail the task.
+    garbled = tmp_path / "garbled-bank"
+    shutil.copytree(bank.root, garbled)
+    for f in garbled.rglob("test-*.parquet"):
+        f.write_bytes(b"not parquet at all")
+    import pyarrow.parquet as pq
+
+    from lorabatch.atomic import write_parquet
+
+    manifest = pq.read_table(run_b / "bank" / "manifest.parquet")
+    paths = [p.replace(str(bank.root), str(garbled)) for p in manifest.column("dataset_path").to_pylist()]
+    manifest = manifest.set_column(manifest.schema.get_field_index("dataset_path"), "dataset_path", __import__("pyarrow").array(paths))
+    write_parquet(run_b / "bank" / "manifest.parquet", manifest)
+    results_b = _run(run_b, bank)
+    for method in ("select", "refine"):
+        assert not any(r["error"] for r in results_b[method]), results_b[method]
+        for a, b in zip(results_a[method], results_b[method]):
+            assert (a["task_id"], a["choice"], a["loss"], a["start_loss"]) == (b["task_id"], b["choice"], b["loss"], b["start_loss"])
+        for task in pristine[2]:
+            ta, tb = _tensors(run_a / "adapters" / method / task), _tensors(run_b / "adapters" / method / task)
+            assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
+def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_start(pristine, tmp_path, local_ray):
+    import json
+
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.fewshot.stage import few_shot_examples
+
+    run = _copy(pristine, tmp_path)
+    results = _run(run, pristine[1])
+    manifest = {r["task_id"]: r for r in load_manifest(run).to_pylist()}
+    for r in results["select"]:
+        losses = json.loads(r["details"])["candidate_losses"]
+        assert len(losses) >= 5  # 2 paper settings, uniform, nearest-JS and the grid, deduplicated
+        assert r["loss"] == pytest.approx(min(losses.values()))
+        assert losses[r["choice"]] == r["loss"]
+    for r in results["refine"]:
+        assert r["loss"] <= r["start_loss"]
+        assert r["evaluations"] <= 12
+        assert r["choice"] == "JS-normalized"
+    # The written refine adapter is the exact mixture the search evaluated: its loss, read back
+    # from disk through stock PEFT, equals the recorded one.
+    r = results["refine"][0]
+    task = manifest[r["task_id"]]
+    rows = few_shot_examples(task["dataset_path"], "train", 6, 0, r["task_id"])
+    ref = _reference_loss(task["base_model_path"], run / "adapters" / "refine" / r["task_id"], rows)
+    assert ref == pytest.approx(r["loss"], rel=1e-4)
+
+
+def test_refine_is_reproducible_with_a_seed(pristine, tmp_path, local_ray):
+    a = _run(_copy(pristine, tmp_path / "a"), pristine[1], methods=["refine"])["refine"]
+    b = _run(_copy(pristine, tmp_path / "b"), pristine[1], methods=["refine"])["refine"]
+    c = _run(_copy(pristine, tmp_path / "c"), pristine[1], methods=["refine"], seed=7)["refine"]
+    assert [(r["loss"], r["details"]) for r in a] == [(r["loss"], r["details"]) for r in b]
+    assert [r["details"] for r in a] != [r["details"] for r in c]
+
+
+def test_refine_start_must_be_a_paper_setting_of_the_sweep(pristine, tmp_path):
+    from lorabatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fewshot.refine.start"):
+        _config(tmp_path / "run", pristine[1], refine={"start": "KL-normalized"})
+
+
+def test_uniform_adapter_is_the_mean_and_nearest_is_the_nearest_tasks_adapter(pristine, tmp_path):
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.synthesis.stage import synthesize_setting
+
+    run = _copy(pristine, tmp_path)
+    config = _config(run, pristine[1])
+    _, _, ids, d = pristine
+    bank = {r["task_id"]: Path(r["adapter_path"]) for r in load_manifest(run).to_pylist()}
+    synthesize_setting(run, "uniform", config.synthesis, progress=False)
+    synthesize_setting(run, "nearest-JS", config.synthesis, progress=False)
+    for i, task in enumerate(ids):
+        others = [_tensors(bank[t]) for t in ids if t != task]
+        uniform = _tensors(run / "adapters" / "uniform" / task)
+        for name, value in uniform.items():
+            expected = np.mean([o[name].astype(np.float64) for o in others], axis=0)
+            np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
+        row = d[i].copy()
+        row[i] = np.inf
+        nearest = ids[int(np.argmin(row))]
+        got, want = _tensors(run / "adapters" / "nearest-JS" / task), _tensors(bank[nearest])
+        assert got.keys() == want.keys()
+        assert all(np.array_equal(got[k], want[k]) for k in got)

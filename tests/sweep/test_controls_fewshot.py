@@ -1,0 +1,68 @@
+"""A sweep with the controls (uniform, nearest-<metric>) and the few-shot settings (select,
+refine): every one is generated, scored against uniform, listed by status and the report, and a
+re-run reuses them."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+
+def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_config, tmp_path, capsys):
+    import ray
+
+    from lorabatch.config import load_config
+    from lorabatch.generation.store import generation_files
+    from lorabatch.sweep.run import run_sweep
+    from lorabatch.sweep.status import status_lines
+
+    run = tmp_path / "run"
+    path = write_sweep_config(tmp_path / "sweep.yaml", run, controls=("uniform", "nearest"), fewshot=("select", "refine"),
+                              examples_per_task=3, max_new_tokens=4, features_executor="local")  # fmt: skip
+    config = load_config(path, {"fewshot.examples": 4, "fewshot.refine.budget": 8, "fewshot.refine.top_k": 2})
+    try:
+        run_sweep(config, progress=False)
+        first = capsys.readouterr().out
+        files = generation_files(run)
+        run_sweep(config, progress=False)
+        again = capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    settings = {"base", "oracle", "JS-attentional", "JS-normalized", "uniform", "nearest-JS", "select", "refine"}
+    summary = {r["setting"]: r for r in pq.read_table(run / "scores" / "summary.parquet").to_pylist()}
+    assert set(summary) == settings
+    assert all(r["n_errors"] == 0 and r["n_tasks"] == 4 for r in summary.values())
+    # vs_uniform is the mean per-task difference to uniform; beats_uniform is its sign.
+    tasks = pq.read_table(run / "scores" / "tasks.parquet").to_pylist()
+    score = {(t["setting"], t["task_id"]): t["rouge_l"] for t in tasks}
+    ids = sorted({t["task_id"] for t in tasks})
+    for s in settings - {"base", "oracle", "uniform"}:
+        delta = sum(score[(s, t)] - score[("uniform", t)] for t in ids) / len(ids)
+        assert abs(summary[s]["vs_uniform"] - delta) < 1e-12
+        assert summary[s]["beats_uniform"] == (delta > 0)
+    assert summary["uniform"]["beats_uniform"] is None and summary["base"]["beats_uniform"] is None
+    # The printed table marks every setting that does not beat uniform, and shows what few-shot cost.
+    table = first[first.index("setting"):]
+    for s, r in summary.items():
+        line = next(l for l in table.splitlines() if l.startswith(s + " "))
+        assert ("✗" in line) == (r["beats_uniform"] is False)
+    assert "few-shot cost" in first and "select" in first.split("few-shot cost")[1]
+    # Few-shot adapters carry their record; results list the cost per task.
+    for method in ("select", "refine"):
+        rows = pq.read_table(run / "fewshot" / f"{method}.parquet").to_pylist()
+        assert [r["error"] for r in rows] == [None] * 4
+        assert all(r["forward_passes"] >= r["evaluations"] > 0 and r["seconds"] > 0 for r in rows)
+        prov = json.loads((run / "adapters" / method / rows[0]["task_id"] / "provenance.json").read_text())
+        assert prov["setting"] == method and prov["fewshot"]["loss"] == rows[0]["loss"]
+    # status and the report list them too.
+    lines = status_lines(run)
+    assert any(l.startswith("fewshot ") and "done" in l for l in lines)
+    for s in ("uniform", "nearest-JS", "select", "refine"):
+        assert any(l.split()[:2] == [s, "12"] for l in lines), lines  # 4 tasks × 3 examples done
+    page = (run / "report" / "index.html").read_text()
+    assert "<table id='fewshot'>" in page
+    assert ("class='below-uniform'" in page) == any(r["beats_uniform"] is False for r in summary.values())
+    # A re-run with nothing changed reuses the few-shot results and every generated row.
+    assert "few-shot: select/refine cached" in again
+    assert generation_files(run) == files
