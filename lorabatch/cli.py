@@ -147,6 +147,13 @@ def predict(
     exact_rank: Optional[int] = typer.Option(None, help="Rank of an exact-mixing adapter (default: the bank's)."),
     seed: int = typer.Option(0, help="Seed of random choices in the features (MMD samples)."),
     top: int = typer.Option(10, help="How many top contributing bank tasks to print."),
+    fewshot: Optional[str] = typer.Option(
+        None, help="'select' (the candidate with the lowest loss on your examples) or 'refine' (CMA-ES on the "
+        "top-K weights of --metric/--model, exact mixing). Forward passes of the base model, no gradients."
+    ),
+    fewshot_examples: int = typer.Option(16, min=1, help="With --fewshot: examples of your dataset the loss is computed on."),
+    refine_budget: int = typer.Option(40, min=2, help="With --fewshot refine: loss evaluations at most."),
+    refine_top_k: int = typer.Option(5, min=1, help="With --fewshot refine: bank tasks whose weights are optimised."),
 ):
     """Build an adapter for a new dataset from a bank, without training; prints the top contributors."""
     from pydantic import ValidationError
@@ -156,14 +163,29 @@ def predict(
     from lorabatch.synthesis.config import SynthesisConfig
     from lorabatch.synthesis.predict import predict_adapter
 
+    from lorabatch.fewshot.config import FewShotConfig
+
     try:
         syn = SynthesisConfig(mixing=mixing, temperature=temperature, top_k=top_k, exact_rank=exact_rank)
+        few = FewShotConfig(examples=fewshot_examples, refine={"budget": refine_budget, "top_k": refine_top_k})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), "command-line flags") from None
-    result = predict_adapter(bank, data, out, metric=metric, model=model, config=syn, seed=seed, top=top)
+    if fewshot is not None and fewshot not in ("select", "refine"):
+        raise ConfigError([f"--fewshot: must be 'select' or 'refine' (got {fewshot!r})"], "command-line flags")
+    if fewshot is None:
+        result = predict_adapter(bank, data, out, metric=metric, model=model, config=syn, seed=seed, top=top)
+        what = f"{metric}-{model}"
+    else:
+        from lorabatch.fewshot.query import fewshot_predict
+
+        result, chosen = fewshot_predict(bank, data, out, method=fewshot, metric=metric, model=model, config=syn,
+                                         fewshot=few, seed=seed, top=top)  # fmt: skip
+        what = f"{fewshot}: {chosen.choice}" if fewshot == "select" else f"refine from {chosen.choice}"
+        typer.echo(f"few-shot loss {chosen.loss:.4f} (reference {chosen.start_loss:.4f}) after {chosen.evaluations} "
+                   f"adapters, {chosen.forward_passes} forward passes, {chosen.seconds:.1f} s")  # fmt: skip
     if result.ignored_columns:
         typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")
-    typer.echo(f"top contributing bank tasks ({metric}-{model}):")
+    typer.echo(f"top contributing bank tasks ({what}):")
     for task, weight in result.top:
         typer.echo(f"  {task:<40} {weight:.4f}")
     typer.echo(f"adapter written to {result.adapter_dir}")

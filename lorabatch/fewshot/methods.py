@@ -37,15 +37,17 @@ class FewShotResult:
     details: dict = field(default_factory=dict)
 
 
-def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks) -> dict[str, np.ndarray]:
-    """{name: C [N, N]}: normalized (z-score softmin) coefficients per metric on a T × top-k grid."""
+def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks, exclude_self: bool = True) -> dict[str, np.ndarray]:
+    """{name: C [M, N]}: normalized (z-score softmin) coefficients per metric on a T × top-k grid
+    (leave-one-out rows, or query rows with `exclude_self=False`)."""
     from lorabatch.synthesis.coefficients import normalized_coefficients
 
     out = {}
     for metric, d in distances.items():
         for t in temperatures:
             for k in top_ks:
-                out[f"{metric}-normalized@T={t:g},k={k if k is not None else 'all'}"] = normalized_coefficients(d, temperature=t, top_k=k)
+                name = f"{metric}-normalized@T={t:g},k={k if k is not None else 'all'}"
+                out[name] = normalized_coefficients(d, exclude_self=exclude_self, temperature=t, top_k=k)
     return out
 
 

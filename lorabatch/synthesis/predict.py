@@ -238,6 +238,45 @@ def _check_out(out: Path) -> None:
         raise SynthesisError(f"{out} exists and is not an adapter written by lorabatch: refusing to replace it")
 
 
+@dataclass
+class Query:
+    """A new dataset checked against a prepared bank, with its distances and coefficients."""
+
+    dataset: object  # pyarrow Table: input, output, id
+    layout: object  # BankLayout of the bank's adapters
+    base_model_path: Path
+    distances: np.ndarray  # [N]
+    coefficients: np.ndarray  # [N] of `metric`-`model`
+    data_hash: str
+    ignored_columns: list[str]
+
+    def provenance(self, data: Path) -> dict:
+        return {"query": {"data": str(data), "data_sha256": self.data_hash, "n_examples": self.dataset.num_rows}}
+
+
+def prepare_query(
+    bank_run: Path, data: Path, out: Path, *, metric: str, model: str, config: SynthesisConfig, seed: int, progress: bool
+) -> Query:  # fmt: skip
+    """Every check before work (output directory, dataset, bank, tokenizers), then the distances
+    from the dataset to the bank and the coefficients of `model`."""
+    from lorabatch.synthesis.tensors import layout_from_manifest
+
+    if model not in ("attentional", "normalized", "neural"):
+        raise SynthesisError(f"unknown coefficient model {model!r}; one of attentional, normalized, neural")
+    _check_out(out)
+    dataset = read_user_dataset(data)
+    manifest = check_bank(bank_run, metric, model)
+    base_model_path = Path(manifest.column("base_model_path")[0].as_py())
+    check_tokenizers(data, base_model_path, bank_run)
+    layout = layout_from_manifest(bank_run)
+    task_ids, d = query_bank_distances(bank_run, dataset, metric, base_model_path, seed, progress)
+    if task_ids != layout.task_ids:
+        raise SynthesisError("the distances' bank tasks differ from the manifest's: recompute the bank's features")
+    c = query_coefficients(d, model, config, bank_run, metric)
+    ignored = json.loads(dataset.schema.metadata[b"lorabatch.ignored_columns"])
+    return Query(dataset, layout, base_model_path, d, c, _dataset_hash(dataset), ignored)
+
+
 def predict_adapter(
     bank_run: str | Path,
     data: str | Path,
@@ -252,31 +291,17 @@ def predict_adapter(
 ) -> PredictResult:
     """Write the adapter for the dataset at `data` into `out`; see the module docstring."""
     from lorabatch.synthesis.stage import synthesize_one
-    from lorabatch.synthesis.tensors import layout_from_manifest
     from lorabatch.synthesis.writer import contributors
 
     config = config or SynthesisConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
-    if model not in ("attentional", "normalized", "neural"):
-        raise SynthesisError(f"unknown coefficient model {model!r}; one of attentional, normalized, neural")
-    _check_out(out)
-    dataset = read_user_dataset(data)
-    manifest = check_bank(bank_run, metric, model)
-    base_model_path = Path(manifest.column("base_model_path")[0].as_py())
-    check_tokenizers(data, base_model_path, bank_run)
-    layout = layout_from_manifest(bank_run)
-
-    task_ids, d = query_bank_distances(bank_run, dataset, metric, base_model_path, seed, progress)
-    if task_ids != layout.task_ids:
-        raise SynthesisError("the distances' bank tasks differ from the manifest's: recompute the bank's features")
-    c = query_coefficients(d, model, config, bank_run, metric)
-    data_hash = _dataset_hash(dataset)
+    q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
     synthesize_one(
-        layout, c, out, config, setting=f"{metric}-{model}", target=f"query:{data_hash[:16]}",
-        extra={"query": {"data": str(data), "data_sha256": data_hash, "n_examples": dataset.num_rows}}, progress=progress,
+        q.layout, q.coefficients, out, config, setting=f"{metric}-{model}", target=f"query:{q.data_hash[:16]}",
+        extra=q.provenance(data), progress=progress,
     )  # fmt: skip
-    ignored = json.loads(dataset.schema.metadata[b"lorabatch.ignored_columns"])
-    return PredictResult(out, task_ids, d, c, contributors(task_ids, c, top), ignored)
+    task_ids = q.layout.task_ids
+    return PredictResult(out, task_ids, q.distances, q.coefficients, contributors(task_ids, q.coefficients, top), q.ignored_columns)
 
 
 def _dataset_hash(table) -> str:

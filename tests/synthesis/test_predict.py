@@ -5,6 +5,7 @@ cover them); everything after the distances is the real code.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,53 @@ def test_refuses_to_replace_a_foreign_directory(bank, tmp_path):
     with pytest.raises(SynthesisError, match="refusing to replace"):
         predict_adapter(bank.run_dir, data, tmp_path / "home", progress=False)
     assert (tmp_path / "home" / "notes.txt").read_text() == "keep me"
+
+
+FEW_ROWS = [{"input": f"red cat {w} dog", "output": [w]} for w in ("blue", "green", "one", "two", "big", "small")]
+
+
+def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from lorabatch.cli import app
+    from lorabatch.fewshot.loss import FewShotLoss
+    from lorabatch.fewshot.query import sample_rows
+    from lorabatch.synthesis.predict import read_user_dataset
+
+    data = write_jsonl(tmp_path / "d.jsonl", FEW_ROWS)
+    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "sel"),
+                                   "--fewshot", "select", "--fewshot-examples", "4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "select:" in res.output and "forward passes" in res.output
+    prov = _json.loads((tmp_path / "sel" / "provenance.json").read_text())
+    assert prov["setting"] == "select" and prov["fewshot"]["examples"] == 4
+    # The chosen adapter, loaded back from disk, has the recorded loss on the same sampled rows,
+    # and no candidate (e.g. the nearest bank task's own adapter) has a lower one.
+    rows = sample_rows(read_user_dataset(data), 4, 0, prov["query"]["data_sha256"])
+    from safetensors.numpy import load_file
+
+    import pyarrow.parquet as pq
+
+    manifest = pq.read_table(bank.run_dir / "bank" / "manifest.parquet").to_pylist()
+    cfg = _json.loads((tmp_path / "sel" / "adapter_config.json").read_text())
+    ev = FewShotLoss(str(bank.base_dir), cfg, "cpu")
+    ev.set_examples(rows)
+    chosen = ev.loss(load_file(str(tmp_path / "sel" / "adapter_model.safetensors")))
+    assert chosen == pytest.approx(prov["fewshot"]["loss"], rel=1e-5)
+    nearest = manifest[int(np.argmin(QUERY_D))]["adapter_path"]
+    assert chosen <= ev.loss(load_file(str(Path(nearest) / "adapter_model.safetensors"))) + 1e-9
+
+    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "ref"),
+                                   "--fewshot", "refine", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    prov = _json.loads((tmp_path / "ref" / "provenance.json").read_text())
+    assert prov["fewshot"]["loss"] <= prov["fewshot"]["start_loss"] and prov["fewshot"]["evaluations"] <= 6
+    assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
+
+    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "x"),
+                                   "--fewshot", "bogus"])  # fmt: skip
+    from lorabatch.errors import ConfigError
+
+    assert isinstance(res.exception, ConfigError) and "--fewshot" in str(res.exception) and not (tmp_path / "x").exists()

@@ -1,0 +1,85 @@
+"""`lorabatch predict --fewshot select|refine`: the few-shot settings for a new dataset.
+
+The dataset's rows are its training examples (a user dataset has no test split here); k of them,
+a seeded sample, give the loss. Candidates for `select` are the query coefficients of every
+coefficient model the bank supports for the metric, the controls (uniform: 1/N each; nearest:
+the closest bank task) and the normalized grid; `refine` starts from the `--metric`/`--model`
+coefficients. The base model's weights are needed (forward passes), unlike plain `predict`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from lorabatch.fewshot.config import FewShotConfig
+from lorabatch.settings import REFINE, SELECT
+from lorabatch.synthesis.config import SynthesisConfig
+
+
+def sample_rows(dataset, k: int, seed: int, salt: str) -> list[dict]:
+    """k rows of a user dataset (seeded, in file order)."""
+    rows = dataset.to_pylist()
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(salt.encode())])
+    picked = np.sort(rng.choice(len(rows), size=min(k, len(rows)), replace=False))
+    return [rows[int(i)] for i in picked]
+
+
+def query_candidates(q, bank_run: Path, metric: str, config: SynthesisConfig, fewshot: FewShotConfig) -> dict[str, np.ndarray]:
+    """{name: C [1, N]}: the select candidates of a query row."""
+    from lorabatch.fewshot.methods import grid_candidates
+    from lorabatch.synthesis.predict import query_coefficients
+    from lorabatch.synthesis.stage import neural_model_dir
+
+    n = q.layout.n_tasks
+    out = {}
+    for model in ("attentional", "normalized", "neural"):
+        if model == "neural" and not (neural_model_dir(bank_run, metric) / "model.safetensors").is_file():
+            continue
+        out[f"{metric}-{model}"] = query_coefficients(q.distances, model, config, bank_run, metric)[None, :]
+    out["uniform"] = np.full((1, n), 1.0 / n)
+    nearest = np.zeros((1, n))
+    nearest[0, int(np.argmin(q.distances))] = 1.0
+    out[f"nearest-{metric}"] = nearest
+    out.update(grid_candidates({metric: q.distances[None, :]}, fewshot.select.temperatures, fewshot.select.top_k, exclude_self=False))
+    return out
+
+
+def fewshot_predict(
+    bank_run: str | Path, data: str | Path, out: str | Path, *, method: str, metric: str = "JS", model: str = "normalized",
+    config: SynthesisConfig | None = None, fewshot: FewShotConfig | None = None, seed: int = 0, progress: bool = True,
+    top: int = 10,
+):  # fmt: skip
+    """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
+    `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
+    from lorabatch.fewshot.loss import FewShotLoss
+    from lorabatch.fewshot.methods import candidate_rows, refine, select
+    from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
+    from lorabatch.synthesis.stage import synthesize_one
+    from lorabatch.synthesis.writer import contributors
+
+    if method not in (SELECT, REFINE):
+        raise SynthesisError(f"unknown few-shot method {method!r}; one of select, refine")
+    config = config or SynthesisConfig()
+    fewshot = fewshot or FewShotConfig()
+    bank_run, data, out = Path(bank_run), Path(data), Path(out)
+    q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
+    evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size)
+    evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
+    if method == SELECT:
+        matrices = query_candidates(q, bank_run, metric, config, fewshot)
+        paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
+        result = select(evaluator, q.layout, candidate_rows(0, matrices), config, paper)
+        syn = config
+    else:
+        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}")
+        syn = config.model_copy(update={"mixing": "exact"})
+    record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
+              "evaluations": result.evaluations, "forward_passes": result.forward_passes,
+              "seconds": round(result.seconds, 4), "examples": len(evaluator.items)}  # fmt: skip
+    synthesize_one(q.layout, result.coefficients, out, syn, setting=method, target=f"query:{q.data_hash[:16]}",
+                   extra={**q.provenance(data), "fewshot": record}, progress=progress)  # fmt: skip
+    ids = q.layout.task_ids
+    return PredictResult(out, ids, q.distances, result.coefficients, contributors(ids, result.coefficients, top), q.ignored_columns), result
