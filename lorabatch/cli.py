@@ -28,12 +28,14 @@ def bank_build_demo(
     size: str = typer.Option("default", help="'small' (tests, < 3 min) or 'default' (< 10 min)."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
     force: bool = typer.Option(False, help="Rebuild even if OUT already holds a demo bank."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: up to 4, 1 on a busy machine); fix it to reproduce a bank exactly."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: a fixed 2, whatever the load); a bank is reproduced exactly only with its own thread count."),
+    lora_init: str = typer.Option("mixed", help="lora_A init: 'shared' (one seed for all tasks), 'independent' (one per task) or 'mixed' (a seeded SHARED_FRACTION of tasks share one)."),
+    shared_fraction: float = typer.Option(0.38, help="Under --lora-init mixed: fraction of tasks sharing one lora_A init (0.38 in the real Lots-of-LoRAs bank)."),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads)
+    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads, lora_init=lora_init, shared_fraction=shared_fraction)
 
 
 @bank_app.command("manifest")

@@ -26,8 +26,22 @@ class DemoBankConfig(StrictModel):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads of the build (None: up to 4, or 1 on a busy machine). Builds with "
-        "different thread counts differ in floating-point rounding, so fix it to reproduce a bank exactly.",
+        description="torch threads of the build (None: a fixed 2, whatever the machine's load). Builds "
+        "with different thread counts differ in floating-point rounding, so a bank is reproduced exactly "
+        "only with the thread count it was built with.",
+    )
+    lora_init: Literal["shared", "independent", "mixed"] = Field(
+        "mixed",
+        description="lora_A initialisation of the task LoRAs: 'shared' (every task from one seed), "
+        "'independent' (each task its own seed), 'mixed' (a seeded draw of round(shared_fraction x N) "
+        "tasks share one seed, the rest independent: the structure of the real Lots-of-LoRAs bank).",
+    )
+    shared_fraction: float = Field(
+        0.38,
+        ge=0.0,
+        le=1.0,
+        description="Under lora_init 'mixed': the fraction of tasks that share one lora_A init "
+        "(0.38 in the real Lots-of-LoRAs bank). Ignored by 'shared' and 'independent'.",
     )
 
 

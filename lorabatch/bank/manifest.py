@@ -38,7 +38,9 @@ def ensure_demo_bank(bank_config) -> None:
         return
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(bank_config.root, size=bank_config.demo.size, seed=bank_config.demo.seed, threads=bank_config.demo.threads)
+    demo = bank_config.demo
+    build_demo_bank(bank_config.root, size=demo.size, seed=demo.seed, threads=demo.threads,
+                    lora_init=demo.lora_init, shared_fraction=demo.shared_fraction)  # fmt: skip
 
 
 def resolve_base_model(bank_config, source, weights: bool = False) -> Path:

@@ -42,6 +42,63 @@ def test_manifest_describes_the_build(info):
     assert info["threads"] == 2  # the fixture's fixed thread count, whatever the machine's load
 
 
+def test_manifest_records_the_lora_init(info):
+    from lorabatch.bank.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
+
+    assert info["builder_version"] == "2"
+    assert (info["lora_init"], info["shared_fraction"]) == ("mixed", 0.38)  # the default
+    numbers = [int(t["task_id"][4:]) for t in info["tasks"]]
+    sharing = shared_init_tasks(numbers, 0, "mixed", 0.38)
+    assert len(sharing) == 3 and info["shared_init_tasks"] == [f"task{n}" for n in sharing]
+    for task in info["tasks"]:
+        number = int(task["task_id"][4:])
+        assert task["shared_init"] is (number in sharing)
+        assert task["lora_init_seed"] == (shared_init_seed(0) if number in sharing else task_seed(0, number))
+        assert 0 < task["train_seconds"] < info["timings_s"]["lora"]
+    assert sum(t["train_seconds"] for t in info["tasks"]) <= info["timings_s"]["lora"]
+
+
+def _trained_a(root: Path, task_id: str) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(_adapter_dir(root, task_id) / "adapter_model.safetensors").items() if ".lora_A." in k}
+
+
+def _init_a(root: Path, info: dict, init_seed: int) -> dict:
+    """lora_A of the builder's fresh init from `init_seed`, keyed like the saved adapter files."""
+    from transformers import AutoModelForCausalLM
+
+    from lorabatch.bank.demo.build import SIZES
+    from lorabatch.bank.demo.train import lora_model, reset_lora
+
+    model = lora_model(AutoModelForCausalLM.from_pretrained(root / BASE_REPO), SIZES[info["size"]].train, BASE_REPO)
+    reset_lora(model, init_seed)
+    return {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters() if ".lora_A." in n}
+
+
+def test_shared_init_tasks_were_trained_from_one_lora_a(small_demo_bank, info):
+    """The sharers' saved A's differ (training moved them) yet all lie nearer the one shared init
+    than any independently initialised task's A does."""
+    import torch
+
+    sharers = [t for t in info["tasks"] if t["shared_init"]]
+    others = [t for t in info["tasks"] if not t["shared_init"]]
+    assert len({t["lora_init_seed"] for t in sharers}) == 1
+    init = _init_a(small_demo_bank, info, sharers[0]["lora_init_seed"])
+    trained = {t["task_id"]: _trained_a(small_demo_bank, t["task_id"]) for t in info["tasks"]}
+    assert init.keys() == trained[sharers[0]["task_id"]].keys() and len(init) == 6  # q/k/v x 2 layers
+
+    def distance(a: dict, b: dict) -> float:
+        return float(sum((a[k] - b[k]).pow(2).sum() for k in a).sqrt() / sum(b[k].pow(2).sum() for k in b).sqrt())
+
+    for i, a in enumerate(sharers):
+        for b in sharers[i + 1 :]:
+            assert not all(torch.equal(trained[a["task_id"]][k], trained[b["task_id"]][k]) for k in init)
+    near = max(distance(trained[t["task_id"]], init) for t in sharers)
+    far = min(distance(trained[t["task_id"]], init) for t in others)
+    assert near < far, (near, far)
+
+
 def test_layout(small_demo_bank, info):
     base = small_demo_bank / BASE_REPO
     for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):

@@ -5,7 +5,7 @@ Layout (the Lots-of-LoRAs layout, as a local "hub" directory)::
     OUT/lorabatch-demo/tiny-mistral/                  base model (safetensors) + tokenizer
     OUT/lorabatch-demo/tiny-mistral-r8-task<N>/       PEFT LoRA of task N (q/k/v, r 8, alpha 16)
     OUT/lorabatch-demo/task<N>_<slug>/data/{train,valid,test}-00000-of-00001.parquet
-    OUT/demo_bank.json                                what was built, timings, own-vs-base Rouge-L
+    OUT/demo_bank.json                                what was built (LoRA init included), timings, own-vs-base Rouge-L
 
 The bank is built in a temporary directory next to OUT that replaces OUT only when everything,
 the evaluation included, has succeeded: an interrupted build never leaves a bank-looking OUT.
@@ -22,18 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorabatch.bank.demo.families import FAMILIES, TaskSpec, make_examples, pretraining_sentences, split_examples, task_specs
+from lorabatch.bank.demo.lora_init import DEFAULT_SHARED_FRACTION, LORA_INITS, lora_init_seeds, shared_init_seed, shared_init_tasks, task_seed
 from lorabatch.bank.demo.model import ModelDims
 from lorabatch.bank.demo.train import TrainSettings
 from lorabatch.errors import LorabatchError
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds
 ORG = "lorabatch-demo"
 BASE_REPO = f"{ORG}/tiny-mistral"
 ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
 DATASET_REPO = f"{ORG}/task{{number}}_{{slug}}"
 MANIFEST = "demo_bank.json"
+# Fixed, not chosen from the machine: builds with different thread counts differ in rounding, so a
+# count that followed the load average made one command build different banks on different days.
+DEFAULT_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -78,33 +82,59 @@ def write_datasets(org_dir: Path, specs: list[TaskSpec], examples_per_task: int,
 
 
 def build_demo_bank(
-    out: str | Path, size: str = "default", seed: int = 0, force: bool = False, progress: bool = True, threads: int | None = None
+    out: str | Path,
+    size: str = "default",
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    threads: int | None = None,
+    lora_init: str = "mixed",
+    shared_fraction: float = DEFAULT_SHARED_FRACTION,
 ) -> Path:
     """Build the demo bank into `out` (or keep the one there); returns `out`.
 
-    An existing complete bank of the same size, seed and builder version is kept unless `force`.
-    `threads`: torch threads (None: `build_threads()`); the result depends on it through
-    floating-point rounding, so a fixed value reproduces a bank exactly.
+    An existing complete bank of the same builder version, size, seed, `lora_init` and (for
+    `mixed`) `shared_fraction` is kept unless `force`; the thread count is not compared.
+    `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
+    floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
+    (`lorabatch.bank.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
     if size not in SIZES:
         raise LorabatchError(f"unknown demo bank size {size!r}; choose one of {sorted(SIZES)}")
+    if lora_init not in LORA_INITS:
+        raise LorabatchError(f"unknown lora_init {lora_init!r}; choose one of {list(LORA_INITS)}")
+    if not 0.0 <= shared_fraction <= 1.0:  # also refuses NaN
+        raise LorabatchError(f"shared_fraction must lie in [0, 1], got {shared_fraction!r}")
+    fraction = _recorded_fraction(lora_init, shared_fraction)
     out = Path(out)
     have = read_manifest(out)
     if have is not None and not force:
-        if (have.get("builder_version"), have.get("size"), have.get("seed")) == (BUILDER_VERSION, size, seed):
+        want = (BUILDER_VERSION, size, seed, lora_init, fraction)
+        if tuple(have.get(k) for k in ("builder_version", "size", "seed", "lora_init", "shared_fraction")) == want:
             with _log_to_stderr(progress):
-                log.info("%s already holds the %s demo bank (seed %d, builder %s): kept", out, size, seed, BUILDER_VERSION)
+                log.info("%s already holds the %s demo bank (seed %d, lora_init %s, builder %s): kept",
+                         out, size, seed, _describe_init(lora_init, fraction), BUILDER_VERSION)  # fmt: skip
             return out
-        log.warning("%s holds a demo bank of size %r, seed %r, builder %r: rebuilding it as %s, seed %d",
-                    out, have.get("size"), have.get("seed"), have.get("builder_version"), size, seed)  # fmt: skip
+        log.warning("%s holds a demo bank of size %r, seed %r, lora_init %r, builder %r: rebuilding it as %s, seed %d, lora_init %s",
+                    out, have.get("size"), have.get("seed"), have.get("lora_init"), have.get("builder_version"),
+                    size, seed, _describe_init(lora_init, fraction))  # fmt: skip
     if out.exists() and have is None and (not out.is_dir() or any(out.iterdir())):
         raise LorabatchError(f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)")
     with _log_to_stderr(progress), _torch_threads(threads):
-        return _build(out, size, SIZES[size], seed, progress)
+        return _build(out, size, SIZES[size], seed, progress, lora_init, fraction)
 
 
-def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Path:
+def _recorded_fraction(lora_init: str, shared_fraction: float) -> float | None:
+    """`shared_fraction` as the manifest records it: only `mixed` uses it."""
+    return float(shared_fraction) if lora_init == "mixed" else None
+
+
+def _describe_init(lora_init: str, fraction: float | None) -> str:
+    return f"mixed ({fraction:g} shared)" if lora_init == "mixed" else lora_init
+
+
+def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_init: str, shared_fraction: float | None) -> Path:
     import torch
     from tqdm.auto import tqdm
 
@@ -117,8 +147,14 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Pa
     timings: dict[str, float] = {}
     specs = task_specs(cfg.n_families, cfg.n_variants)
     families = FAMILIES[: cfg.n_families]
+    numbers = [spec.number for spec in specs]
+    fraction = DEFAULT_SHARED_FRACTION if shared_fraction is None else shared_fraction
+    init_seeds = lora_init_seeds(numbers, seed, lora_init, fraction)
+    sharing = shared_init_tasks(numbers, seed, lora_init, fraction)
     log.info("building the %s demo bank (seed %d) into %s: %d families x %d variants = %d tasks, %d threads",
              size, seed, out, cfg.n_families, cfg.n_variants, len(specs), torch.get_num_threads())  # fmt: skip
+    log.info("LoRA init %s: %d of %d tasks share one lora_A init (%s)", _describe_init(lora_init, shared_fraction),
+             len(sharing), len(specs), ", ".join(f"task{n}" for n in sharing) or "none")  # fmt: skip
     with atomic_dir(out) as tmp:
         org = tmp / ORG
         base_dir = org / "tiny-mistral"
@@ -143,13 +179,15 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Pa
 
         t = time.perf_counter()
         peft_model = lora_model(model, cfg.train, BASE_REPO)
-        lora_losses = {}
+        lora_losses, train_seconds = {}, {}
         for spec in tqdm(specs, desc="train LoRAs", unit="task", disable=not progress or None):
+            t_task = time.perf_counter()
             losses = train_lora(peft_model, tokenizer, splits[spec.number]["train"], cfg.train,
-                                seed * 100_003 + spec.number, spec.task_id, progress)  # fmt: skip
+                                init_seeds[spec.number], task_seed(seed, spec.number), spec.task_id, progress)  # fmt: skip
+            train_seconds[spec.number] = time.perf_counter() - t_task
             peft_model.save_pretrained(org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}", save_embedding_layers=False)
             lora_losses[spec.number] = (losses[0], _tail(losses))
-            log.info("%s LoRA: loss %.2f -> %.3f", spec.name, losses[0], _tail(losses))
+            log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, losses[0], _tail(losses), train_seconds[spec.number])
         timings["lora"] = time.perf_counter() - t
         del peft_model, model
 
@@ -163,6 +201,8 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Pa
                 "definition": spec.variant.definition, "output_format": spec.variant.formats[0],
                 **{f"n_{k}": len(v) for k, v in splits[spec.number].items()},
                 "lora_loss": [round(x, 4) for x in lora_losses[spec.number]], "rouge_l": scores[spec.number],
+                "lora_init_seed": init_seeds[spec.number], "shared_init": spec.number in sharing,
+                "train_seconds": round(train_seconds[spec.number], 2),
             }
             for spec in specs
         ]  # fmt: skip
@@ -173,6 +213,10 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool) -> Pa
             "complete": True,
             "size": size,
             "seed": seed,
+            "lora_init": lora_init,
+            "shared_fraction": shared_fraction,
+            "shared_init_tasks": [f"task{n}" for n in sharing],
+            "shared_init_seed": shared_init_seed(seed) if sharing else None,
             "base_model": BASE_REPO,
             "adapter_repo": ADAPTER_REPO.replace("-r8-", f"-r{cfg.train.lora_rank}-"),
             "dataset_repo": DATASET_REPO,
@@ -260,25 +304,13 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "tokenizers": tokenizers.__version__}
 
 
-def build_threads() -> int:
-    """Threads for training: up to 4 (more do not speed up matrices this small), but 1 when the
-    machine is already busy — OpenMP threads competing for cores spin at every barrier, which
-    made steps 2-15x slower than a single thread in measurements on 2 cores."""
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] > cores - 0.5
-    except OSError:
-        busy = False
-    return 1 if busy else max(1, min(4, cores))
-
-
 @contextlib.contextmanager
 def _torch_threads(threads: int | None = None):
-    """Set `threads` (default `build_threads()`) torch threads for the build, restored afterwards."""
+    """Set `threads` (default `DEFAULT_THREADS`) torch threads for the build, restored afterwards."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or build_threads())
+    torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
         yield
     finally:

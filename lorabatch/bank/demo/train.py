@@ -133,7 +133,8 @@ def lora_model(model, settings: TrainSettings, base_name: str):
 
 
 def reset_lora(peft_model, seed: int) -> None:
-    """Fresh LoRA weights (A random, B zero: the adapter starts as the identity), seeded."""
+    """Fresh LoRA weights with PEFT's default init (A Kaiming-uniform, B zero: the adapter starts
+    as the identity), drawn from `seed`: the same seed gives bit-identical A matrices."""
     import torch
     from peft.tuners.lora import LoraLayer
 
@@ -143,9 +144,12 @@ def reset_lora(peft_model, seed: int) -> None:
             module.reset_lora_parameters("default", True)
 
 
-def train_lora(peft_model, tokenizer, rows: list[dict], settings: TrainSettings, seed: int, desc: str, progress: bool = True) -> list[float]:
-    """Train the (freshly reset) adapter of `peft_model` on one task's train rows."""
-    reset_lora(peft_model, seed)
+def train_lora(
+    peft_model, tokenizer, rows: list[dict], settings: TrainSettings, init_seed: int, seed: int, desc: str, progress: bool = True
+) -> list[float]:
+    """Train the adapter of `peft_model` on one task's train rows, from a fresh init drawn from
+    `init_seed` (tasks sharing it start from one lora_A); `seed` orders the examples."""
+    reset_lora(peft_model, init_seed)
     items = encode_examples(tokenizer, rows)
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     return _fit(peft_model, params, items, settings.lora_steps, settings.lora_batch, settings.lora_lr,
