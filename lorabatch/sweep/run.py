@@ -32,16 +32,33 @@ def stage_bank(config: LorabatchConfig, progress: bool):
     from lorabatch.bank.manifest import build_manifest, load_manifest, manifest_path
 
     run_dir = Path(config.run_dir)
-    key = content_key(config.bank.model_dump(mode="json"))
-    if is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
+    key = bank_key(config.bank)
+    if key is not None and is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
         manifest = load_manifest(run_dir)
         _say(f"bank: {manifest.num_rows} tasks (cached manifest)")
         return manifest
     started = time.time()
     manifest = build_manifest(config, progress=progress)
-    mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
+    if key is not None:
+        mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
     _say(f"bank: {manifest.num_rows} tasks validated")
     return manifest
+
+
+def bank_key(bank_config) -> str | None:
+    """Key of the bank stage: the bank config and the identity of every resolved file (path, size,
+    mtime, inode; the snapshot revision and blob for hub repos), so that a bank changed on disk is
+    validated again. None when the bank cannot be resolved (the stage then reports why)."""
+    from lorabatch.bank.identity import bank_files_identity
+    from lorabatch.bank.manifest import ensure_demo_bank
+    from lorabatch.errors import LorabatchError
+
+    ensure_demo_bank(bank_config)
+    try:
+        identity = bank_files_identity(bank_config)
+    except LorabatchError:
+        return None
+    return content_key(bank_config.model_dump(mode="json"), identity)
 
 
 def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bool) -> None:

@@ -83,3 +83,24 @@ def test_local_source_lists_and_rejects_missing_root(banks, tmp_path):
     assert LocalSource(tiny.root).list_repos("tiny-org/task2_*", "dataset") == ["tiny-org/task2_tiny_2"]
     with pytest.raises(BankResolutionError, match="does not exist"):
         LocalSource(tmp_path / "nope")
+
+
+def test_hub_bank_identity_follows_the_snapshot_revision(banks, tmp_path):
+    """The bank stage's cache key names each repo's resolved snapshot: a new revision of one
+    adapter (refs/main moved to another commit) changes it; an unchanged cache does not."""
+    from lorabatch.bank.identity import bank_files_identity
+
+    tiny, pristine = banks
+    cache = tmp_path / "cache"
+    shutil.copytree(pristine, cache)
+    hub = BankConfig(**tiny.bank_config(source="hub", root=None, cache_dir=str(cache)))
+    before = bank_files_identity(hub)
+    assert before == bank_files_identity(hub)
+    assert all("/snapshots/" in a["dir"] for a in before["adapters"])
+    folder = cache / f"models--{tiny.org}--tiny-base-r8-task2"
+    old = (folder / "refs" / "main").read_text()
+    shutil.copytree(folder / "snapshots" / old, folder / "snapshots" / ("f" * 40))
+    (folder / "refs" / "main").write_text("f" * 40)
+    after = bank_files_identity(hub)
+    changed = [a["repo"] for a, b in zip(before["adapters"], after["adapters"]) if a != b]
+    assert changed == [f"{tiny.org}/tiny-base-r8-task2"]
