@@ -14,7 +14,11 @@ Adapter identity, cheapest first:
     synthesized               "synth:<synthesis key>" from the adapter's provenance.json (or, for
                               just-in-time synthesis, the key the adapter will be written with)
     any other adapter dir     "files:<sha256 of adapter_config.json and the weights>"
-    missing                   "missing" (the row fails in the preflight anyway)
+    missing                   "missing": no directory, or one without adapter_model.safetensors
+                              (the row fails in the preflight). Such a row never counts as done:
+                              its fingerprint is `MISSING_PREFIX` + hash, which `pending_work`
+                              always plans again, so a deleted adapter is never taken for the
+                              results of the adapter that was there before.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 
 BASE_IDENTITY = "base"
 MISSING_IDENTITY = "missing"
+MISSING_PREFIX = "missing:"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def generation_params(config) -> dict:
@@ -48,22 +54,28 @@ def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = Non
 
     if adapter_path is None:
         return BASE_IDENTITY
+    path = Path(adapter_path)
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        return MISSING_IDENTITY
     if manifest_sha256:
         return f"sha256:{manifest_sha256}"
-    path = Path(adapter_path)
-    if not path.is_dir():
-        return MISSING_IDENTITY
     key = (read_provenance(path) or {}).get("synthesis_key")
     if key:
         return f"synth:{key}"
     from lorabatch.bank.datasets import file_sha256
 
-    hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / "adapter_config.json", path / "adapter_model.safetensors")]
+    hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / "adapter_config.json", path / ADAPTER_WEIGHTS)]
     return f"files:{hashlib.sha256(' '.join(hashes).encode()).hexdigest()}"
 
 
 def row_fingerprint(adapter_id: str, prompt: str, params_json: str) -> str:
-    return hashlib.sha256(f"{adapter_id}\n{params_json}\n{prompt}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{adapter_id}\n{params_json}\n{prompt}".encode()).hexdigest()
+    return MISSING_PREFIX + digest[:16] if adapter_id == MISSING_IDENTITY else digest[:24]
+
+
+def is_missing_adapter(fingerprint: str | None) -> bool:
+    """True for the fingerprint of a row planned without its adapter (never done)."""
+    return bool(fingerprint) and fingerprint.startswith(MISSING_PREFIX)
 
 
 def params_json(config) -> str:

@@ -106,11 +106,14 @@ def pending_work(work, done: dict[tuple[str, str, str], str | None]):
     """The rows of `work` not done yet: no row with their (task_id, setting, example_id) is in
     `done` ({key: fingerprint}, see `store.done_keys`), or that row's fingerprint differs from the
     one planned now (the adapter, prompt or decoding changed since; rows written before
-    fingerprints existed count as stale)."""
+    fingerprints existed count as stale). A row whose adapter is missing now is never done."""
     import pyarrow as pa
+
+    from lorabatch.generation.fingerprint import is_missing_adapter
 
     if not done or work.num_rows == 0:
         return work
     keys = zip(*(work.column(c).to_pylist() for c in KEY_COLUMNS))
-    mask = pa.array([done.get(k, "") != fp for k, fp in zip(keys, work.column("fingerprint").to_pylist())], type=pa.bool_())
+    prints = work.column("fingerprint").to_pylist()
+    mask = pa.array([is_missing_adapter(fp) or done.get(k, "") != fp for k, fp in zip(keys, prints)], type=pa.bool_())
     return work.filter(mask)

@@ -65,8 +65,11 @@ def test_rerun_skips_done_rows(hf_run, gen):
     run, _, _ = hf_run
     files = generation_files(run)
     again = run_generation(run, gen.config(backend="hf"), progress=False)
-    assert again.skipped == again.planned == 28 and again.generated == 0
-    assert generation_files(run) == files
+    # Only the rows of the missing adapter (BROKEN_SYNTH/task1, 3 examples) are tried again: a
+    # row without its adapter never counts as done. They fail again before generation.
+    assert again.planned == 28 and again.skipped == 25 and again.generated == again.preflight_failed == 3
+    new = [f for f in generation_files(run) if f not in files]
+    assert len(new) == 1 and new[0].name.endswith("-preflight.parquet")
 
 
 def test_generate_and_score_commands(hf_run, tmp_path):
@@ -127,12 +130,13 @@ def test_changed_adapter_or_decoding_regenerates_only_what_changed(hf_run, tmp_p
     again = run_generation(run, gen.config(backend="hf"), progress=False)
     rows = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
     changed = {k for k in rows if k[:2] == ("task1", gen.GOOD_SYNTH)}
-    assert again.generated == len(changed) > 0 and again.skipped == again.planned - len(changed)
+    missing = {k for k in rows if k[:2] == ("task1", gen.BROKEN_SYNTH)}  # no adapter: tried on every run
+    assert again.generated == len(changed | missing) > len(missing) and again.skipped == again.planned - len(changed | missing)
     for k in changed:
         if not rows[k]["error"]:
             assert rows[k]["fingerprint"] != before[k]["fingerprint"]
             assert rows[k]["generated_token_ids"] == rows[("task1", "oracle", k[2])]["generated_token_ids"]
-    assert all(rows[k] == before[k] for k in rows if k not in changed)
+    assert all(rows[k] == before[k] for k in rows if k not in changed | missing)
 
     longer = run_generation(run, gen.config(backend="hf", max_new_tokens=gen.MAX_NEW_TOKENS + 2), progress=False)
     assert longer.skipped == 0 and longer.generated == longer.planned

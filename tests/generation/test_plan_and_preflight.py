@@ -1,6 +1,7 @@
 """Work rows, resumability and the preflight checks (no Ray, no generation)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -146,3 +147,52 @@ def test_read_generations_dedup_and_resume(tmp_path):
     assert pending_work(planned, done).column("example_id").to_pylist() == ["2", "4", "5"]
     assert pending_work(planned, {("task1", "base", "1"): None}).column("example_id").to_pylist() == ["1", "2", "3", "4", "5"]
     assert json.dumps(generation_schema().names)  # schema is stable and serialisable
+
+
+def test_rows_of_a_removed_adapter_are_never_done(fresh_run, gen):
+    """A synthesized adapter (provenance with its synthesis key) generated once, then its weights
+    removed: its rows are pending again, and stay pending while the weights are missing, even
+    after a run recorded them as failed."""
+    import pyarrow as pa
+
+    from lorabatch.atomic import write_parquet
+    from lorabatch.generation.plan import pending_work, plan_work
+    from lorabatch.generation.schema import conform, generation_schema
+    from lorabatch.generation.store import done_keys
+
+    adapter = fresh_run / "adapters" / gen.GOOD_SYNTH / "task1"
+    (adapter / "provenance.json").write_text(json.dumps({"synthesis_key": "k1", "setting": gen.GOOD_SYNTH}))
+    config = gen.config(settings=[gen.GOOD_SYNTH], tasks=["task1"])
+
+    def write_done(work, error=None):
+        rows = work.append_column("prediction", pa.array(["x"] * work.num_rows, pa.string()))
+        rows = rows.append_column("error", pa.array([error] * work.num_rows, pa.string()))
+        write_parquet(fresh_run / "generations" / f"part-{error or 'ok'}.parquet", conform(rows, generation_schema()))
+
+    work = plan_work(fresh_run, _manifest(fresh_run), config)
+    write_done(work)
+    assert pending_work(work, done_keys(fresh_run)).num_rows == 0
+
+    (adapter / "adapter_model.safetensors").unlink()
+    work = plan_work(fresh_run, _manifest(fresh_run), config)
+    assert pending_work(work, done_keys(fresh_run)).num_rows == work.num_rows == 3
+    write_done(work, error="missing adapter")
+    assert pending_work(work, done_keys(fresh_run)).num_rows == 3
+    shutil.rmtree(adapter)
+    assert pending_work(plan_work(fresh_run, _manifest(fresh_run), config), done_keys(fresh_run)).num_rows == 3
+
+    # The oracle: a bank adapter whose weights are gone is not the manifest's adapter any more.
+    import pyarrow.compute as pc
+
+    from lorabatch.bank.manifest import manifest_path
+
+    manifest = _manifest(fresh_run)
+    own = fresh_run / "own-task2"
+    shutil.copytree(gen.manifest_rows(fresh_run)["task2"]["adapter_path"], own)
+    paths = pc.if_else(pc.equal(manifest.column("task_id"), "task2"), str(own), manifest.column("adapter_path"))
+    write_parquet(manifest_path(fresh_run), manifest.set_column(manifest.schema.get_field_index("adapter_path"), "adapter_path", paths))
+    oracle = gen.config(settings=["oracle"], tasks=["task2"])
+    write_done(plan_work(fresh_run, _manifest(fresh_run), oracle))
+    assert pending_work(plan_work(fresh_run, _manifest(fresh_run), oracle), done_keys(fresh_run)).num_rows == 0
+    (own / "adapter_model.safetensors").unlink()
+    assert pending_work(plan_work(fresh_run, _manifest(fresh_run), oracle), done_keys(fresh_run)).num_rows == 2
