@@ -22,11 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run config (YAML)")
     parser.add_argument("--run-dir", help="override the config's run_dir (shared storage on a cluster)")
+    parser.add_argument("--wait", action="store_true", help="wait for another command using the run directory instead of refusing to start")
     args = parser.parse_args(argv)
 
     import lorabatch
     from lorabatch.config import load_config
     from lorabatch.errors import LorabatchError
+    from lorabatch.runlock import run_lock
     from lorabatch.sweep.run import run_sweep
 
     overrides = {}
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"run_dir {str(config.run_dir)!r} is relative; inside a Ray job the working directory is a "
                 "temporary copy, so pass an absolute --run-dir on storage every node sees"
             )
-        run_sweep(config)
+        with run_lock(config.run_dir, command=f"jobs/sweep.py --config {args.config}", wait=args.wait):
+            run_sweep(config)
     except LorabatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,13 +43,15 @@ def bank_manifest(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """Resolve the bank, validate it, and write RUN/bank/manifest.parquet."""
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import load_config
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir))
-    table = build_manifest(cfg)
+    with _run_lock(cfg.run_dir, wait, "bank manifest", config):
+        table = build_manifest(cfg)
     typer.echo(f"{table.num_rows} tasks validated; manifest at {cfg.run_dir / 'bank' / 'manifest.parquet'}")
 
 
@@ -59,12 +61,15 @@ def sweep(
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """The leave-one-out experiment over the whole bank, each stage cached in the run directory."""
     from lorabatch.config import load_config
     from lorabatch.sweep.run import run_sweep
 
-    run_sweep(load_config(config, _overrides(sets, run_dir=run_dir, address=address)))
+    cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
+    with _run_lock(cfg.run_dir, wait, "sweep", config):
+        run_sweep(cfg)
 
 
 @app.command("synthesize")
@@ -75,6 +80,7 @@ def synthesize(
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
     coefficients_only: bool = typer.Option(False, help="Write the coefficients (and neural model), no adapters."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
     from lorabatch.config import load_config
@@ -88,16 +94,17 @@ def synthesize(
     if not metrics:
         raise SynthesisError(f"no distances in {cfg.run_dir / 'distances'}: compute them first")
     syn = cfg.synthesis
-    if syn.executor == "ray" and not (syn.jit or coefficients_only):
-        ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
-    for m in metrics:
-        compute_coefficients(cfg.run_dir, m, syn, seed=cfg.seed)
-    if "uniform" in syn.controls:
-        compute_uniform_coefficients(cfg.run_dir)
-    if not (syn.jit or coefficients_only):
-        for setting in mixture_settings(metrics, syn):
-            paths = synthesize_setting(cfg.run_dir, setting, syn)
-            typer.echo(f"{setting}: {len(paths)} adapters in {paths[0].parent}")
+    with _run_lock(cfg.run_dir, wait, "synthesize", config):
+        if syn.executor == "ray" and not (syn.jit or coefficients_only):
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+        for m in metrics:
+            compute_coefficients(cfg.run_dir, m, syn, seed=cfg.seed)
+        if "uniform" in syn.controls:
+            compute_uniform_coefficients(cfg.run_dir)
+        if not (syn.jit or coefficients_only):
+            for setting in mixture_settings(metrics, syn):
+                paths = synthesize_setting(cfg.run_dir, setting, syn)
+                typer.echo(f"{setting}: {len(paths)} adapters in {paths[0].parent}")
     typer.echo(f"coefficients in {cfg.run_dir / 'coefficients'}")
 
 
@@ -109,6 +116,7 @@ def distances(
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
     local: bool = typer.Option(False, help="Compute features and blocks in this process, without Ray."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """Features of every bank dataset (cached), then the bank's distance matrices (incremental)."""
     from pydantic import ValidationError
@@ -130,9 +138,10 @@ def distances(
     if local:
         dist, feats = dist.model_copy(update={"executor": "local"}), feats.model_copy(update={"executor": "local"})
     feats = features_config_for(dist.metrics, feats)
-    features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    typer.echo(f"features of {len(features)} datasets in {cfg.run_dir / 'features'}")
-    compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+    with _run_lock(cfg.run_dir, wait, "distances", config):
+        features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        typer.echo(f"features of {len(features)} datasets in {cfg.run_dir / 'features'}")
+        compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
     typer.echo(f"distances {', '.join(dist.metrics)} in {cfg.run_dir / 'distances'}")
 
 
@@ -202,6 +211,7 @@ def generate(
     backend: Optional[str] = typer.Option(None, help="'auto', 'vllm' or 'hf' (overrides generation.backend)."),
     examples_per_task: Optional[int] = typer.Option(None, help="First k test examples per task (overrides the config)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generated tokens per example at most (overrides the config)."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
     from lorabatch.config import load_config
@@ -212,8 +222,9 @@ def generate(
     flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(config, overrides)
-    ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
-    result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
+    with _run_lock(cfg.run_dir, wait, "generate", config):
+        ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+        result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
     typer.echo(result.describe())
     typer.echo(f"generations in {cfg.run_dir / 'generations'}")
 
@@ -223,6 +234,7 @@ def score(
     run: Path = typer.Argument(..., help="A run directory with RUN/generations/."),
     reference: Optional[str] = typer.Option(None, help="'first' (output[0], the paper's) or 'max' over references."),
     local: bool = typer.Option(False, help="Score in this process instead of with Ray Data."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
 ):
     """Rouge-L and exact match per example, task and setting; prints the results table."""
     from pydantic import ValidationError
@@ -245,11 +257,12 @@ def score(
         cfg = ScoringConfig(**{**base, **{k: v for k, v in fields.items() if v is not None}})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), "command-line flags") from None
-    if cfg.executor == "ray":
-        from lorabatch.raysession import ensure_ray
+    with _run_lock(run, wait, "score", run):
+        if cfg.executor == "ray":
+            from lorabatch.raysession import ensure_ray
 
-        ensure_ray()
-    summary = run_scoring(run, cfg)
+            ensure_ray()
+        summary = run_scoring(run, cfg)
     typer.echo(format_summary(summary))
     typer.echo(f"scores in {run / 'scores'}")
 
@@ -262,6 +275,13 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory.")):
     if not run_dir.is_dir():
         raise typer.BadParameter(f"{run_dir} is not a directory")
     typer.echo("\n".join(status_lines(run_dir)))
+
+
+def _run_lock(run_dir: Path, wait: bool, command: str, target: Path):
+    """The run directory's lock (`lorabatch.runlock`), named after the command holding it."""
+    from lorabatch.runlock import run_lock
+
+    return run_lock(run_dir, command=f"lorabatch {command} {target}", wait=wait)
 
 
 def _overrides(sets: Optional[list[str]] = None, **flags) -> dict:
