@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -90,8 +90,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, check_replace: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary directory next to `target`; on success it replaces `target` whole.
+
+    `check_replace(target)`, if given, is called right before an existing `target` is replaced
+    and may raise to keep it (e.g. a directory holding files this writer does not own).
 
     On failure the temporary directory is removed and `target` is left as it was (absent if it
     was absent), so a failed write never leaves a directory that looks complete. A writer killed
@@ -105,7 +108,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
+        if target.exists() or target.is_symlink():
+            if check_replace is not None:
+                check_replace(target)
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)

@@ -234,8 +234,40 @@ def query_coefficients(distances: np.ndarray, model: str, config: SynthesisConfi
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "provenance.json").is_file())):
-        raise SynthesisError(f"{out} exists and is not an adapter written by lorabatch: refusing to replace it")
+    """OUT must be new, empty, or exactly a previous lorabatch adapter: it is replaced whole."""
+    from lorabatch.synthesis.writer import not_replaceable
+
+    reason = not_replaceable(out)
+    if reason:
+        raise SynthesisError(f"{out} exists and {reason}: refusing to replace it; choose a new or empty directory")
+
+
+def _check_out_outside_bank(out: Path, bank_run: Path, manifest) -> None:
+    """OUT must not lie inside the bank: its run directory, its root, an adapter, dataset or base model."""
+    roots = {bank_run}
+    for column in ("adapter_path", "dataset_path", "base_model_path"):
+        if column in manifest.column_names:
+            roots.update(Path(p) for p in manifest.column(column).to_pylist() if p)
+    bank_root = _bank_root(bank_run)
+    if bank_root is not None:
+        roots.add(bank_root)
+    target = out.expanduser().resolve()
+    for root in sorted(roots):
+        root = root.expanduser().resolve()
+        if target == root or root in target.parents:
+            raise SynthesisError(f"--out {out} lies inside the bank ({root}): write the adapter outside the bank's directories")
+
+
+def _bank_root(bank_run: Path) -> Path | None:
+    """`bank.root` of the run's config (local banks), if the run has one."""
+    import yaml
+
+    try:
+        bank = (yaml.safe_load((bank_run / "config.yaml").read_text()) or {}).get("bank") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    root = bank.get("root") if isinstance(bank, dict) else None
+    return Path(root) if root else None
 
 
 @dataclass
@@ -263,9 +295,10 @@ def prepare_query(
 
     if model not in ("attentional", "normalized", "neural"):
         raise SynthesisError(f"unknown coefficient model {model!r}; one of attentional, normalized, neural")
+    manifest = check_bank(bank_run, metric, model)
+    _check_out_outside_bank(out, bank_run, manifest)
     _check_out(out)
     dataset = read_user_dataset(data)
-    manifest = check_bank(bank_run, metric, model)
     base_model_path = Path(manifest.column("base_model_path")[0].as_py())
     check_tokenizers(data, base_model_path, bank_run)
     layout = layout_from_manifest(bank_run)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.atomic import atomic_dir
+from lorabatch.errors import LorabatchError
 from lorabatch.synthesis.config import VLLM_LORA_RANKS
 from lorabatch.synthesis.tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SafetensorsLayout, scaling_of
 
@@ -29,8 +30,49 @@ PROVENANCE_VERSION = "1"
 MAX_LISTED_COEFFICIENTS = 64
 
 
+# An adapter directory lorabatch wrote holds exactly these files, and its provenance these keys.
+ADAPTER_DIR_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROVENANCE})
+PROVENANCE_KEYS = ("provenance_version", "lorabatch_version", "synthesis_key")
+
+
 class NonFiniteWeightsError(ValueError):
     """A synthesized tensor holds NaN or inf; nothing is written."""
+
+
+class ForeignDirectoryError(LorabatchError):
+    """The output directory holds something other than an adapter lorabatch wrote; it is kept."""
+
+
+def not_replaceable(path: str | Path) -> str | None:
+    """Why an adapter may not be written over `path` (None if it may: absent, an empty directory,
+    or exactly a previous lorabatch adapter: the three files, provenance with lorabatch's keys)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_dir():
+        return "it is not a directory"
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return None
+    extra = sorted(names - ADAPTER_DIR_FILES)
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        return f"it holds files other than a lorabatch adapter's ({shown})"
+    if names != ADAPTER_DIR_FILES:
+        return f"it is not a complete lorabatch adapter (lacks {', '.join(sorted(ADAPTER_DIR_FILES - names))})"
+    prov = read_provenance(path)
+    if not isinstance(prov, dict) or not all(k in prov for k in PROVENANCE_KEYS):
+        return f"its {PROVENANCE} was not written by lorabatch"
+    if any(not (path / n).is_file() for n in names):
+        return "it holds something other than plain files"
+    return None
+
+
+def refuse_foreign_dir(path: Path) -> None:
+    """Raise `ForeignDirectoryError` unless an adapter may be written over `path`."""
+    reason = not_replaceable(path)
+    if reason:
+        raise ForeignDirectoryError(f"{path} exists and {reason}: refusing to replace it")
 
 
 def output_adapter_config(bank_config: dict, rank: int, scaling: float | None = None) -> dict:
@@ -117,7 +159,7 @@ def write_adapter(
     _check_config_matches(adapter_config, tensors)
     layout = SafetensorsLayout({k: v.shape for k, v in tensors.items()}, dtype)
     target_dir = Path(target_dir)
-    with atomic_dir(target_dir) as tmp:
+    with atomic_dir(target_dir, check_replace=refuse_foreign_dir) as tmp:
         layout.write_tensors(tmp / ADAPTER_WEIGHTS, tensors)
         finish_adapter_dir(tmp, adapter_config, provenance)
     return target_dir
