@@ -119,6 +119,7 @@ def _inspect_dataset(facts: TaskFacts) -> None:
             facts.split_rows[split] = 0
             continue
         rows = 0
+        ids: list = []
         for f in files:
             try:
                 meta = pq.read_metadata(f)
@@ -134,7 +135,26 @@ def _inspect_dataset(facts: TaskFacts) -> None:
             out_type = schema.field("output").type
             if not (pa.types.is_list(out_type) or pa.types.is_large_list(out_type)):
                 facts.problems.append(f"dataset: column 'output' of {f.name} is {out_type}, expected a list of strings")
+            try:
+                ids += pq.read_table(f, columns=["id"]).column("id").to_pylist()
+            except Exception as err:
+                facts.problems.append(f"dataset: cannot read the ids of {f.name}: {err}")
         facts.split_rows[split] = rows
+        duplicates = _duplicate_ids(ids)
+        if duplicates:
+            facts.problems.append(f"dataset: the '{split}' split has duplicate example ids: {duplicates}")
         if rows == 0 and split in ("train", "test"):
             facts.problems.append(f"dataset: the '{split}' split is empty")
     facts.dataset_sha256 = dataset_content_hash(facts.dataset_path)
+
+
+def _duplicate_ids(ids: list, shown: int = 5) -> str:
+    """'id' (n times), ... for every id occurring more than once ('' if none); results are keyed
+    by (task, setting, example id), so two examples with one id would overwrite each other."""
+    from collections import Counter
+
+    dupes = [(i, n) for i, n in Counter(ids).items() if n > 1]
+    if not dupes:
+        return ""
+    text = ", ".join(f"{i!r} ({n} times)" for i, n in dupes[:shown])
+    return text + (f" and {len(dupes) - shown} more" if len(dupes) > shown else "")

@@ -148,3 +148,33 @@ def test_output_column_must_be_a_list(bank):
     pq.write_table(t, f)
     problems, text = problems_of(bank)
     assert problems[0][0] == "task2" and "expected a list of strings" in text
+
+
+def test_duplicate_example_ids_are_named_per_task_and_split(bank, tmp_path):
+    """`lorabatch bank manifest` refuses a split whose ids repeat (within a shard or across
+    shards), naming task, split, id and count; a split whose ids are unique is not reported."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from lorabatch.cli import app
+
+    f = split_files(dataset_dir(bank, 2), "test")[0]
+    t = pq.read_table(f)
+    ids = t.column("id").to_pylist()
+    t = t.set_column(t.schema.get_field_index("id"), "id", pa.array([ids[0]] * len(ids)))
+    pq.write_table(t, f)
+    train = split_files(dataset_dir(bank, 3), "train")[0]
+    rows = pq.read_table(train)
+    pq.write_table(rows.slice(0, 2), train.with_name("train-00000-of-00002.parquet"))
+    pq.write_table(rows.slice(1), train.with_name("train-00001-of-00002.parquet"))  # row 1 in both shards
+    train.unlink()
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "bank": bank.bank_config()}))
+    res = CliRunner().invoke(app, ["bank", "manifest", str(config)])
+    assert isinstance(res.exception, BankValidationError)
+    assert res.exception.problems == [
+        ("task2", f"dataset: the 'test' split has duplicate example ids: {ids[0]!r} ({len(ids)} times)"),
+        ("task3", f"dataset: the 'train' split has duplicate example ids: {rows.column('id')[1].as_py()!r} (2 times)"),
+    ]
+    assert not (tmp_path / "run" / "bank" / "manifest.parquet").exists()
