@@ -56,6 +56,11 @@ class RefineConfig(StrictModel):
     l1: float = Field(0.05, ge=0, description="L1 penalty on the weights (LoraHub uses 0.05).")
     bound: float = Field(1.5, gt=0, description="Each weight stays in [−bound, bound] (LoraHub uses 1.5).")
     sigma: float = Field(0.3, gt=0, description="Initial CMA-ES step size.")
+    sources: Literal["loss", "start"] = Field(
+        "loss",
+        description="Which K bank tasks are weighted: 'loss' — the K of the few-shot pool whose own adapters "
+        "alone have the lowest few-shot loss; 'start' — the K largest coefficients of the starting setting.",
+    )
 
 
 class FewShotConfig(StrictModel):
@@ -68,6 +73,13 @@ class FewShotConfig(StrictModel):
     )
     examples: int = Field(16, ge=1, description="k: examples per task the loss is computed on (a seeded sample).")
     batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
+    pool: int = Field(
+        8,
+        ge=0,
+        description="M: per metric, the M nearest bank tasks (by distance) form the few-shot pool; each "
+        "pool task's own adapter is a `select` candidate, and `refine` (sources 'loss') takes its K tasks "
+        "from the pool. 0: no pool.",
+    )
     select: SelectConfig = Field(default_factory=SelectConfig, description="The `select` candidates.")
     refine: RefineConfig = Field(default_factory=RefineConfig, description="The `refine` optimisation.")
     seed: int | None = Field(None, description="Seed of the example sample and of CMA-ES (None: the run's seed).")

@@ -1,8 +1,10 @@
 """`select` and `refine` for one target task, given its few-shot loss (`loss.FewShotLoss`).
 
-select:  among candidate coefficient rows c^(1..M) [N] (the sweep's mixture settings and a grid),
-         the one whose mixed adapter has the lowest few-shot loss: M loss evaluations.
-refine:  K = top-k tasks of a starting row c⁰; weights w ∈ [−b, b]^K minimise
+select:  among candidate coefficient rows c^(1..M) [N] (the sweep's mixture settings, a grid, and
+         the own adapters of the few-shot pool — the nearest bank tasks by each metric), the one
+         whose mixed adapter has the lowest few-shot loss: M loss evaluations.
+refine:  K bank tasks — the pool's K lowest-loss own adapters (sources 'loss'), or the top-k of
+         the starting row c⁰ (sources 'start'); weights w ∈ [−b, b]^K minimise
              f(w) = loss(ΔW(w)) + λ Σ_j |w_j|,   ΔW(w) = Σ_j w_j B_j A_j  (per module)
          by CMA-ES (the `cma` package), starting at w⁰ = c⁰_top / Σ c⁰_top, `budget` evaluations in
          all, w⁰ first. During the search ΔW(w) is held exactly as the rank-Kr pair
@@ -51,12 +53,14 @@ def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks, excl
     return out
 
 
-def candidate_rows(i: int, matrices: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    """Row i of every candidate matrix, duplicates (same weights to 1e-12) kept once, first name wins."""
+def candidate_rows(i: int, matrices: dict[str, np.ndarray], rows: dict[str, np.ndarray] | None = None) -> list[tuple[str, np.ndarray]]:
+    """Row i of every candidate matrix, then the extra `rows` ([N] each); duplicates (same weights
+    to 1e-12) kept once, the first name wins."""
     seen: list[np.ndarray] = []
     out = []
-    for name, c in matrices.items():
-        row = np.asarray(c[i], dtype=np.float64)
+    named = [(name, c[i]) for name, c in matrices.items()] + list((rows or {}).items())
+    for name, row in named:
+        row = np.asarray(row, dtype=np.float64)
         if any(np.allclose(row, s, rtol=0, atol=1e-12) for s in seen):
             continue
         seen.append(row)
@@ -100,17 +104,35 @@ class StackedAdapter:
         return out
 
 
-def refine(evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str) -> FewShotResult:
-    """CMA-ES on the top-K weights of `start_row` (see the module docstring)."""
+def pool_by_loss(evaluator, layout, pool: list[int], known: dict[int, float] | None = None) -> dict[int, float]:
+    """{bank index: few-shot loss of that bank task's own adapter alone} over `pool` (losses
+    already known are reused)."""
+    known = dict(known or {})
+    for j in pool:
+        if j not in known:
+            known[j] = evaluator.loss({t.name: layout.read_tensor(j, t.name) for t in layout.tensors})
+    return {j: known[j] for j in pool}
+
+
+def refine(
+    evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str, sources: list[int] | None = None
+) -> FewShotResult:  # fmt: skip
+    """CMA-ES on the weights of K bank tasks (see the module docstring): `sources`, or the top-K
+    of `start_row`; the search starts at `start_row` on them, renormalised (uniform if it gives
+    them no weight)."""
     import cma
 
     started, passes = time.perf_counter(), evaluator.forward_passes
     start_row = np.asarray(start_row, dtype=np.float64)
-    order = np.argsort(-start_row, kind="stable")[: config.top_k]
-    top = order[start_row[order] > 0]
+    if sources is None:
+        order = np.argsort(-start_row, kind="stable")[: config.top_k]
+        top = order[start_row[order] > 0]
+    else:
+        top = np.asarray(sources[: config.top_k], dtype=np.int64)
     if top.size == 0:
         raise ValueError(f"the starting setting {start_name} gives no positive weight")
-    w0 = start_row[top] / start_row[top].sum()
+    total = start_row[top].sum()
+    w0 = start_row[top] / total if total > 0 else np.full(top.size, 1.0 / top.size)
     stacked = StackedAdapter(layout, top)
     points: list[tuple[np.ndarray, float, float]] = []  # (w, loss, objective)
 

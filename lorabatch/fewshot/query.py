@@ -47,6 +47,11 @@ def query_candidates(q, bank_run: Path, metric: str, config: SynthesisConfig, fe
     return out
 
 
+def query_pool(q, fewshot: FewShotConfig) -> list[int]:
+    """The `pool` bank tasks nearest to the query."""
+    return [int(j) for j in np.argsort(q.distances, kind="stable")[: fewshot.pool]]
+
+
 def fewshot_predict(
     bank_run: str | Path, data: str | Path, out: str | Path, *, method: str, metric: str = "JS", model: str = "normalized",
     config: SynthesisConfig | None = None, fewshot: FewShotConfig | None = None, seed: int = 0, progress: bool = True,
@@ -55,7 +60,7 @@ def fewshot_predict(
     """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
     `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
     from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.methods import candidate_rows, refine, select
+    from lorabatch.fewshot.methods import candidate_rows, pool_by_loss, refine, select
     from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
     from lorabatch.synthesis.stage import synthesize_one
     from lorabatch.synthesis.writer import contributors
@@ -71,10 +76,20 @@ def fewshot_predict(
     if method == SELECT:
         matrices = query_candidates(q, bank_run, metric, config, fewshot)
         paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
-        result = select(evaluator, q.layout, candidate_rows(0, matrices), config, paper)
+        singles = {f"bank:{q.layout.task_ids[j]}": np.eye(q.layout.n_tasks)[j] for j in query_pool(q, fewshot)}
+        result = select(evaluator, q.layout, candidate_rows(0, matrices, singles), config, paper)
         syn = config
     else:
-        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}")
+        sources = None
+        if fewshot.refine.sources == "loss" and fewshot.pool:
+            started, passes = evaluator.forward_passes, None
+            losses = pool_by_loss(evaluator, q.layout, query_pool(q, fewshot))
+            sources = sorted(losses, key=lambda j: (losses[j], j))
+            passes = evaluator.forward_passes - started
+        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}", sources)
+        if sources is not None:
+            result.forward_passes += passes
+            result.evaluations += len(sources)
         syn = config.model_copy(update={"mixing": "exact"})
     record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
               "evaluations": result.evaluations, "forward_passes": result.forward_passes,

@@ -17,6 +17,7 @@ model once; a task that fails is recorded with its error and the others go on.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from pathlib import Path
 
@@ -92,9 +93,18 @@ class FewShotWorker:
                 raise FewShotError(f"coefficients of {setting} were computed for another bank: recompute them")
             self.matrices[setting.name] = c[[targets.index(t) for t in ids]]
         self.paper_names = [s.name for s in mixture_settings(metrics, self.synthesis) if s.kind == "paper"]
+        self.distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
         if SELECT in self.config.methods:
-            distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
-            self.matrices.update(grid_candidates(distances, self.config.select.temperatures, self.config.select.top_k))
+            self.matrices.update(grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k))
+
+    def pool(self, i: int) -> list[int]:
+        """The few-shot pool of task i: per metric its `pool` nearest other tasks, in metric then rank order."""
+        out: dict[int, None] = {}
+        for d in self.distances.values():
+            others = [int(j) for j in np.argsort(d[i], kind="stable") if j != i]
+            for j in others[: self.config.pool]:
+                out[j] = None
+        return list(out)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -105,7 +115,7 @@ class FewShotWorker:
         return pa.Table.from_pylist(out, schema=_result_schema())
 
     def run_task(self, task_id: str, dataset_path: str) -> list[dict]:
-        from lorabatch.fewshot.methods import candidate_rows, refine, select
+        from lorabatch.fewshot.methods import candidate_rows, pool_by_loss, refine, select
         from lorabatch.synthesis.stage import adapter_dir, synthesize_one
 
         i = self.layout.task_ids.index(task_id)
@@ -117,12 +127,24 @@ class FewShotWorker:
         for method in self.config.methods:
             try:
                 if method == SELECT:
-                    result = select(self.evaluator, self.layout, candidate_rows(i, self.matrices), self.synthesis, self.paper_names)
+                    result = select(self.evaluator, self.layout, candidate_rows(i, self.matrices, self.singles(i)),
+                                    self.synthesis, self.paper_names)  # fmt: skip
                     syn = self.synthesis
                 else:
                     start = self.config.refine.start
+                    sources = None
+                    if self.config.refine.sources == "loss" and self.config.pool:
+                        started, passes = time.perf_counter(), self.evaluator.forward_passes
+                        losses = pool_by_loss(self.evaluator, self.layout, self.pool(i))
+                        sources = sorted(losses, key=lambda j: (losses[j], j))
+                        pool_cost = (time.perf_counter() - started, self.evaluator.forward_passes - passes, len(losses))
                     result = refine(self.evaluator, self.layout, self.matrices[start][i], self.config.refine,
-                                    self.seed + i, start)  # fmt: skip
+                                    self.seed + i, start, sources)  # fmt: skip
+                    if sources is not None:  # the pool's screening is part of refine's cost
+                        result.seconds += pool_cost[0]
+                        result.forward_passes += pool_cost[1]
+                        result.evaluations += pool_cost[2]
+                        result.details["pool_losses"] = {self.layout.task_ids[j]: v for j, v in losses.items()}
                     syn = self.synthesis.model_copy(update={"mixing": "exact"})
                 record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
                           "evaluations": result.evaluations, "forward_passes": result.forward_passes,
@@ -133,6 +155,15 @@ class FewShotWorker:
             except Exception as err:  # noqa: BLE001 - recorded, the other tasks go on
                 rows.append(_failed(method, task_id, err))
         return rows
+
+    def singles(self, i: int) -> dict[str, np.ndarray]:
+        """{"bank:<task>": one-hot [N]} for the pool's tasks of task i (each one's own adapter)."""
+        out = {}
+        for j in self.pool(i):
+            row = np.zeros(len(self.layout.task_ids))
+            row[j] = 1.0
+            out[f"bank:{self.layout.task_ids[j]}"] = row
+        return out
 
 
 def _failed(method: str, task_id: str, err: Exception) -> dict:

@@ -176,6 +176,7 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
     run = _copy(pristine, tmp_path)
     results = _run(run, pristine[1])
     manifest = {r["task_id"]: r for r in load_manifest(run).to_pylist()}
+    assert [r["error"] for m in ("select", "refine") for r in results[m]] == [None] * (2 * N_TASKS)
     for r in results["select"]:
         losses = json.loads(r["details"])["candidate_losses"]
         assert len(losses) >= 5  # 2 paper settings, uniform, nearest-JS and the grid, deduplicated
@@ -183,7 +184,11 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
         assert losses[r["choice"]] == r["loss"]
     for r in results["refine"]:
         assert r["loss"] <= r["start_loss"]
-        assert r["evaluations"] <= 12
+        assert r["evaluations"] <= 12 + (N_TASKS - 1)  # the budget, plus screening the pool (every other task here)
+        pool = json.loads(r["details"])["pool_losses"]
+        assert len(pool) == N_TASKS - 1 and r["task_id"] not in pool
+        sources = json.loads(r["details"])["sources"]
+        assert sources == sorted(pool, key=lambda t: (pool[t], t))[:3]  # the 3 lowest-loss own adapters
         assert r["choice"] == "JS-normalized"
     # The written refine adapter is the exact mixture the search evaluated: its loss, read back
     # from disk through stock PEFT, equals the recorded one.
