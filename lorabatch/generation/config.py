@@ -113,8 +113,9 @@ class GenerationConfig(StrictModel):
     tasks: list[str] | Literal["all"] = Field("all", description="Task ids of the manifest to evaluate, or 'all'.")
     settings: list[str] | None = Field(
         None,
-        description="Settings to generate: 'base', 'oracle' and '<metric>-<model>' names (None: base, "
-        "oracle and every setting directory under RUN/adapters/).",
+        description="Settings to generate (`lorabatch.settings`: base, oracle, <metric>-<model>, uniform, "
+        "nearest-<metric>, select, refine; None: base, oracle and every setting directory under RUN/adapters/; "
+        "a sweep fills in its own settings).",
     )
     split: Literal["test", "valid", "train"] = Field("test", description="Dataset split whose examples are prompts.")
     examples_per_task: int | None = Field(
