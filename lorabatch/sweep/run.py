@@ -9,6 +9,7 @@ The report is refreshed after every stage, so it shows progress while the sweep 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -149,8 +150,10 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
 
 
 def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
+    from lorabatch.generation.backends import require_backend
     from lorabatch.raysession import ensure_ray
 
+    require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray(config.ray.address, config.ray.num_cpus)

@@ -25,6 +25,7 @@ from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.synthesis.stage import SynthesisError, neural_model_dir
 
 REQUIRED = ("input", "output")
+NEWLINE = b"\n"
 OPTIONAL = ("id",)
 
 
@@ -81,10 +82,12 @@ def _read_any(path: Path):
         if path.stat().st_size == 0:
             raise DatasetError(f"{path}: the file is empty")
         if suffix in (".jsonl", ".json"):
+            _check_utf8(path)
             return _read_jsonl(path)
         if suffix == ".csv":
             import pyarrow.csv as pc
 
+            _check_utf8(path)
             return pc.read_csv(path)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -95,6 +98,31 @@ def _read_any(path: Path):
     except (pa.ArrowInvalid, OSError, ValueError) as err:
         raise DatasetError(f"{path}: cannot read it ({str(err).splitlines()[0]})") from None
     raise DatasetError(f"{path}: unsupported format {path.suffix!r}; use .jsonl, .csv, .parquet or a dataset directory")
+
+
+def _check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """`DatasetError` naming the line and byte if a text file is not UTF-8 (pyarrow would read
+    its columns as binary and the rows would look empty, or the header as unknown columns)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            data = decoder.getstate()[0] + block  # a character cut by the previous block, then this one
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                where = f"byte 0x{data[err.start]:02x}" if err.start < len(data) else "a cut multi-byte character"
+                line += data[: err.start].count(NEWLINE)
+                raise DatasetError(
+                    f"{path}: not UTF-8 text ({where} on line {line}); "
+                    "save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+                ) from None
+            if not block:
+                return
+            line += block.count(NEWLINE)
 
 
 def _read_jsonl(path: Path):
@@ -185,14 +213,49 @@ def check_bank(bank_run: Path, metric: str, model: str):
     if not features.is_dir() or not any(features.iterdir()):
         raise SynthesisError(
             f"the bank at {bank_run} has no cached features ({features} is missing or empty): "
-            "run the features stage on it first"
+            "compute them with `lorabatch distances CONFIG` (the bank's run config) first"
         )
+    check_metric(bank_run, metric)
     if model == "neural" and not (neural_model_dir(bank_run, metric) / "model.safetensors").is_file():
         raise SynthesisError(
             f"the bank at {bank_run} has no trained neural model for {metric} "
             f"({neural_model_dir(bank_run, metric)}): run `lorabatch synthesize` with the neural model first"
         )
     return table
+
+
+def bank_metrics(bank_run: Path) -> tuple[list[str], list[str]]:
+    """(metrics the bank's features allow in query mode, metrics it has a distance matrix for).
+    Token metrics need the token features every bank has; embedding metrics need its embeddings."""
+    from lorabatch.distances.registry import metric_class, registered_metrics
+
+    embeddings = False
+    index = bank_run / "features" / "index.parquet"
+    if index.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            keys = pq.read_table(index, columns=["embedding_key"]).column("embedding_key").to_pylist()
+            embeddings = bool(keys) and None not in keys
+        except Exception:  # an older index without embeddings
+            embeddings = False
+    usable = [m for m in registered_metrics() if embeddings or metric_class(m).representation == "tokens"]
+    computed = sorted(p.stem for p in (bank_run / "distances").glob("*.parquet"))
+    return usable, computed
+
+
+def check_metric(bank_run: Path, metric: str) -> None:
+    """`SynthesisError` before any work if the bank cannot give distances of `metric`."""
+    from lorabatch.distances.registry import registered_metrics
+
+    usable, computed = bank_metrics(bank_run)
+    if metric in usable:
+        return
+    what = "unknown metric" if metric not in registered_metrics() else "metric needing embedding features the bank lacks:"
+    raise SynthesisError(
+        f"--metric: {what} {metric!r}; the bank at {bank_run} has features for {', '.join(usable)} "
+        f"(distance matrices computed: {', '.join(computed) or 'none'})"
+    )
 
 
 def query_bank_distances(bank_run: Path, dataset, metric: str, base_model_path: Path, seed: int, progress: bool):

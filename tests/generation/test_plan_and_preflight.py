@@ -196,3 +196,35 @@ def test_rows_of_a_removed_adapter_are_never_done(fresh_run, gen):
     assert pending_work(plan_work(fresh_run, _manifest(fresh_run), oracle), done_keys(fresh_run)).num_rows == 0
     (own / "adapter_model.safetensors").unlink()
     assert pending_work(plan_work(fresh_run, _manifest(fresh_run), oracle), done_keys(fresh_run)).num_rows == 2
+
+
+def test_failed_generation_run_keeps_the_previous_plan(fresh_run, gen, monkeypatch):
+    """plan.json is written when generation starts: a run whose backend cannot start leaves the
+    plan of the last run that did; a run with nothing left to do records its plan."""
+    from lorabatch.generation import backends
+    from lorabatch.generation.backends import BackendUnavailableError, require_backend
+    from lorabatch.generation.stage import run_generation
+
+    plan = fresh_run / "generations" / "plan.json"
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    plan.write_text(json.dumps({"rows_per_setting": {"base": 1}}))
+
+    class Broken:
+        def __init__(self, config, context):
+            raise BackendUnavailableError("engine cannot start")
+
+    monkeypatch.setattr(backends, "backend_class", lambda name: Broken)
+    with pytest.raises(BackendUnavailableError, match="engine cannot start"):
+        run_generation(fresh_run, gen.config(backend="hf", settings=["base"]), progress=False)
+    assert json.loads(plan.read_text()) == {"rows_per_setting": {"base": 1}}
+    assert not list((fresh_run / "generations").glob("part-*"))
+
+    # Only rows that fail before generation: nothing to start, the plan is recorded with them.
+    result = run_generation(fresh_run, gen.config(backend="hf", settings=[gen.BROKEN_SYNTH]), progress=False)
+    assert result.preflight_failed == result.planned == 7
+    assert json.loads(plan.read_text()) == {"rows_per_setting": {gen.BROKEN_SYNTH: 7}}
+
+    monkeypatch.setitem(__import__("sys").modules, "vllm", None)
+    with pytest.raises(BackendUnavailableError, match="needs the vllm package"):
+        require_backend("vllm", local=True)
+    assert require_backend("vllm", local=False) == "vllm" and require_backend("auto", local=True) == "hf"

@@ -131,3 +131,25 @@ def load_tensors(adapter_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return {k: v.double().numpy() for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items()}
+
+
+QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
+
+
+@pytest.fixture()
+def predict_bank(fresh_run, monkeypatch) -> TinyRun:
+    """A prepared bank for `predict` whose query distances are the fixed row QUERY_D (features and
+    distances have their own tests); `calls` records every query, i.e. every feature computation."""
+    from lorabatch.synthesis import predict as predict_mod
+
+    (fresh_run.run_dir / "features").mkdir()
+    (fresh_run.run_dir / "features" / "task1.npy").write_bytes(b"")
+    calls = []
+
+    def fake_query(bank_run, dataset, metric, base_model_path, seed, progress):
+        calls.append((metric, dataset.num_rows))
+        return list(fresh_run.task_ids), QUERY_D
+
+    monkeypatch.setattr(predict_mod, "query_bank_distances", fake_query)
+    fresh_run.calls = calls
+    return fresh_run

@@ -3,24 +3,17 @@ directory or over exactly a previous lorabatch adapter, and never inside the ban
 
 import json
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from lorabatch.cli import app
-from lorabatch.synthesis import predict as predict_mod
 
-QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
 ROWS = [{"input": "red cat", "output": ["blue"]}, {"input": "one two", "output": "three"}]
 
 
 @pytest.fixture()
-def bank(fresh_run, monkeypatch):
-    """A prepared bank whose query distances are a fixed row (features and distances have their own tests)."""
-    (fresh_run.run_dir / "features").mkdir()
-    (fresh_run.run_dir / "features" / "task1.npy").write_bytes(b"")
-    monkeypatch.setattr(predict_mod, "query_bank_distances", lambda *a: (list(fresh_run.task_ids), QUERY_D))
-    return fresh_run
+def bank(predict_bank):
+    return predict_bank
 
 
 @pytest.fixture()
