@@ -88,6 +88,20 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
     sweep_metrics.stage_done("generation")
 
 
+def generations_key(run_dir) -> str:
+    """Content key of RUN/generations/: the name and size of every part file (each is written
+    once, atomically, under a unique name, so new rows always add a file)."""
+    from lorabatch.generation.store import generation_files
+
+    return content_key([(f.name, f.stat().st_size) for f in generation_files(run_dir)])
+
+
+def scoring_key(config) -> str:
+    """What the scores depend on: the scoring config and the generation files."""
+    scoring = config.scoring.model_dump(mode="json", exclude={"executor", "batch_size"})  # how it runs: no effect on scores
+    return content_key(scoring, generations_key(config.run_dir))
+
+
 def stage_scoring(config, progress: bool) -> list[dict]:
     from lorabatch.scoring.aggregate import format_summary
     from lorabatch.scoring.stage import run_scoring
@@ -95,7 +109,7 @@ def stage_scoring(config, progress: bool) -> list[dict]:
     run_dir = Path(config.run_dir)
     started = time.time()
     summary = run_scoring(run_dir, config.scoring, progress=progress)
-    mark_done(run_dir, "scoring", content_key(config.scoring.model_dump(mode="json"), time.time()), started)
+    mark_done(run_dir, "scoring", scoring_key(config), started)
     sweep_metrics.stage_done("scoring")
     print(format_summary(summary), flush=True)
     from lorabatch.fewshot.stage import format_costs

@@ -149,6 +149,12 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
     _say("synthesis: every leave-one-out adapter written")
 
 
+def report_key(run_dir: Path) -> str:
+    """The report shows what the other stages made: its key is theirs (their markers' keys)."""
+    markers = all_markers(run_dir)
+    return content_key({stage: m.get("key") for stage, m in markers.items() if stage != "report"})
+
+
 def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
     from lorabatch.generation.backends import require_backend
     from lorabatch.raysession import ensure_ray
@@ -173,6 +179,6 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
     stage_generation(config, manifest, settings_of(config), progress)
     _refresh_report(run_dir)
     stage_scoring(config, progress)
-    mark_done(run_dir, "report", content_key(time.time()), time.time())
+    mark_done(run_dir, "report", report_key(run_dir), time.time())
     _refresh_report(run_dir)
     _say(f"report: {run_dir / 'report' / 'index.html'}")

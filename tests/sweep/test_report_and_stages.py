@@ -51,3 +51,39 @@ def test_report_shows_pending_then_results(tmp_path):
     assert "<td>JS-normalized</td><td>0.450</td><td>+0.250</td>" in page
     assert page.count("data:image/png;base64,") == 3  # improvement box plot + 1 coefficient + 1 distance heatmap
     assert "Scores pending" not in page and "http" not in page.split("</style>")[1]
+
+
+def test_scoring_and_report_markers_are_keyed_by_their_inputs(tmp_path):
+    """Scoring the same generations with the same scoring config gives the same marker key (no
+    clock in it); another generation file or another reference changes it; the report's key
+    follows the other stages' keys."""
+    from lorabatch.atomic import write_parquet
+    from lorabatch.config import parse_config
+    from lorabatch.generation.schema import conform, generation_schema
+    from lorabatch.sweep.evaluation import stage_scoring
+    from lorabatch.sweep.run import report_key
+    from lorabatch.sweep.stages import read_marker
+
+    def config(**scoring):
+        return parse_config({"run_dir": str(tmp_path), "bank": {"source": "local", "root": str(tmp_path), "base_model": "m"},
+                             "scoring": {"executor": "local", **scoring}})  # fmt: skip
+
+    def part(name, example):
+        row = {"task_id": "task1", "setting": "base", "example_id": example, "prompt": "p", "references": ["red cat"],
+               "prediction": "red", "fingerprint": "f"}  # fmt: skip
+        write_parquet(tmp_path / "generations" / name, conform(pa.Table.from_pylist([row]), generation_schema()))
+
+    part("part-a.parquet", "1")
+    stage_scoring(config(), progress=False)
+    first = read_marker(tmp_path, "scoring")["key"]
+    report = report_key(tmp_path)
+    time.sleep(1.1)
+    stage_scoring(config(batch_size=7), progress=False)
+    assert read_marker(tmp_path, "scoring")["key"] == first and report_key(tmp_path) == report
+    stage_scoring(config(reference="max"), progress=False)
+    assert read_marker(tmp_path, "scoring")["key"] != first
+    stage_scoring(config(), progress=False)
+    assert read_marker(tmp_path, "scoring")["key"] == first
+    part("part-b.parquet", "2")
+    stage_scoring(config(), progress=False)
+    assert read_marker(tmp_path, "scoring")["key"] != first and report_key(tmp_path) != report
