@@ -82,7 +82,11 @@ class BankConfig(StrictModel):
     cache_dir: Path | None = Field(
         None, description="Hugging Face cache directory for source 'hub' (default: HF_HUB_CACHE)."
     )
-    trust_remote_code: bool = Field(False, description="Passed to transformers when loading the base model.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Let the base model run its own code (transformers' auto_map): passed to every load of its "
+        "tokenizer and weights (features, predict, generation with transformers or vLLM). Recorded in the manifest.",
+    )
     demo: DemoBankConfig | None = Field(
         None, description="If set, the embedded demo bank is built into `root` when it is missing."
     )

@@ -8,8 +8,10 @@ Schema (one row per task, sorted by task number):
     rank int64 · alpha float64 · target_modules list<str> · dtype str · n_params int64
     adapter_sha256 str (of adapter_model.safetensors) · dataset_sha256 str (content hash of the splits)
     n_train / n_valid / n_test int64
-The Parquet schema metadata holds `lorabatch.manifest_version` and `lorabatch.manifest_hash`
-(sha256 over task ids and file hashes: what downstream caches key on).
+The Parquet schema metadata holds `lorabatch.manifest_version`, `lorabatch.manifest_hash`
+(sha256 over task ids and file hashes: what downstream caches key on) and
+`lorabatch.trust_remote_code` ("true" | "false": `bank.trust_remote_code`, which every stage passes
+to transformers when it loads the base model's tokenizer or weights).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def inspect_bank(bank_config, progress: bool = True) -> tuple[Path, list[TaskFac
     return base_dir, facts
 
 
-def manifest_table(facts: list[TaskFacts], base_dir: Path, source_name: str):
+def manifest_table(facts: list[TaskFacts], base_dir: Path, source_name: str, trust_remote_code: bool = False):
     import pyarrow as pa
 
     rows = [
@@ -125,7 +127,11 @@ def manifest_table(facts: list[TaskFacts], base_dir: Path, source_name: str):
     for r in rows:
         digest.update(f"{r['task_id']}:{r['adapter_sha256']}:{r['dataset_sha256']}:{r['base_model']}\n".encode())
     return table.replace_schema_metadata(
-        {"lorabatch.manifest_version": MANIFEST_VERSION, "lorabatch.manifest_hash": digest.hexdigest()}
+        {
+            "lorabatch.manifest_version": MANIFEST_VERSION,
+            "lorabatch.manifest_hash": digest.hexdigest(),
+            "lorabatch.trust_remote_code": "true" if trust_remote_code else "false",
+        }
     )
 
 
@@ -134,7 +140,7 @@ def build_manifest(config, progress: bool = True):
     from lorabatch.config import dump_config
 
     base_dir, facts = inspect_bank(config.bank, progress=progress)
-    table = manifest_table(facts, base_dir, config.bank.source)
+    table = manifest_table(facts, base_dir, config.bank.source, config.bank.trust_remote_code)
     run_dir = Path(config.run_dir)
     write_text(run_dir / "config.yaml", dump_config(config))
     write_parquet(manifest_path(run_dir), table)
@@ -153,3 +159,8 @@ def load_manifest(run_dir: str | Path):
 
 def manifest_hash(table) -> str:
     return table.schema.metadata[b"lorabatch.manifest_hash"].decode()
+
+
+def trusts_remote_code(table) -> bool:
+    """`bank.trust_remote_code` of the run whose manifest this is (False for older manifests)."""
+    return (table.schema.metadata or {}).get(b"lorabatch.trust_remote_code") == b"true"

@@ -37,18 +37,20 @@ class FeatureWorker:
     """
 
     def __init__(self, mode: str, run_dir: str, config: dict, tokenizer_path: str, tokenizer_sha256: str,
-                 embed_model: str | None = None, embedding_key: str | None = None):  # fmt: skip
+                 embed_model: str | None = None, embedding_key: str | None = None, trust_remote_code: bool = False):  # fmt: skip
         self.mode, self.run_dir = mode, run_dir
         self.config = FeaturesConfig.model_validate(config)
         self.tokenizer_sha256, self.embedding_key = tokenizer_sha256, embedding_key
         self.tokenizer = self.embedder = None
         if mode == "counts":
-            self.tokenizer = load_tokenizer(tokenizer_path)
+            self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
             self.vocab_size = vocab_size_of(self.tokenizer, self.config.vocab_size)
         else:
             from lorabatch.features.embeddings import Embedder
 
-            self.embedder = Embedder(embed_model, self.config.embedding)
+            # Only the bank's base model is trusted with its own code (bank.trust_remote_code).
+            trusted = trust_remote_code and Path(embed_model).resolve() == Path(tokenizer_path).resolve()
+            self.embedder = Embedder(embed_model, self.config.embedding, trusted)
             self.vocab_size = 0
 
     def __call__(self, batch: dict) -> dict:
@@ -124,13 +126,18 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     return rows
 
 
-def _manifest_columns(manifest) -> dict[str, list]:
+def _manifest_table(manifest):
     import pyarrow as pa
 
-    if not isinstance(manifest, pa.Table):
-        from lorabatch.bank.manifest import load_manifest
+    if isinstance(manifest, pa.Table):
+        return manifest
+    from lorabatch.bank.manifest import load_manifest
 
-        manifest = load_manifest(manifest)
+    return load_manifest(manifest)
+
+
+def _manifest_columns(manifest) -> dict[str, list]:
+    manifest = _manifest_table(manifest)
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.column_names]
     if missing:
         raise FeaturesError(f"the bank manifest lacks column(s) {missing}")
@@ -147,7 +154,10 @@ def compute_bank_features(manifest, run_dir: str | Path, config: FeaturesConfig 
     Only datasets whose cache entry is missing are tokenized (embedded); the result, in manifest
     order, is also recorded in RUN/features/{index.parquet, features.json} (see `store`).
     """
+    from lorabatch.bank.manifest import trusts_remote_code
+
     config = config or FeaturesConfig()
+    manifest = _manifest_table(manifest)
     cols = _manifest_columns(manifest)
     bases = sorted(set(cols["base_model_path"]))
     if len(bases) != 1:
@@ -164,7 +174,7 @@ def compute_bank_features(manifest, run_dir: str | Path, config: FeaturesConfig 
     todo = [it for it in items if store.read_meta(run_dir, it["key"]) is None]
     todo = _first_per_key(todo)  # identical datasets are tokenized once
     kwargs = dict(mode="counts", run_dir=str(run_dir), config=config.model_dump(mode="json"),
-                  tokenizer_path=tokenizer_path, tokenizer_sha256=tok_sha)  # fmt: skip
+                  tokenizer_path=tokenizer_path, tokenizer_sha256=tok_sha, trust_remote_code=trusts_remote_code(manifest))  # fmt: skip
     errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress, address, num_cpus) if r["error"]]
     _raise_errors(errors)
 
@@ -206,10 +216,12 @@ def _raise_errors(errors: list[tuple[str, str]]) -> None:
 
 
 def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesConfig | None = None, *,
-                             seed: int | None = None, name: str = "query", progress: bool = False) -> FeatureSet:  # fmt: skip
+                             seed: int | None = None, name: str = "query", progress: bool = False,
+                             trust_remote_code: bool = False) -> FeatureSet:  # fmt: skip
     """Features of one dataset (query mode): a pyarrow Table or list of rows with `input` and
     `output`, or a dataset directory (its train split). `tokenizer` is the bank's base model
-    directory; `seed` overrides config.mmd_seed. Nothing is cached."""
+    directory; `seed` overrides config.mmd_seed; `trust_remote_code` is the bank's (for the base
+    model only). Nothing is cached."""
     import pyarrow as pa
 
     config = config or FeaturesConfig()
@@ -227,7 +239,7 @@ def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesCon
         raise FeaturesError(f"{tokenizer} holds no tokenizer files")
     texts = example_texts(dataset, name, config.max_examples)
     t0 = time.perf_counter()
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer, trust_remote_code)
     counts = tokenize_counts(tok, texts, vocab_size_of(tok, config.vocab_size), name, config.tokenize_batch_size)
     sample = sample_token_ids(counts, config.mmd_sample_size, config.mmd_seed)
     emb = None
@@ -235,7 +247,8 @@ def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesCon
         from lorabatch.features.embeddings import Embedder, embedding_subsample
 
         pick = embedding_subsample(len(texts), config.embedding)
-        emb = [Embedder(config.embedding.model or tokenizer, config.embedding).embed([texts[i] for i in pick])]
+        trusted = trust_remote_code and config.embedding.model is None
+        emb = [Embedder(config.embedding.model or tokenizer, config.embedding, trusted).embed([texts[i] for i in pick])]
     if progress:
         print(f"features of {name}: {len(texts)} examples, {int(counts.sum())} tokens in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return FeatureSet(names=[name], counts=counts[None], samples=sample[None], n_examples=[len(texts)],

@@ -39,14 +39,14 @@ def embedding_key(config: EmbeddingConfig, model_dir: str | Path) -> str:
 class Embedder:
     """Holds a model and tokenizer; `embed(texts)` -> float32 [n, d]."""
 
-    def __init__(self, model_dir: str | Path, config: EmbeddingConfig):
+    def __init__(self, model_dir: str | Path, config: EmbeddingConfig, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.config = config
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+            self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise FeaturesError(f"cannot load the embedding model from {model_dir}: {str(err).splitlines()[0]}") from None
         self.model.eval()

@@ -26,12 +26,12 @@ def tokenizer_fingerprint(directory: str | Path) -> str | None:
     return h.hexdigest()
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """The transformers tokenizer of a model directory (default settings)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise FeaturesError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
 

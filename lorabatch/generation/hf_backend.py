@@ -22,7 +22,7 @@ BASE_ADAPTER = "__base__"
 class HFGenerator:
     """Ray Data callable class: pyarrow batch of prepared rows -> pyarrow batch of generation rows."""
 
-    def __init__(self, base_model_path: str, settings: dict, decoding: dict):
+    def __init__(self, base_model_path: str, settings: dict, decoding: dict, trust_remote_code: bool = False):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -31,9 +31,9 @@ class HFGenerator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         dtype = settings["dtype"]
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            base_model_path, dtype=(dtype if dtype == "auto" else getattr(torch, dtype))
+            base_model_path, dtype=(dtype if dtype == "auto" else getattr(torch, dtype)), trust_remote_code=trust_remote_code
         ).to(self.device)
         self.model.eval()
         self.peft = None
@@ -192,7 +192,7 @@ class HFBackend:
         )
         return rows.map_batches(
             HFGenerator,
-            fn_constructor_args=(ctx.base_model_path, cfg.hf.model_dump(), decoding),
+            fn_constructor_args=(ctx.base_model_path, cfg.hf.model_dump(), decoding, ctx.trust_remote_code),
             batch_format="pyarrow",
             # An actor sees several of our batches per Ray batch so adapters are reused.
             batch_size=cfg.batch_size * 4,

@@ -39,6 +39,8 @@ class RunContext:
     seed: int = 0
     # A base-model module that the run's usable adapters adapt (None: no row has a usable adapter).
     lora_module: str | None = None
+    # bank.trust_remote_code: passed to transformers / vLLM when they load the base model.
+    trust_remote_code: bool = False
     modules: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
 
@@ -198,7 +200,7 @@ def preflight(work, context: RunContext, chat_template: bool = False):
     import pyarrow as pa
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(context.base_model_path)
+    tokenizer = AutoTokenizer.from_pretrained(context.base_model_path, trust_remote_code=context.trust_remote_code)
     prompts = work.column("prompt").to_pylist()
     unique = list(dict.fromkeys(prompts))
     ids_of = dict(zip(unique, tokenize_prompts(tokenizer, unique, chat_template)))

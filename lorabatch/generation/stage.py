@@ -45,7 +45,7 @@ def _slices(table, rows_per_block: int) -> list:
 def build_context(run_dir, config, backend: str, seed: int):
     import ray
 
-    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
     from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
 
     manifest = load_manifest(run_dir)
@@ -63,6 +63,7 @@ def build_context(run_dir, config, backend: str, seed: int):
         has_gpu=has_gpu,
         seed=config.seed if config.seed is not None else seed,
         modules=base_model_modules(base),
+        trust_remote_code=trusts_remote_code(manifest),
     )
     return manifest, ctx
 

@@ -133,6 +133,8 @@ class VLLMBackend:
             seed=ctx.seed,
             **cfg.engine_kwargs,
         )
+        if ctx.trust_remote_code:  # bank.trust_remote_code; ray.data.llm's stages read it here too
+            kwargs.setdefault("trust_remote_code", True)
         if enable_lora:
             kwargs.update(
                 enable_lora=True,

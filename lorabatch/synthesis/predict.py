@@ -270,7 +270,10 @@ def query_bank_distances(bank_run: Path, dataset, metric: str, base_model_path: 
         from lorabatch.features import compute_dataset_features
     except ImportError as err:
         raise SynthesisError(f"predict needs the features and distances stages, which are not installed ({err})") from None
-    features = compute_dataset_features(dataset, tokenizer=base_model_path, seed=seed, progress=progress)
+    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
+
+    features = compute_dataset_features(dataset, tokenizer=base_model_path, seed=seed, progress=progress,
+                                        trust_remote_code=trusts_remote_code(load_manifest(bank_run)))  # fmt: skip
     task_ids, d = query_distances(bank_run, features, metric=metric, progress=progress)
     return list(task_ids), np.asarray(d, dtype=np.float64).reshape(-1)
 
