@@ -36,15 +36,19 @@ def encode_examples(tokenizer, rows: list[dict], max_positions: int | None = Non
 class FewShotLoss:
     """The loss of in-memory adapters on a fixed set of examples, with the base model loaded once."""
 
-    def __init__(self, base_model_path: str, adapter_config: dict, device: str = "auto", dtype: str = "float32", batch_size: int = 16):
+    def __init__(
+        self, base_model_path: str, adapter_config: dict, device: str = "auto", dtype: str = "float32", batch_size: int = 16,
+        trust_remote_code: bool = False,
+    ):  # fmt: skip
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path)
-        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=getattr(torch, dtype)).to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+        model = model.to(self.device)
         model.eval()
         self.base = model
         self.max_positions = getattr(model.config, "max_position_embeddings", None)

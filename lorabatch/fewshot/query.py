@@ -71,7 +71,11 @@ def fewshot_predict(
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
-    evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size)
+    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
+
+    trust = trusts_remote_code(load_manifest(bank_run))
+    evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size,
+                            trust_remote_code=trust)  # fmt: skip
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
     if method == SELECT:
         matrices = query_candidates(q, bank_run, metric, config, fewshot)

@@ -69,7 +69,7 @@ class FewShotWorker:
     """Ray Data callable class: a batch of task rows → one result row per (method, task)."""
 
     def __init__(self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int):
-        from lorabatch.bank.manifest import load_manifest
+        from lorabatch.bank.manifest import load_manifest, trusts_remote_code
         from lorabatch.fewshot.config import FewShotConfig
         from lorabatch.fewshot.loss import FewShotLoss
         from lorabatch.fewshot.methods import grid_candidates
@@ -84,7 +84,8 @@ class FewShotWorker:
         self.layout = layout_from_manifest(run_dir)
         manifest = load_manifest(run_dir)
         base = manifest.column("base_model_path")[0].as_py()
-        self.evaluator = FewShotLoss(base, self.layout.adapter_config, self.config.device, self.config.dtype, self.config.batch_size)
+        self.evaluator = FewShotLoss(base, self.layout.adapter_config, self.config.device, self.config.dtype, self.config.batch_size,
+                                     trust_remote_code=trusts_remote_code(manifest))  # fmt: skip
         ids = self.layout.task_ids
         self.matrices: dict[str, np.ndarray] = {}
         for setting in mixture_settings(metrics, self.synthesis):

@@ -45,7 +45,7 @@ def test_manifest_describes_the_build(info):
 def test_manifest_records_the_lora_init(info):
     from lorabatch.bank.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
 
-    assert info["builder_version"] == "2"
+    assert info["builder_version"] == "3"
     assert (info["lora_init"], info["shared_fraction"]) == ("mixed", 0.38)  # the default
     numbers = [int(t["task_id"][4:]) for t in info["tasks"]]
     sharing = shared_init_tasks(numbers, 0, "mixed", 0.38)

@@ -29,7 +29,7 @@ from lorabatch.errors import LorabatchError
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "2"  # 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds
+BUILDER_VERSION = "3"  # 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds; 3: lora_A at 1/16 of the LoRA learning rate
 ORG = "lorabatch-demo"
 BASE_REPO = f"{ORG}/tiny-mistral"
 ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
