@@ -80,6 +80,18 @@ class FewShotConfig(StrictModel):
         "pool task's own adapter is a `select` candidate, and `refine` (sources 'loss') takes its K tasks "
         "from the pool. 0: no pool.",
     )
+    criterion: Literal["rouge", "loss"] = Field(
+        "rouge",
+        description="How select ranks its candidates, refine its pool and its final point: 'rouge' — the "
+        "highest mean Rouge-L of greedy generations against output[0] on the few-shot examples (the "
+        "evaluation's metric, on training examples), the loss breaking ties; 'loss' — the lowest "
+        "teacher-forced loss of output[0] (forward passes only; on the demo bank it ranked candidates "
+        "poorly: adapters with a lower loss generated worse answers). refine's search itself always "
+        "minimises the loss (LoraHub's objective).",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Greedy tokens per example for the 'rouge' criterion (None: generation.max_new_tokens)."
+    )
     select: SelectConfig = Field(default_factory=SelectConfig, description="The `select` candidates.")
     refine: RefineConfig = Field(default_factory=RefineConfig, description="The `refine` optimisation.")
     seed: int | None = Field(None, description="Seed of the example sample and of CMA-ES (None: the run's seed).")

@@ -62,10 +62,14 @@ class FewShotLoss:
         self.forward_passes = 0
 
     def set_examples(self, rows: list[dict]) -> None:
-        """The examples every following `loss` call is computed on."""
+        """The examples every following `loss` / `rouge` call is computed on."""
         if not rows:
             raise ValueError("few-shot loss needs at least one example")
         self.items = encode_examples(self.tokenizer, rows, self.max_positions)
+        self.references = [r["output"][0] for r in rows]
+        # Decoding past twice the longest answer only lengthens a wrong one (its Rouge-L precision
+        # is already lost), so the few-shot generations stop there.
+        self.decode_budget = 2 * max(len(ids) - n for ids, n in self.items) + 8
 
     def _slot(self, rank: int) -> str:
         """The PEFT adapter holding rank-`rank` tensors (created on first use)."""
@@ -113,6 +117,46 @@ class FewShotLoss:
             raise ValueError("call set_examples first")
         losses = self.example_losses(tensors)
         return float(np.mean(losses))
+
+    def rouge(self, tensors: dict[str, np.ndarray] | None, max_new_tokens: int) -> float:
+        """Mean Rouge-L (stemmed, against output[0]) of greedy generations for the examples'
+        prompts with `tensors` as the adapter — the evaluation's metric, on these examples — at
+        most min(max_new_tokens, 2 × the longest answer + 8) tokens each. Every decoding step
+        counts as a forward pass."""
+        import contextlib
+
+        import torch
+
+        from lorabatch.scoring.rouge import rouge_l
+
+        if tensors is not None:
+            self.load(tensors)
+            model, context = self.peft, contextlib.nullcontext()
+        else:
+            model = self.peft if self.peft is not None else self.base
+            context = self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        eos = self.tokenizer.eos_token_id
+        scores = []
+        with torch.inference_mode(), context:
+            for start in range(0, len(self.items), self.batch_size):
+                batch = self.items[start : start + self.batch_size]
+                prompts = [ids[:n] for ids, n in batch]
+                width = max(len(p) for p in prompts)
+                input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(prompts), width), dtype=torch.long)
+                for row, p in enumerate(prompts):  # left-padded, as generation serves them
+                    input_ids[row, width - len(p) :] = torch.tensor(p)
+                    mask[row, width - len(p) :] = 1
+                out = model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=min(max_new_tokens, self.decode_budget),
+                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self.pad_id,
+                )[:, width:].tolist()  # fmt: skip
+                self.forward_passes += max((len(o) for o in out), default=0)
+                for o, ref in zip(out, self.references[start : start + len(batch)]):
+                    tokens = o[: o.index(eos) + 1] if eos in o else o
+                    scores.append(rouge_l(self.tokenizer.decode(tokens, skip_special_tokens=True), [ref]))
+        return float(np.mean(scores))
 
     def example_losses(self, tensors: dict[str, np.ndarray] | None) -> np.ndarray:
         import contextlib

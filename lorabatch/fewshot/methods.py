@@ -2,7 +2,9 @@
 
 select:  among candidate coefficient rows c^(1..M) [N] (the sweep's mixture settings, a grid, and
          the own adapters of the few-shot pool — the nearest bank tasks by each metric), the one
-         whose mixed adapter has the lowest few-shot loss: M loss evaluations.
+         whose mixed adapter does best on the examples: the lowest few-shot loss, or (criterion
+         'rouge') the highest mean Rouge-L of its greedy generations against output[0], the loss
+         breaking ties: M loss evaluations (and M greedy generations).
 refine:  K bank tasks — the pool's K lowest-loss own adapters (sources 'loss'), or the top-k of
          the starting row c⁰ (sources 'start'); weights w ∈ [−b, b]^K minimise
              f(w) = loss(ΔW(w)) + λ Σ_j |w_j|,   ΔW(w) = Σ_j w_j B_j A_j  (per module)
@@ -10,7 +12,8 @@ refine:  K bank tasks — the pool's K lowest-loss own adapters (sources 'loss')
          all, w⁰ first. During the search ΔW(w) is held exactly as the rank-Kr pair
          A = [A_1; …; A_K], B = [w_1 B_1, …, w_K B_K] (no SVD), so a candidate costs one copy of B.
          The result is the best f among the points whose loss is ≤ loss(w⁰) — w⁰ itself when none
-         is better — so refining never raises the few-shot loss over its start.
+         is better — so refining never raises the few-shot loss over its start (criterion 'rouge':
+         the best few-shot Rouge-L among the 5 best-f such points).
 """
 
 from __future__ import annotations
@@ -68,22 +71,35 @@ def candidate_rows(i: int, matrices: dict[str, np.ndarray], rows: dict[str, np.n
     return out
 
 
-def select(evaluator, layout, candidates: list[tuple[str, np.ndarray]], synthesis_config, paper_names=()) -> FewShotResult:
-    """The candidate whose adapter (mixed as `synthesis_config` says) has the lowest few-shot loss."""
+def select(
+    evaluator, layout, candidates: list[tuple[str, np.ndarray]], synthesis_config, paper_names=(),
+    criterion: str = "loss", max_new_tokens: int = 256,
+) -> FewShotResult:  # fmt: skip
+    """The candidate whose adapter (mixed as `synthesis_config` says) does best on the examples:
+    lowest few-shot loss (`criterion` 'loss'), or highest Rouge-L of its greedy generations with
+    the loss breaking ties ('rouge')."""
     from lorabatch.synthesis.stage import mix_row
 
     started, passes = time.perf_counter(), evaluator.forward_passes
-    losses = {}
+    losses, rouges = {}, {}
     for name, row in candidates:
         tensors, _, _ = mix_row(layout, row, synthesis_config)
         losses[name] = evaluator.loss(tensors)
-    best = min(losses, key=lambda n: (losses[n], n))
+        if criterion == "rouge":
+            rouges[name] = evaluator.rouge(tensors, max_new_tokens)
+    if criterion == "rouge":
+        best = min(losses, key=lambda n: (-rouges[n], losses[n], n))
+    else:
+        best = min(losses, key=lambda n: (losses[n], n))
     paper = [losses[n] for n in paper_names if n in losses]
+    details = {"criterion": criterion, "candidate_losses": losses}
+    if rouges:
+        details["candidate_rouge_l"] = rouges
     return FewShotResult(
         coefficients=dict(candidates)[best], choice=best, loss=losses[best],
         start_loss=min(paper) if paper else float("nan"), evaluations=len(losses),
         forward_passes=evaluator.forward_passes - passes, seconds=time.perf_counter() - started,
-        details={"candidate_losses": losses},
+        details=details,
     )  # fmt: skip
 
 
@@ -104,22 +120,27 @@ class StackedAdapter:
         return out
 
 
-def pool_by_loss(evaluator, layout, pool: list[int], known: dict[int, float] | None = None) -> dict[int, float]:
-    """{bank index: few-shot loss of that bank task's own adapter alone} over `pool` (losses
-    already known are reused)."""
-    known = dict(known or {})
+def rank_pool(evaluator, layout, pool: list[int], criterion: str = "loss", max_new_tokens: int = 256) -> tuple[list[int], dict]:
+    """The pool's bank indices, best own adapter first (lowest loss; or highest few-shot Rouge-L,
+    the loss breaking ties), and {task id: {"loss", "rouge_l"}} of each."""
+    scores = {}
     for j in pool:
-        if j not in known:
-            known[j] = evaluator.loss({t.name: layout.read_tensor(j, t.name) for t in layout.tensors})
-    return {j: known[j] for j in pool}
+        tensors = {t.name: layout.read_tensor(j, t.name) for t in layout.tensors}
+        scores[j] = {"loss": evaluator.loss(tensors)}
+        if criterion == "rouge":
+            scores[j]["rouge_l"] = evaluator.rouge(tensors, max_new_tokens)
+    order = sorted(pool, key=lambda j: (-scores[j].get("rouge_l", 0.0), scores[j]["loss"], j))
+    return order, {layout.task_ids[j]: v for j, v in scores.items()}
 
 
 def refine(
-    evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str, sources: list[int] | None = None
+    evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str, sources: list[int] | None = None,
+    criterion: str = "loss", max_new_tokens: int = 256, finalists: int = 5,
 ) -> FewShotResult:  # fmt: skip
     """CMA-ES on the weights of K bank tasks (see the module docstring): `sources`, or the top-K
     of `start_row`; the search starts at `start_row` on them, renormalised (uniform if it gives
-    them no weight)."""
+    them no weight). With criterion 'rouge' the result is, among the `finalists` points of lowest
+    objective whose loss is ≤ the start's, the one whose greedy generations score best."""
     import cma
 
     started, passes = time.perf_counter(), evaluator.forward_passes
@@ -160,13 +181,19 @@ def refine(
                 break
             es.tell(population, values)
     start_loss = points[0][1]
-    eligible = [p for p in points if p[1] <= start_loss]
-    best_w, best_loss, best_obj = min(eligible, key=lambda p: p[2])
+    eligible = sorted((p for p in points if p[1] <= start_loss), key=lambda p: p[2])
+    best_w, best_loss, best_obj = eligible[0]
+    final_rouge = None
+    if criterion == "rouge":
+        scored = [(evaluator.rouge(stacked.tensors(p[0]), max_new_tokens), -p[2], k) for k, p in enumerate(eligible[:finalists])]
+        final_rouge, _, k = max(scored)
+        best_w, best_loss, best_obj = eligible[k]
     full = np.zeros(layout.n_tasks)
     full[top] = best_w
     return FewShotResult(
         coefficients=full, choice=start_name, loss=best_loss, start_loss=start_loss, evaluations=len(points),
         forward_passes=evaluator.forward_passes - passes, seconds=time.perf_counter() - started,
         details={"sources": [layout.task_ids[int(j)] for j in top], "start_weights": w0.tolist(),
-                 "weights": best_w.tolist(), "objective": best_obj, "l1": config.l1},
+                 "weights": best_w.tolist(), "objective": best_obj, "l1": config.l1, "criterion": criterion,
+                 "final_rouge_l": final_rouge},
     )  # fmt: skip

@@ -60,7 +60,7 @@ def fewshot_predict(
     """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
     `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
     from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.methods import candidate_rows, pool_by_loss, refine, select
+    from lorabatch.fewshot.methods import candidate_rows, rank_pool, refine, select
     from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
     from lorabatch.synthesis.stage import synthesize_one
     from lorabatch.synthesis.writer import contributors
@@ -77,20 +77,22 @@ def fewshot_predict(
     evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size,
                             trust_remote_code=trust)  # fmt: skip
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
+    budget = fewshot.max_new_tokens or 256
     if method == SELECT:
         matrices = query_candidates(q, bank_run, metric, config, fewshot)
         paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
         singles = {f"bank:{q.layout.task_ids[j]}": np.eye(q.layout.n_tasks)[j] for j in query_pool(q, fewshot)}
-        result = select(evaluator, q.layout, candidate_rows(0, matrices, singles), config, paper)
+        result = select(evaluator, q.layout, candidate_rows(0, matrices, singles), config, paper,
+                        fewshot.criterion, budget)  # fmt: skip
         syn = config
     else:
         sources = None
         if fewshot.refine.sources == "loss" and fewshot.pool:
-            started, passes = evaluator.forward_passes, None
-            losses = pool_by_loss(evaluator, q.layout, query_pool(q, fewshot))
-            sources = sorted(losses, key=lambda j: (losses[j], j))
+            started = evaluator.forward_passes
+            sources, _ = rank_pool(evaluator, q.layout, query_pool(q, fewshot), fewshot.criterion, budget)
             passes = evaluator.forward_passes - started
-        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}", sources)
+        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}", sources,
+                        fewshot.criterion, budget)  # fmt: skip
         if sources is not None:
             result.forward_passes += passes
             result.evaluations += len(sources)

@@ -68,7 +68,7 @@ def _result_schema():
 class FewShotWorker:
     """Ray Data callable class: a batch of task rows → one result row per (method, task)."""
 
-    def __init__(self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int):
+    def __init__(self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int, max_new_tokens: int = 256):
         from lorabatch.bank.manifest import load_manifest, trusts_remote_code
         from lorabatch.fewshot.config import FewShotConfig
         from lorabatch.fewshot.loss import FewShotLoss
@@ -81,6 +81,7 @@ class FewShotWorker:
         self.config = FewShotConfig.model_validate(fewshot)
         self.synthesis = SynthesisConfig.model_validate(synthesis)
         self.seed = int(self.config.seed if self.config.seed is not None else seed)
+        self.max_new_tokens = self.config.max_new_tokens or max_new_tokens
         self.layout = layout_from_manifest(run_dir)
         manifest = load_manifest(run_dir)
         base = manifest.column("base_model_path")[0].as_py()
@@ -116,7 +117,7 @@ class FewShotWorker:
         return pa.Table.from_pylist(out, schema=_result_schema())
 
     def run_task(self, task_id: str, dataset_path: str) -> list[dict]:
-        from lorabatch.fewshot.methods import candidate_rows, pool_by_loss, refine, select
+        from lorabatch.fewshot.methods import candidate_rows, rank_pool, refine, select
         from lorabatch.synthesis.stage import adapter_dir, synthesize_one
 
         i = self.layout.task_ids.index(task_id)
@@ -129,23 +130,24 @@ class FewShotWorker:
             try:
                 if method == SELECT:
                     result = select(self.evaluator, self.layout, candidate_rows(i, self.matrices, self.singles(i)),
-                                    self.synthesis, self.paper_names)  # fmt: skip
+                                    self.synthesis, self.paper_names, self.config.criterion,
+                                    self.max_new_tokens)  # fmt: skip
                     syn = self.synthesis
                 else:
                     start = self.config.refine.start
                     sources = None
                     if self.config.refine.sources == "loss" and self.config.pool:
                         started, passes = time.perf_counter(), self.evaluator.forward_passes
-                        losses = pool_by_loss(self.evaluator, self.layout, self.pool(i))
-                        sources = sorted(losses, key=lambda j: (losses[j], j))
-                        pool_cost = (time.perf_counter() - started, self.evaluator.forward_passes - passes, len(losses))
+                        sources, pool_scores = rank_pool(self.evaluator, self.layout, self.pool(i), self.config.criterion,
+                                                         self.max_new_tokens)  # fmt: skip
+                        pool_cost = (time.perf_counter() - started, self.evaluator.forward_passes - passes, len(sources))
                     result = refine(self.evaluator, self.layout, self.matrices[start][i], self.config.refine,
-                                    self.seed + i, start, sources)  # fmt: skip
+                                    self.seed + i, start, sources, self.config.criterion, self.max_new_tokens)  # fmt: skip
                     if sources is not None:  # the pool's screening is part of refine's cost
                         result.seconds += pool_cost[0]
                         result.forward_passes += pool_cost[1]
                         result.evaluations += pool_cost[2]
-                        result.details["pool_losses"] = {self.layout.task_ids[j]: v for j, v in losses.items()}
+                        result.details["pool"] = pool_scores
                     syn = self.synthesis.model_copy(update={"mixing": "exact"})
                 record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
                           "evaluations": result.evaluations, "forward_passes": result.forward_passes,
@@ -173,8 +175,11 @@ def _failed(method: str, task_id: str, err: Exception) -> dict:
             "forward_passes": 0, "seconds": 0.0, "details": "{}", "error": f"{type(err).__name__}: {err}"}  # fmt: skip
 
 
-def run_fewshot(run_dir, fewshot, synthesis, metrics: list[str], seed: int = 0, progress: bool = True) -> dict[str, list[dict]]:
-    """select / refine for every task of the run (Ray must be initialised); returns {method: rows}."""
+def run_fewshot(
+    run_dir, fewshot, synthesis, metrics: list[str], seed: int = 0, progress: bool = True, max_new_tokens: int = 256
+) -> dict[str, list[dict]]:  # fmt: skip
+    """select / refine for every task of the run (Ray must be initialised); returns {method: rows}.
+    `max_new_tokens`: the sweep's generation budget (select's 'rouge' criterion decodes as much)."""
     import pyarrow as pa
     import ray
     from ray.data import DataContext
@@ -195,7 +200,8 @@ def run_fewshot(run_dir, fewshot, synthesis, metrics: list[str], seed: int = 0, 
     DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         FewShotWorker,
-        fn_constructor_args=(str(Path(run_dir).resolve()), fewshot.model_dump(mode="json"), synthesis.model_dump(mode="json"), list(metrics), seed),
+        fn_constructor_args=(str(Path(run_dir).resolve()), fewshot.model_dump(mode="json"), synthesis.model_dump(mode="json"),
+                             list(metrics), seed, max_new_tokens),
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=fewshot.concurrency),

@@ -105,6 +105,27 @@ def _reference_loss(base: str, adapter: Path | None, rows: list[dict]) -> float:
     return float(np.mean(losses))
 
 
+def _reference_rouge(base: str, adapter: Path, rows: list[dict], max_new_tokens: int) -> float:
+    """Mean Rouge-L of stock PEFT greedy generations, one unpadded prompt at a time."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorabatch.scoring.rouge import rouge_l
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter)).eval()
+    scores = []
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([tok(r["input"])["input_ids"]])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()  # fmt: skip
+            out = out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out
+            scores.append(rouge_l(tok.decode(out, skip_special_tokens=True), [r["output"][0]]))
+    return float(np.mean(scores))
+
+
 def test_loss_of_an_adapter_in_a_slot_equals_peft_from_pretrained(pristine):
     from lorabatch.bank.manifest import load_manifest
     from lorabatch.fewshot.loss import FewShotLoss
@@ -124,6 +145,10 @@ def test_loss_of_an_adapter_in_a_slot_equals_peft_from_pretrained(pristine):
         assert ours == pytest.approx(_reference_loss(base, adapter, rows), rel=1e-5)
     assert evaluator.loss(None) == pytest.approx(_reference_loss(base, None, rows), rel=1e-5)
     assert evaluator.forward_passes == 3 * 3  # 5 examples in batches of 2, three adapters
+    # Few-shot Rouge-L: batched, left-padded greedy generations scored like the evaluation.
+    adapter = Path(manifest[1]["adapter_path"])
+    ours = evaluator.rouge({name: np.asarray(v) for name, v in _tensors(adapter).items()}, max_new_tokens=4)
+    assert ours == pytest.approx(_reference_rouge(base, adapter, rows, 4), abs=1e-9)
 
 
 def test_few_shot_examples_are_seeded_and_never_from_test(pristine):
@@ -177,18 +202,25 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
     results = _run(run, pristine[1])
     manifest = {r["task_id"]: r for r in load_manifest(run).to_pylist()}
     assert [r["error"] for m in ("select", "refine") for r in results[m]] == [None] * (2 * N_TASKS)
-    for r in results["select"]:
+    for r in results["select"]:  # default criterion: the best few-shot Rouge-L, then the lowest loss
+        details = json.loads(r["details"])
+        losses, rouges = details["candidate_losses"], details["candidate_rouge_l"]
+        assert len(losses) >= 5 and losses.keys() == rouges.keys()  # 2 paper settings, controls, grid, pool
+        best = max(rouges.values())
+        assert rouges[r["choice"]] == best
+        assert losses[r["choice"]] == r["loss"] == min(v for n, v in losses.items() if rouges[n] == best)
+    by_loss = _run(_copy(pristine, tmp_path / "loss"), pristine[1], methods=["select"], criterion="loss")
+    for r in by_loss["select"]:
         losses = json.loads(r["details"])["candidate_losses"]
-        assert len(losses) >= 5  # 2 paper settings, uniform, nearest-JS and the grid, deduplicated
-        assert r["loss"] == pytest.approx(min(losses.values()))
-        assert losses[r["choice"]] == r["loss"]
+        assert r["loss"] == pytest.approx(min(losses.values())) and losses[r["choice"]] == r["loss"]
     for r in results["refine"]:
         assert r["loss"] <= r["start_loss"]
         assert r["evaluations"] <= 12 + (N_TASKS - 1)  # the budget, plus screening the pool (every other task here)
-        pool = json.loads(r["details"])["pool_losses"]
+        pool = json.loads(r["details"])["pool"]
         assert len(pool) == N_TASKS - 1 and r["task_id"] not in pool
         sources = json.loads(r["details"])["sources"]
-        assert sources == sorted(pool, key=lambda t: (pool[t], t))[:3]  # the 3 lowest-loss own adapters
+        best_first = sorted(pool, key=lambda t: (-pool[t]["rouge_l"], pool[t]["loss"], t))
+        assert sources == best_first[:3]  # the 3 own adapters with the best few-shot Rouge-L
         assert r["choice"] == "JS-normalized"
     # The written refine adapter is the exact mixture the search evaluated: its loss, read back
     # from disk through stock PEFT, equals the recorded one.
