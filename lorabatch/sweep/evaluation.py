@@ -25,6 +25,7 @@ def fewshot_key(config) -> str:
     syn = config.synthesis.model_dump(mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"})
     return content_key(
         config.fewshot.model_dump(mode="json", exclude={"concurrency", "num_cpus", "num_gpus"}), syn, config.seed,
+        config.generation.max_new_tokens,
         manifest_hash(load_manifest(run_dir)), {str(f.relative_to(run_dir)): file_sha256(f) for f in files},
     )  # fmt: skip
 
@@ -50,7 +51,8 @@ def stage_fewshot(config, progress: bool) -> None:
             print("[lorabatch] few-shot: select/refine cached", flush=True)
             return
     started = time.time()
-    results = run_fewshot(run_dir, config.fewshot, config.synthesis, list(config.distances.metrics), config.seed, progress)
+    results = run_fewshot(run_dir, config.fewshot, config.synthesis, list(config.distances.metrics), config.seed, progress,
+                          config.generation.max_new_tokens)  # fmt: skip
     info = {}
     for method, rows in results.items():
         ok = [r for r in rows if not r["error"]]
