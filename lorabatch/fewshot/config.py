@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import StrictModel, no_duplicates
 
 
 class SelectConfig(StrictModel):
@@ -104,10 +104,7 @@ class FewShotConfig(StrictModel):
     @field_validator("methods")
     @classmethod
     def _unique(cls, value):
-        dupes = sorted({m for m in value if value.count(m) > 1})
-        if dupes:
-            raise ValueError(f"methods listed more than once: {dupes}")
-        return value
+        return no_duplicates(value, "methods")
 
     @field_validator("device")
     @classmethod

@@ -123,18 +123,11 @@ class FewShotLoss:
         prompts with `tensors` as the adapter — the evaluation's metric, on these examples — at
         most min(max_new_tokens, 2 × the longest answer + 8) tokens each. Every decoding step
         counts as a forward pass."""
-        import contextlib
-
         import torch
 
         from lorabatch.scoring.rouge import rouge_l
 
-        if tensors is not None:
-            self.load(tensors)
-            model, context = self.peft, contextlib.nullcontext()
-        else:
-            model = self.peft if self.peft is not None else self.base
-            context = self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+        model, context = self._model_with(tensors)
         eos = self.tokenizer.eos_token_id
         scores = []
         with torch.inference_mode(), context:
@@ -158,17 +151,21 @@ class FewShotLoss:
                     scores.append(rouge_l(self.tokenizer.decode(tokens, skip_special_tokens=True), [ref]))
         return float(np.mean(scores))
 
-    def example_losses(self, tensors: dict[str, np.ndarray] | None) -> np.ndarray:
+    def _model_with(self, tensors: dict[str, np.ndarray] | None):
+        """(model, context) that runs with `tensors` as the adapter, or with none (base) inside the context."""
         import contextlib
-
-        import torch
 
         if tensors is not None:
             self.load(tensors)
-            model, context = self.peft, contextlib.nullcontext()
-        else:
-            model = self.peft if self.peft is not None else self.base
-            context = self.peft.disable_adapter() if self.peft is not None else contextlib.nullcontext()
+            return self.peft, contextlib.nullcontext()
+        if self.peft is None:
+            return self.base, contextlib.nullcontext()
+        return self.peft, self.peft.disable_adapter()
+
+    def example_losses(self, tensors: dict[str, np.ndarray] | None) -> np.ndarray:
+        import torch
+
+        model, context = self._model_with(tensors)
         out = []
         with torch.inference_mode(), context:
             for start in range(0, len(self.items), self.batch_size):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import StrictModel, no_duplicates
 
 COEFFICIENT_MODELS = ("attentional", "normalized", "neural")
 
@@ -119,18 +119,12 @@ class SynthesisConfig(StrictModel):
     def _models_unique(cls, models):
         if not models:
             raise ValueError("at least one coefficient model is needed, got []")
-        dupes = sorted({m for m in models if models.count(m) > 1})
-        if dupes:
-            raise ValueError(f"models listed more than once: {dupes}")
-        return models
+        return no_duplicates(models, "models")
 
     @field_validator("controls")
     @classmethod
     def _controls_unique(cls, controls):
-        dupes = sorted({c for c in controls if controls.count(c) > 1})
-        if dupes:
-            raise ValueError(f"controls listed more than once: {dupes}")
-        return controls
+        return no_duplicates(controls, "controls")
 
     @field_validator("exact_rank")
     @classmethod
