@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import StrictModel, no_duplicates
 
 # Ranks vLLM accepts for `max_lora_rank`.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -160,9 +160,7 @@ class GenerationConfig(StrictModel):
             return value
         if not value:
             raise ValueError("settings must name at least one setting, got []")
-        dupes = sorted({s for s in value if value.count(s) > 1})
-        if dupes:
-            raise ValueError(f"settings listed more than once: {dupes}")
+        no_duplicates(value, "settings")
         bad = [s for s in value if not s or "/" in s or s.startswith(".")]
         if bad:
             raise ValueError(f"setting names must be plain directory names, got {bad}")
