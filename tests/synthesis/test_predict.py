@@ -11,29 +11,15 @@ import numpy as np
 import pytest
 
 from lorabatch.errors import DatasetError
-from lorabatch.synthesis import predict as predict_mod
 from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
 from lorabatch.synthesis.predict import predict_adapter, read_user_dataset
 from lorabatch.synthesis.stage import SynthesisError
 
-from .conftest import load_tensors
-
-QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
-
+from .conftest import QUERY_D, load_tensors
 
 @pytest.fixture()
-def bank(fresh_run, monkeypatch):
-    (fresh_run.run_dir / "features").mkdir()
-    (fresh_run.run_dir / "features" / "task1.npy").write_bytes(b"")
-    calls = []
-
-    def fake_query(bank_run, dataset, metric, base_model_path, seed, progress):
-        calls.append((metric, dataset.num_rows))
-        return list(fresh_run.task_ids), QUERY_D
-
-    monkeypatch.setattr(predict_mod, "query_bank_distances", fake_query)
-    fresh_run.calls = calls
-    return fresh_run
+def bank(predict_bank):
+    return predict_bank
 
 
 def write_jsonl(path, rows):
