@@ -43,6 +43,7 @@ from lorabatch.distances import DistancesConfig, get_metric, reference  # noqa: 
 from lorabatch.distances.matrix import compute_distance_matrix, use_ray  # noqa: E402
 from lorabatch.features import FeatureSet, sample_token_ids  # noqa: E402
 from lorabatch.features.store import load_bank_features, save_features  # noqa: E402
+from lorabatch.layout import RunLayout  # noqa: E402
 
 METRICS = ("KL", "JS", "WD", "MMD")
 LAWS = {"realistic": 4000.0, "dense": None}  # exponential cut-off of the Zipf law (rank scale)
@@ -139,7 +140,7 @@ STEPS = ("load", "identities", "prepare", "blocks", "assemble", "write")
 def timed_matrix(run: str, metric: str, config: DistancesConfig) -> tuple[float, float, dict, np.ndarray]:
     """(wall seconds, CPU seconds of every thread, seconds per step, D): loading the cached
     features + compute_distance_matrix."""
-    for old in Path(run, "distances").glob("*.parquet"):
+    for old in RunLayout(run).distances_dir.glob("*.parquet"):
         old.unlink()  # time a full computation, not the up-to-date check
     steps: dict = {}
     t0, c0 = time.perf_counter(), time.process_time()
@@ -211,7 +212,7 @@ def end_to_end(args, law: str, config: DistancesConfig, executors: tuple[str, ..
             load_s = time.perf_counter() - t0
             walls, where = {}, {}
             for metric in METRICS:
-                for old in Path(run, "distances").glob("*.parquet"):
+                for old in RunLayout(run).distances_dir.glob("*.parquet"):
                     old.unlink()
                 where[metric] = {}
                 t0 = time.perf_counter()

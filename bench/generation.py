@@ -139,6 +139,7 @@ def main() -> None:
     import ray
 
     from lorabatch.generation import GenerationConfig, run_generation
+    from lorabatch.layout import RunLayout
 
     tmp = Path(tempfile.mkdtemp(prefix="lorabatch-bench-"))
     try:
@@ -151,16 +152,16 @@ def main() -> None:
             bank = build_tiny_bank(tmp / "bank", n_tasks=args.tasks, rows=args.examples + 4)
             manifest = tmp / "manifest"
             build_manifest(parse_config({"run_dir": str(manifest), "bank": bank.bank_config(validate_weights=False)}), progress=False)
-            manifest = manifest / "bank" / "manifest.parquet"
+            manifest = RunLayout(manifest).manifest
         else:
-            manifest = args.run / "bank" / "manifest.parquet"
+            manifest = RunLayout(args.run).manifest
         split = args.split or ("train" if args.run is None else "test")
         common = dict(settings=["oracle"], split=split, examples_per_task=args.examples, max_new_tokens=args.max_new_tokens)
 
         def fresh_run(name: str) -> Path:
             run = tmp / name
-            (run / "bank").mkdir(parents=True)
-            shutil.copy(manifest, run / "bank" / "manifest.parquet")
+            RunLayout(run).bank.mkdir(parents=True)
+            shutil.copy(manifest, RunLayout(run).manifest)
             return run
 
         ray.init(include_dashboard=False, log_to_driver=False)

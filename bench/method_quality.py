@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from lorabatch.layout import RunLayout  # noqa: E402
 from lorabatch.settings import Setting, display_order  # noqa: E402
 
 
@@ -34,8 +35,9 @@ def _fmt(v, spec: str) -> str:
 def collect(run: Path, bank: Path | None) -> dict:
     import pyarrow.parquet as pq
 
-    summary = pq.read_table(run / "scores" / "summary.parquet").to_pylist()
-    markers = {p.stem: json.loads(p.read_text()) for p in (run / "stages").glob("*.json")}
+    layout = RunLayout(run)
+    summary = pq.read_table(layout.score_table("summary")).to_pylist()
+    markers = {p.stem: json.loads(p.read_text()) for p in layout.stages.glob("*.json")}
     n_tasks = max(r["n_tasks"] for r in summary)
     mixtures = [r["setting"] for r in summary if Setting.parse(r["setting"]).has_coefficients]
     # Mixture settings share the coefficients and synthesis stages: their wall seconds split evenly.
@@ -43,7 +45,7 @@ def collect(run: Path, bank: Path | None) -> dict:
     mixture_seconds = shared / max(1, n_tasks * len(mixtures))
     fewshot = {}
     for method in ("select", "refine"):
-        path = run / "fewshot" / f"{method}.parquet"
+        path = layout.fewshot(method)
         if path.is_file():
             rows = [r for r in pq.read_table(path).to_pylist() if not r["error"]]
             n = max(1, len(rows))

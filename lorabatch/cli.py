@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from lorabatch.errors import LorabatchError
+from lorabatch.layout import RunLayout
 
 app = typer.Typer(
     name="lorabatch",
@@ -53,7 +54,7 @@ def bank_manifest(
     cfg = load_config(config, _overrides(sets, run_dir=run_dir))
     with _run_lock(cfg.run_dir, wait, "bank manifest", config):
         table = build_manifest(cfg)
-    typer.echo(f"{table.num_rows} tasks validated; manifest at {cfg.run_dir / 'bank' / 'manifest.parquet'}")
+    typer.echo(f"{table.num_rows} tasks validated; manifest at {RunLayout(cfg.run_dir).manifest}")
 
 
 @app.command("sweep")
@@ -93,9 +94,10 @@ def synthesize(
     )  # fmt: skip
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
-    metrics = metric or sorted(p.stem for p in (cfg.run_dir / "distances").glob("*.parquet"))
+    layout = RunLayout(cfg.run_dir)
+    metrics = metric or layout.distance_metrics()
     if not metrics:
-        raise SynthesisError(f"no distances in {cfg.run_dir / 'distances'}: compute them first")
+        raise SynthesisError(f"no distances in {layout.distances_dir}: compute them first")
     syn = cfg.synthesis
     with _run_lock(cfg.run_dir, wait, "synthesize", config):
         if syn.executor == "ray" and not (syn.jit or coefficients_only):
@@ -108,7 +110,7 @@ def synthesize(
             for setting in mixture_settings(metrics, syn):
                 paths = synthesize_setting(cfg.run_dir, setting, syn)
                 typer.echo(f"{setting}: {len(paths)} adapters in {paths[0].parent}")
-    typer.echo(f"coefficients in {cfg.run_dir / 'coefficients'}")
+    typer.echo(f"coefficients in {layout.coefficients_dir}")
 
 
 @app.command("distances")
@@ -143,9 +145,9 @@ def distances(
     feats = features_config_for(dist.metrics, feats)
     with _run_lock(cfg.run_dir, wait, "distances", config):
         features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-        typer.echo(f"features of {len(features)} datasets in {cfg.run_dir / 'features'}")
+        typer.echo(f"features of {len(features)} datasets in {RunLayout(cfg.run_dir).features}")
         compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
-    typer.echo(f"distances {', '.join(dist.metrics)} in {cfg.run_dir / 'distances'}")
+    typer.echo(f"distances {', '.join(dist.metrics)} in {RunLayout(cfg.run_dir).distances_dir}")
 
 
 @app.command("predict")
@@ -231,7 +233,7 @@ def generate(
         ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
         result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
     typer.echo(result.describe())
-    typer.echo(f"generations in {cfg.run_dir / 'generations'}")
+    typer.echo(f"generations in {RunLayout(cfg.run_dir).generations}")
 
 
 @app.command("score")
@@ -253,10 +255,10 @@ def score(
     if not run.is_dir():
         raise typer.BadParameter(f"{run} is not a directory")
     base = {}
-    if (run / "config.yaml").is_file():  # the run's own scoring section, then the flags
+    if RunLayout(run).config.is_file():  # the run's own scoring section, then the flags
         from lorabatch.config import load_config
 
-        base = load_config(run / "config.yaml").scoring.model_dump()
+        base = load_config(RunLayout(run).config).scoring.model_dump()
     fields = {"reference": reference, "executor": "local" if local else None}
     try:
         cfg = ScoringConfig(**{**base, **{k: v for k, v in fields.items() if v is not None}})
@@ -269,7 +271,7 @@ def score(
             ensure_ray()
         summary = run_scoring(run, cfg)
     typer.echo(format_summary(summary))
-    typer.echo(f"scores in {run / 'scores'}")
+    typer.echo(f"scores in {RunLayout(run).scores}")
 
 
 @app.command("status")

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lorabatch.errors import LorabatchError
-
-LOCK_FILE = "run.lock"
+from lorabatch.layout import RunLayout
 
 _held: dict[str, int] = {}  # resolved run dir -> nesting depth, in this process
 
@@ -37,7 +36,7 @@ class RunLockedError(LorabatchError):
 
 
 def lock_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / LOCK_FILE
+    return RunLayout(run_dir).lock
 
 
 def read_holder(run_dir: str | Path) -> dict | None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorabatch.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -63,16 +65,16 @@ def test_vllm_backend_without_vllm_stops_before_ray_and_keeps_the_plan(tmp_path)
     from lorabatch.testing.processes import private_ray_env
 
     run = tmp_path / "run"
-    (run / "generations").mkdir(parents=True)
+    RunLayout(run).generations.mkdir(parents=True)
     plan = {"rows_per_setting": {"base": 7}}
-    (run / "generations" / "plan.json").write_text(json.dumps(plan))
+    RunLayout(run).generation_plan.write_text(json.dumps(plan))
     config = _config(tmp_path, run)
     env = private_ray_env()
     res = subprocess.run([sys.executable, "-c", WITHOUT_VLLM, "generate", str(config), "--backend", "vllm"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
     _assert_clean_error(res, "generation backend 'vllm' needs the vllm package", "--backend hf")
     assert len(res.stderr.strip().splitlines()) == 1
-    assert json.loads((run / "generations" / "plan.json").read_text()) == plan
+    assert json.loads(RunLayout(run).generation_plan.read_text()) == plan
     assert sorted(p.name for p in run.iterdir()) == ["generations"]  # not even the lock
     res = subprocess.run([sys.executable, "-c", WITHOUT_VLLM, "sweep", str(config), "--set", "generation.backend=vllm"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip

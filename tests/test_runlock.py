@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lorabatch.errors import LorabatchError
+from lorabatch.layout import RunLayout
 from lorabatch.runlock import lock_path, read_holder, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def _scoreable(run: Path) -> None:
 
     row = {"task_id": "task1", "setting": "base", "example_id": "1", "prompt": "p", "references": ["red cat"],
            "prediction": "red cat", "fingerprint": "f"}  # fmt: skip
-    write_parquet(run / "generations" / "part-a.parquet", conform(pa.Table.from_pylist([row]), generation_schema()))
+    write_parquet(RunLayout(run).generations / "part-a.parquet", conform(pa.Table.from_pylist([row]), generation_schema()))
 
 
 def _cli(*args, **kwargs):
@@ -89,13 +90,13 @@ def test_wait_runs_once_the_holder_is_done(holder):
     waiting = subprocess.Popen([sys.executable, "-m", "lorabatch.cli", "score", str(run), "--local", "--wait"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())  # fmt: skip
     time.sleep(3)
-    assert waiting.poll() is None and not (run / "scores").exists()
+    assert waiting.poll() is None and not RunLayout(run).scores.exists()
     proc.stdin.write("done\n")
     proc.stdin.flush()
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 0, err
     assert f"waiting for run directory {run}, in use by pid {proc.pid}" in err
-    assert (run / "scores" / "summary.parquet").is_file() and read_holder(run) is None
+    assert RunLayout(run).score_table("summary").is_file() and read_holder(run) is None
 
 
 def test_lock_of_a_killed_process_is_taken_over(holder):
@@ -107,7 +108,7 @@ def test_lock_of_a_killed_process_is_taken_over(holder):
     res = _cli("score", str(run), "--local")
     assert res.returncode == 0, res.stderr
     assert f"taking over the lock left by pid {proc.pid}" in res.stderr
-    assert (run / "scores" / "summary.parquet").is_file()
+    assert RunLayout(run).score_table("summary").is_file()
 
 
 def test_reentrant_in_one_process_and_run_dir_must_be_a_directory(tmp_path):

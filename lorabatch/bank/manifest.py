@@ -26,12 +26,13 @@ from lorabatch.bank.resolve import resolve_tasks
 from lorabatch.bank.sources import BASE_MODEL_CONFIG_FILES, BASE_MODEL_FILES, make_source
 from lorabatch.bank.validation import cross_task_problems
 from lorabatch.errors import BankResolutionError, BankValidationError
+from lorabatch.layout import RunLayout
 
 MANIFEST_VERSION = "1"
 
 
 def manifest_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "bank" / "manifest.parquet"
+    return RunLayout(run_dir).manifest
 
 
 def ensure_demo_bank(bank_config) -> None:
@@ -141,9 +142,9 @@ def build_manifest(config, progress: bool = True):
 
     base_dir, facts = inspect_bank(config.bank, progress=progress)
     table = manifest_table(facts, base_dir, config.bank.source, config.bank.trust_remote_code)
-    run_dir = Path(config.run_dir)
-    write_text(run_dir / "config.yaml", dump_config(config))
-    write_parquet(manifest_path(run_dir), table)
+    layout = RunLayout(config.run_dir)
+    write_text(layout.config, dump_config(config))
+    write_parquet(layout.manifest, table)
     return table
 
 

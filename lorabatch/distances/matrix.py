@@ -21,8 +21,6 @@ pairs; only pairs involving new or changed tasks are computed.
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray
-
 import json
 import os
 import sys
@@ -34,12 +32,14 @@ import numpy as np
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.distances.metric import take
 from lorabatch.distances.registry import DistancesError, get_metric
+from lorabatch.layout import RunLayout
+from lorabatch.raysession import ensure_ray
 
 META_KEY = b"lorabatch.distances"
 
 
 def distance_path(run_dir, metric: str) -> Path:
-    return Path(run_dir) / "distances" / f"{metric}.parquet"
+    return RunLayout(run_dir).distances(metric)
 
 
 def block_grid(rows: np.ndarray, cols: np.ndarray, block_size: int, upper_only: bool) -> list[tuple[np.ndarray, np.ndarray]]:

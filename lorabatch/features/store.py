@@ -28,13 +28,14 @@ import numpy as np
 
 from lorabatch.atomic import write_json, write_npy, write_parquet
 from lorabatch.features.config import FeaturesConfig
-from lorabatch.features.featureset import FeatureSet, FeaturesError, sample_token_ids
+from lorabatch.features.featureset import FeaturesError, FeatureSet, sample_token_ids
+from lorabatch.layout import RunLayout
 
 FEATURES_VERSION = "1"
 
 
 def features_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "features"
+    return RunLayout(run_dir).features
 
 
 def dataset_key(dataset_sha256: str, tokenizer_sha256: str, config: FeaturesConfig) -> str:
@@ -43,7 +44,7 @@ def dataset_key(dataset_sha256: str, tokenizer_sha256: str, config: FeaturesConf
 
 
 def entry_dir(run_dir, key: str) -> Path:
-    return features_dir(run_dir) / "datasets" / key
+    return RunLayout(run_dir).feature_entry(key)
 
 
 def sample_path(run_dir, key: str, config: FeaturesConfig) -> Path:
@@ -115,9 +116,9 @@ def write_index(run_dir, features: FeatureSet, dataset_sha256: list[str], embedd
             "embedding_key": pa.array([embedding_key] * len(features), pa.string()),
         }
     )
-    write_parquet(features_dir(run_dir) / "index.parquet", table)
+    write_parquet(RunLayout(run_dir).features_index, table)
     write_json(
-        features_dir(run_dir) / "features.json",
+        RunLayout(run_dir).features_meta,
         {
             "version": FEATURES_VERSION,
             "tokenizer_path": str(tokenizer_path),
@@ -132,15 +133,15 @@ def load_bank_features(run_dir: str | Path, embeddings: bool = False) -> Feature
     """The bank's cached features (index order); `embeddings=True` loads those too."""
     import pyarrow.parquet as pq
 
-    folder = features_dir(run_dir)
-    index_path, meta_path = folder / "index.parquet", folder / "features.json"
+    layout = RunLayout(run_dir)
+    folder, index_path, meta_path = layout.features, layout.features_index, layout.features_meta
     if not index_path.is_file() or not meta_path.is_file():
         raise FeaturesError(f"{folder} holds no bank features (index.parquet / features.json): run the features stage first")
     meta = json.loads(meta_path.read_text())
     config = FeaturesConfig.model_validate(meta["config"])
     index = pq.read_table(index_path).to_pydict()
     keys = index["key"]
-    entries = os.path.join(folder, "datasets")  # plain strings: pathlib costs ~60 µs a path here
+    entries = str(layout.feature_entries)  # plain strings: pathlib costs ~60 µs a path here
     sample_name = sample_path(run_dir, "", config).name
     counts = _load_rows([os.path.join(entries, k, "counts.npy") for k in keys], lambda i: load_counts(run_dir, keys[i]),
                         (0, meta["vocab_size"]))  # fmt: skip
@@ -163,7 +164,7 @@ def load_bank_features(run_dir: str | Path, embeddings: bool = False) -> Feature
 
 
 def load_features_meta(run_dir) -> dict:
-    path = features_dir(run_dir) / "features.json"
+    path = RunLayout(run_dir).features_meta
     if not path.is_file():
         raise FeaturesError(f"{path} does not exist: run the features stage first")
     return json.loads(path.read_text())

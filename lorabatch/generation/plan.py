@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lorabatch.errors import LorabatchError
 from lorabatch.generation.schema import BASE_SETTING, KEY_COLUMNS, ORACLE_SETTING, work_schema
+from lorabatch.layout import RunLayout
 
 
 class GenerationPlanError(LorabatchError):
@@ -19,7 +20,7 @@ class GenerationPlanError(LorabatchError):
 
 
 def adapters_root(run_dir) -> Path:
-    return Path(run_dir) / "adapters"
+    return RunLayout(run_dir).adapters
 
 
 def discover_settings(run_dir) -> list[str]:
@@ -92,7 +93,7 @@ def adapter_for(run_dir: Path, setting: str, task: dict) -> str | None:
         return None
     if setting == ORACLE_SETTING:
         return str(Path(task["adapter_path"]).resolve())
-    return str((adapters_root(run_dir) / setting / task["task_id"]).resolve())
+    return str(RunLayout(run_dir).adapter(setting, task["task_id"]).resolve())
 
 
 def rows_per_setting(work) -> dict[str, int]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorabatch.generation.schema import conform, generation_schema
+from lorabatch.layout import RunLayout
 
 
 @dataclass
@@ -155,9 +156,8 @@ def write_plan_file(run_dir, work) -> None:
     """RUN/generations/plan.json: planned rows per setting (read by `lorabatch status`)."""
     from lorabatch.atomic import write_json
     from lorabatch.generation.plan import rows_per_setting
-    from lorabatch.generation.store import generations_dir
 
-    write_json(generations_dir(run_dir) / "plan.json", {"rows_per_setting": rows_per_setting(work)})
+    write_json(RunLayout(run_dir).generation_plan, {"rows_per_setting": rows_per_setting(work)})
 
 
 def _constant_strings(value: str, n: int):

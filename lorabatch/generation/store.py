@@ -12,10 +12,11 @@ import uuid
 from pathlib import Path
 
 from lorabatch.generation.schema import KEY_COLUMNS, conform, generation_schema
+from lorabatch.layout import RunLayout
 
 
 def generations_dir(run_dir) -> Path:
-    return Path(run_dir) / "generations"
+    return RunLayout(run_dir).generations
 
 
 def generation_files(run_dir) -> list[Path]:

@@ -30,8 +30,7 @@ from pathlib import Path
 from lorabatch.generation.config import VLLM_LORA_RANKS
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 from lorabatch.generation.vllm_cpu_lora import ENV_VAR as CPU_LORA_ENV
-
-ZERO_ADAPTER_DIR = ".zero-adapter"
+from lorabatch.layout import RunLayout
 
 
 def write_zero_adapter(out_dir: str | Path, module: str, in_features: int, out_features: int) -> Path:
@@ -146,14 +145,14 @@ class VLLMBackend:
         return kwargs
 
     def generate(self, rows):
-        from ray.data.llm import vLLMEngineProcessorConfig, build_processor
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
         cfg, ctx = self.config, self.context
         any_lora = ctx.lora_module is not None
         zero = None
         if any_lora:
             out_f, in_f = ctx.modules[ctx.lora_module]
-            zero = str(write_zero_adapter(Path(ctx.run_dir) / "generations" / ZERO_ADAPTER_DIR, ctx.lora_module, in_f, out_f))
+            zero = str(write_zero_adapter(RunLayout(ctx.run_dir).zero_adapter, ctx.lora_module, in_f, out_f))
         num_gpus = cfg.resources.num_gpus if cfg.resources.num_gpus is not None else (1 if ctx.has_gpu else 0)
         bundle = {"CPU": cfg.resources.num_cpus, **({"GPU": num_gpus} if num_gpus else {})}
         sampling = dict(

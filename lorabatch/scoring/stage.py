@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorabatch.errors import LorabatchError
+from lorabatch.layout import RunLayout
 from lorabatch.scoring.aggregate import score_examples, summarize, task_scores
 
 GENERATION_COLUMNS = ["task_id", "setting", "example_id", "prediction", "references", "error"]
@@ -17,10 +18,6 @@ GENERATION_COLUMNS = ["task_id", "setting", "example_id", "prediction", "referen
 
 class ScoringError(LorabatchError):
     """Nothing to score (no generations) or unreadable inputs."""
-
-
-def scores_dir(run_dir) -> Path:
-    return Path(run_dir) / "scores"
 
 
 def _score_batch(batch, reference: str, failed_rows: str):
@@ -53,7 +50,7 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
 
     generations = read_generations(run_dir, columns=GENERATION_COLUMNS)
     if generations.num_rows == 0:
-        raise ScoringError(f"no generations in {Path(run_dir) / 'generations'}: run `lorabatch generate` first")
+        raise ScoringError(f"no generations in {RunLayout(run_dir).generations}: run `lorabatch generate` first")
     if config.executor == "ray":
         import ray
         from ray.data import DataContext
@@ -72,8 +69,8 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
     examples.sort(key=lambda e: (e["setting"], e["task_id"], e["example_id"]))
     tasks = task_scores(examples)
     summary = summarize(tasks)
-    out = scores_dir(run_dir)
-    write_parquet(out / "examples.parquet", pa.Table.from_pylist(examples, schema=_examples_schema()))
-    write_parquet(out / "tasks.parquet", pa.Table.from_pylist(tasks))
-    write_parquet(out / "summary.parquet", pa.Table.from_pylist(summary))
+    layout = RunLayout(run_dir)
+    write_parquet(layout.score_table("examples"), pa.Table.from_pylist(examples, schema=_examples_schema()))
+    write_parquet(layout.score_table("tasks"), pa.Table.from_pylist(tasks))
+    write_parquet(layout.score_table("summary"), pa.Table.from_pylist(summary))
     return summary

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lorabatch.atomic import write_text
+from lorabatch.layout import RunLayout
 from lorabatch.scoring.aggregate import task_order
 from lorabatch.settings import BASE, COEFFICIENT_MODELS
 from lorabatch.sweep.stages import PIPELINE
@@ -80,7 +81,7 @@ def _square(table, value: str):
 def _summary_table(run_dir: Path) -> str:
     import pyarrow.parquet as pq
 
-    path = run_dir / "scores" / "summary.parquet"
+    path = RunLayout(run_dir).score_table("summary")
     if not path.is_file():
         return "<p class='pending'>Scores pending.</p>"
     rows = pq.read_table(path).to_pylist()
@@ -109,7 +110,7 @@ def _fewshot_table(run_dir: Path) -> str:
 
     rows = []
     for method in ("select", "refine"):
-        path = run_dir / "fewshot" / f"{method}.parquet"
+        path = RunLayout(run_dir).fewshot(method)
         if not path.is_file():
             continue
         ok = [r for r in pq.read_table(path).to_pylist() if not r["error"]]
@@ -131,7 +132,7 @@ def _fewshot_table(run_dir: Path) -> str:
 def _improvement_plot(run_dir: Path) -> str:
     import pyarrow.parquet as pq
 
-    path = run_dir / "scores" / "tasks.parquet"
+    path = RunLayout(run_dir).score_table("tasks")
     if not path.is_file():
         return "<p class='pending'>Per-task scores pending.</p>"
     import matplotlib
@@ -157,17 +158,17 @@ def _improvement_plot(run_dir: Path) -> str:
     return f"<img alt='per-task improvement' src='{_png(fig)}'>"
 
 
-def _matrix_section(run_dir: Path, folder: str, value: str, cmap: str, what: str) -> str:
+def _matrix_section(folder: Path, value: str, cmap: str, what: str, coefficients: bool = False) -> str:
     import pyarrow.parquet as pq
 
-    files = sorted((run_dir / folder).rglob("*.parquet"))
-    if folder == "coefficients":  # the paper settings' (Figure 1); the controls' are trivial
+    files = sorted(folder.rglob("*.parquet"))
+    if coefficients:  # the paper settings' (Figure 1); the controls' are trivial
         files = [f for f in files if f.stem in COEFFICIENT_MODELS]
     if not files:
         return f"<p class='pending'>{what.capitalize()} pending.</p>"
     out = []
     for f in files:
-        name = str(f.relative_to(run_dir / folder).with_suffix(""))
+        name = str(f.relative_to(folder).with_suffix(""))
         table = pq.read_table(f, columns=["target", "source", value])
         matrix, labels = _square(table, value)
         out.append(
@@ -197,6 +198,7 @@ def _stage_order(name: str) -> tuple:
 def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
     """Render the report from whatever the run directory holds now; returns its path."""
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     stage_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(m.get('finished_at', ''))}</td><td>{m.get('seconds', '')}</td></tr>"
         for name, m in sorted((stages or {}).items(), key=lambda item: _stage_order(item[0]))
@@ -208,10 +210,10 @@ def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
 <h2>Results (Rouge-L, test splits)</h2>{_summary_table(run_dir)}
 <h2>Few-shot settings: what they cost</h2>{_fewshot_table(run_dir)}
 <h2>Per-task improvement over base</h2>{_improvement_plot(run_dir)}
-<h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(run_dir, 'coefficients', 'c', 'viridis', 'coefficient heatmaps')}
-<h2>Distances</h2>{_matrix_section(run_dir, 'distances', 'd', 'magma_r', 'distance heatmaps')}
+<h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(layout.coefficients_dir, 'c', 'viridis', 'coefficient heatmaps', coefficients=True)}
+<h2>Distances</h2>{_matrix_section(layout.distances_dir, 'd', 'magma_r', 'distance heatmaps')}
 <h2>Stages</h2><table id='stages'><thead><tr><th>stage</th><th>finished</th><th>seconds</th></tr></thead><tbody>{stage_rows}</tbody></table>
 </body></html>"""
-    target = run_dir / "report" / "index.html"
+    target = layout.report_index
     write_text(target, page)
     return target

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from lorabatch.config import LorabatchConfig
+from lorabatch.layout import RunLayout
 from lorabatch.settings import BASE, ORACLE
 from lorabatch.sweep import metrics as sweep_metrics
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
@@ -137,9 +138,7 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
         mark_done(run_dir, "synthesis", content_key(settings_of(config), "jit"), time.time(), {"mode": "just-in-time, with generation"})
         return
     from lorabatch.sweep.metrics import adapters_synthesized
-    from lorabatch.synthesis.stage import synthesize_setting
-
-    from lorabatch.synthesis.stage import mixture_settings
+    from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
 
     started = time.time()
     for setting in mixture_settings(config.distances.metrics, config.synthesis):
@@ -181,4 +180,4 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
     stage_scoring(config, progress)
     mark_done(run_dir, "report", report_key(run_dir), time.time())
     _refresh_report(run_dir)
-    _say(f"report: {run_dir / 'report' / 'index.html'}")
+    _say(f"report: {RunLayout(run_dir).report_index}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lorabatch.atomic import write_json
+from lorabatch.layout import RunLayout
 
 # The sweep's stages in pipeline order (status and the report list them so).
 PIPELINE = ("bank", "features", "distances", "coefficients", "synthesis", "fewshot", "generation", "scoring", "report")
@@ -29,7 +30,7 @@ def content_key(*parts: Any) -> str:
 
 
 def marker_path(run_dir: str | Path, stage: str) -> Path:
-    return Path(run_dir) / "stages" / f"{stage}.json"
+    return RunLayout(run_dir).stage_marker(stage)
 
 
 def read_marker(run_dir: str | Path, stage: str) -> dict | None:
@@ -59,7 +60,7 @@ def mark_done(run_dir: str | Path, stage: str, key: str, started: float, info: d
 
 
 def all_markers(run_dir: str | Path) -> dict[str, dict]:
-    folder = Path(run_dir) / "stages"
+    folder = RunLayout(run_dir).stages
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorabatch.layout import RunLayout
 from lorabatch.settings import display_order
 from lorabatch.sweep.stages import PIPELINE as STAGES
 from lorabatch.sweep.stages import all_markers
@@ -26,7 +27,7 @@ def planned_counts(run_dir: Path) -> dict[str, int]:
     """{setting: planned rows} from RUN/generations/plan.json if the sweep wrote one."""
     import json
 
-    path = run_dir / "generations" / "plan.json"
+    path = RunLayout(run_dir).generation_plan
     if not path.is_file():
         return {}
     return {k: int(v) for k, v in json.loads(path.read_text()).get("rows_per_setting", {}).items()}

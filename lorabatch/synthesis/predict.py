@@ -11,8 +11,6 @@ Memory: one bank adapter at a time plus the result (2 × P floats) besides the f
 
 from __future__ import annotations
 
-from lorabatch.features.tokens import tokenizer_fingerprint  # noqa: F401  (one definition, shared with the features)
-
 import hashlib
 import json
 from dataclasses import dataclass
@@ -21,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.errors import DatasetError
+from lorabatch.features.tokens import tokenizer_fingerprint  # noqa: F401  (one definition, shared with the features)
+from lorabatch.layout import RunLayout
 from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.synthesis.stage import SynthesisError, neural_model_dir
 
@@ -186,13 +186,13 @@ def check_tokenizers(data_path: Path, base_model_path: Path, bank_run: Path) -> 
     recorded = _bank_features_tokenizer(bank_run)
     if recorded is not None and recorded != base:
         raise SynthesisError(
-            f"the bank's features in {bank_run / 'features'} were computed with another tokenizer than its base "
+            f"the bank's features in {RunLayout(bank_run).features} were computed with another tokenizer than its base "
             f"model's ({base_model_path}); recompute them"
         )
 
 
 def _bank_features_tokenizer(bank_run: Path) -> str | None:
-    meta = bank_run / "features" / "features.json"
+    meta = RunLayout(bank_run).features_meta
     if meta.is_file():
         try:
             return json.loads(meta.read_text()).get("tokenizer_sha256")
@@ -209,7 +209,7 @@ def check_bank(bank_run: Path, metric: str, model: str):
         table = load_manifest(bank_run)
     except Exception as err:
         raise SynthesisError(f"{bank_run} is not a prepared bank: {err}") from None
-    features = bank_run / "features"
+    features = RunLayout(bank_run).features
     if not features.is_dir() or not any(features.iterdir()):
         raise SynthesisError(
             f"the bank at {bank_run} has no cached features ({features} is missing or empty): "
@@ -230,7 +230,7 @@ def bank_metrics(bank_run: Path) -> tuple[list[str], list[str]]:
     from lorabatch.distances.registry import metric_class, registered_metrics
 
     embeddings = False
-    index = bank_run / "features" / "index.parquet"
+    index = RunLayout(bank_run).features_index
     if index.is_file():
         import pyarrow.parquet as pq
 
@@ -240,7 +240,7 @@ def bank_metrics(bank_run: Path) -> tuple[list[str], list[str]]:
         except Exception:  # an older index without embeddings
             embeddings = False
     usable = [m for m in registered_metrics() if embeddings or metric_class(m).representation == "tokens"]
-    computed = sorted(p.stem for p in (bank_run / "distances").glob("*.parquet"))
+    computed = RunLayout(bank_run).distance_metrics()
     return usable, computed
 
 
@@ -329,7 +329,7 @@ def _bank_root(bank_run: Path) -> Path | None:
     import yaml
 
     try:
-        bank = (yaml.safe_load((bank_run / "config.yaml").read_text()) or {}).get("bank") or {}
+        bank = (yaml.safe_load(RunLayout(bank_run).config.read_text()) or {}).get("bank") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     root = bank.get("root") if isinstance(bank, dict) else None

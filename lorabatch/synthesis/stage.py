@@ -25,6 +25,7 @@ import numpy as np
 
 from lorabatch.atomic import write_json, write_npy, write_parquet
 from lorabatch.errors import LorabatchError
+from lorabatch.layout import RunLayout
 from lorabatch.settings import NEAREST, UNIFORM, Setting
 from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.synthesis.tensors import BankLayout, layout_from_manifest
@@ -37,34 +38,31 @@ class SynthesisError(LorabatchError):
 
 
 def coefficients_path(run_dir, metric: str, model: str) -> Path:
-    return Path(run_dir) / "coefficients" / metric / f"{model}.parquet"
+    return RunLayout(run_dir).coefficients_file(metric, model)
 
 
 def setting_coefficients_path(run_dir, setting: Setting | str) -> Path:
     """The coefficient file of a paper setting or a control."""
+    path = RunLayout(run_dir).coefficients(setting)
+    if path is not None:
+        return path
     setting = Setting.parse(setting) if isinstance(setting, str) else setting
-    if setting.kind == "paper":
-        return coefficients_path(run_dir, setting.metric, setting.model)
-    if setting.kind == NEAREST:
-        return coefficients_path(run_dir, setting.metric, NEAREST)
-    if setting.kind == UNIFORM:
-        return Path(run_dir) / "coefficients" / f"{UNIFORM}.parquet"
     raise SynthesisError(f"setting {setting.name} has no coefficient file (it is not a mixture of bank adapters)")
 
 
 def neural_model_dir(run_dir, metric: str) -> Path:
-    return Path(run_dir) / "coefficients" / metric / "neural"
+    return RunLayout(run_dir).neural_model(metric)
 
 
 def adapter_dir(run_dir, setting: str, task_id: str) -> Path:
-    return Path(run_dir) / "adapters" / setting / task_id
+    return RunLayout(run_dir).adapter(setting, task_id)
 
 
 def load_distance_matrix(run_dir, metric: str, task_ids: list[str]) -> np.ndarray:
     """D [N, N] in `task_ids` order from RUN/distances/<metric>.parquet (target, source, d)."""
     import pyarrow.parquet as pq
 
-    path = Path(run_dir) / "distances" / f"{metric}.parquet"
+    path = RunLayout(run_dir).distances(metric)
     if not path.is_file():
         raise SynthesisError(f"{path} does not exist: compute the {metric} distances of the bank first")
     cols = pq.read_table(path, columns=["target", "source", "d"]).to_pydict()
@@ -134,7 +132,7 @@ def bank_gram_cached(run_dir, layout: BankLayout, chunk_size: int, progress: boo
     """G = ΘΘᵀ of the bank, cached in RUN/coefficients/gram.npy keyed by the manifest hash."""
     from lorabatch.synthesis.batch import bank_gram
 
-    path = Path(run_dir) / "coefficients" / "gram.npy"
+    path = RunLayout(run_dir).gram
     sidecar = path.with_suffix(".json")
     key = {"manifest_hash": layout.manifest_hash, "tasks": layout.task_ids, "n_params": layout.n_params}
     if path.is_file() and sidecar.is_file() and layout.manifest_hash and json.loads(sidecar.read_text()) == key:

@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from lorabatch.bank.config import BankConfig
 from lorabatch.bank.datasets import split_files
 from lorabatch.bank.manifest import build_manifest, inspect_bank
-from lorabatch.bank.config import BankConfig
 from lorabatch.config import parse_config
 from lorabatch.errors import BankValidationError
+from lorabatch.layout import RunLayout
 from lorabatch.testing.tiny_bank import build_tiny_bank
 
 
@@ -45,7 +46,7 @@ def problems_of(bank, **overrides):
 def test_clean_bank_validates_and_manifest_reloads(bank, tmp_path):
     config = parse_config({"run_dir": str(tmp_path / "run"), "bank": bank.bank_config()})
     table = build_manifest(config, progress=False)
-    again = pq.read_table(tmp_path / "run" / "bank" / "manifest.parquet")
+    again = pq.read_table(RunLayout(tmp_path / "run").manifest)
     assert again.column("task_id").to_pylist() == ["task1", "task2", "task3", "task4"]
     assert again.column("rank").to_pylist() == [8] * 4
     assert again.column("target_modules").to_pylist()[0] == ["k_proj", "q_proj", "v_proj"]
@@ -177,4 +178,4 @@ def test_duplicate_example_ids_are_named_per_task_and_split(bank, tmp_path):
         ("task2", f"dataset: the 'test' split has duplicate example ids: {ids[0]!r} ({len(ids)} times)"),
         ("task3", f"dataset: the 'train' split has duplicate example ids: {rows.column('id')[1].as_py()!r} (2 times)"),
     ]
-    assert not (tmp_path / "run" / "bank" / "manifest.parquet").exists()
+    assert not RunLayout(tmp_path / "run").manifest.exists()

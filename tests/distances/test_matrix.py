@@ -18,6 +18,7 @@ from lorabatch.distances import (
 )
 from lorabatch.features import FeatureSet
 from lorabatch.features.store import save_features
+from lorabatch.layout import RunLayout
 
 LOCAL = DistancesConfig(executor="local", block_size=3)
 PAPER = ("KL", "JS", "WD", "MMD")
@@ -27,7 +28,7 @@ PAPER = ("KL", "JS", "WD", "MMD")
 def test_parquet_contract_and_round_trip(tmp_path, features, metric):
     save_features(tmp_path, features)
     tasks, d = compute_distance_matrix(tmp_path, metric, LOCAL, progress=False)
-    table = pq.read_table(tmp_path / "distances" / f"{metric}.parquet")
+    table = pq.read_table(RunLayout(tmp_path).distances(metric))
     assert table.column_names == ["target", "source", "d"] and str(table.schema.field("d").type) == "double"
     assert table.num_rows == len(tasks) ** 2
     meta = json.loads(table.schema.metadata[b"lorabatch.distances"])
@@ -65,12 +66,12 @@ def test_incremental_equals_full_and_computes_only_new_pairs(tmp_path, make_feat
 def test_rerun_computes_nothing(tmp_path, features, monkeypatch):
     save_features(tmp_path, features)
     compute_distance_matrix(tmp_path, "JS", LOCAL, progress=False)
-    before = (tmp_path / "distances" / "JS.parquet").stat().st_mtime_ns
+    before = RunLayout(tmp_path).distances("JS").stat().st_mtime_ns
     from lorabatch.distances import matrix
 
     monkeypatch.setattr(matrix, "compute_blocks", lambda *a, **k: pytest.fail("recomputed"))
     compute_distance_matrix(tmp_path, "JS", LOCAL, progress=False)
-    assert (tmp_path / "distances" / "JS.parquet").stat().st_mtime_ns == before
+    assert RunLayout(tmp_path).distances("JS").stat().st_mtime_ns == before
 
 
 def test_changed_parameters_recompute_everything(tmp_path, emb_features):

@@ -11,6 +11,7 @@ from lorabatch.bank.datasets import dataset_content_hash, write_split
 from lorabatch.distances import DistancesConfig, compute_distance_matrix, pairwise_distances
 from lorabatch.features import FeaturesConfig, compute_bank_features
 from lorabatch.features.store import save_features
+from lorabatch.layout import RunLayout
 
 ROWS = {
     "task1": ["red cat run", "blue dog jump", "red red bird"],
@@ -82,7 +83,7 @@ def test_cli_distances(ray_cluster, tiny_bank, tmp_path):
 
     root, manifest = tiny_bank
     run = tmp_path / "run"
-    write_parquet(run / "bank" / "manifest.parquet", manifest)
+    write_parquet(RunLayout(run).manifest, manifest)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "run_dir": str(run), "bank": {"source": "local", "root": str(root), "base_model": str(root / "base")},
@@ -92,7 +93,7 @@ def test_cli_distances(ray_cluster, tiny_bank, tmp_path):
     assert result.exit_code == 0, result.output
     tasks, d = load_distance_matrix(run, "KL")
     assert tasks == ["task1", "task2", "task3"] and np.all(np.diag(d) == 0) and np.all(d[~np.eye(3, dtype=bool)] > 0)
-    assert (run / "distances" / "JS.parquet").is_file() and not (run / "distances" / "WD.parquet").exists()
+    assert RunLayout(run).distances("JS").is_file() and not RunLayout(run).distances("WD").exists()
 
     bad = CliRunner().invoke(app, ["distances", str(config), "--metrics", "Hellinger"])
     assert bad.exit_code != 0

@@ -17,7 +17,8 @@ from lorabatch.features import (
     tokenizer_fingerprint,
 )
 from lorabatch.features.compute import FeatureWorker
-from lorabatch.features.store import features_dir, load_bank_features
+from lorabatch.features.store import load_bank_features
+from lorabatch.layout import RunLayout
 
 LOCAL = FeaturesConfig(executor="local", mmd_sample_size=50)
 
@@ -32,8 +33,9 @@ def expected_counts(tokenizer_dir, rows, vocab_size):
 
 
 def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
-    from lorabatch.testing.tiny_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
     from transformers import AutoTokenizer
+
+    from lorabatch.testing.tiny_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
 
     manifest, run = bank
     feats = compute_bank_features(manifest, run, LOCAL, progress=False)
@@ -48,7 +50,7 @@ def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
     np.testing.assert_array_equal(feats.counts[0], feats.counts[2])
     np.testing.assert_array_equal(feats.samples[0], feats.samples[2])
     assert feats.token_sha256[0] == feats.token_sha256[2] != feats.token_sha256[1]
-    meta = json.loads((features_dir(run) / "features.json").read_text())
+    meta = json.loads(RunLayout(run).features_meta.read_text())
     assert meta["tokenizer_sha256"] == tokenizer_fingerprint(tokenizer_dir)
 
 
@@ -111,7 +113,7 @@ def test_empty_train_split_names_the_dataset(make_bank, tmp_path):
         compute_bank_features(manifest, tmp_path / "run", LOCAL, progress=False)
     assert "task5" not in str(err.value)
     # the healthy dataset was cached all the same
-    assert len(list((tmp_path / "run" / "features" / "datasets").iterdir())) == 1
+    assert len(list(RunLayout(tmp_path / "run").feature_entries.iterdir())) == 1
 
 
 def test_tokens_outside_the_vocabulary_name_the_dataset(make_bank, tmp_path):

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 
 from lorabatch.atomic import write_npy
 from lorabatch.features import FeatureSet, sample_token_ids
-from lorabatch.features.store import entry_dir, features_dir, load_bank_features, save_features
+from lorabatch.features.store import entry_dir, load_bank_features, save_features
+from lorabatch.layout import RunLayout
 
 
 def small_bank(n: int = 4, vocab: int = 50) -> FeatureSet:
@@ -24,7 +25,7 @@ def test_loaded_features_equal_saved_ones_and_reuse_the_index_hashes(tmp_path):
     loaded = load_bank_features(tmp_path)
     np.testing.assert_array_equal(loaded.counts, bank.counts)
     np.testing.assert_array_equal(loaded.samples, bank.samples)
-    index = pq.read_table(features_dir(tmp_path) / "index.parquet").column("token_sha256").to_pylist()
+    index = pq.read_table(RunLayout(tmp_path).features_index).column("token_sha256").to_pylist()
     assert loaded.known_token_sha256 == index == bank.token_sha256
     sub = loaded.subset([2, 0])
     assert sub.token_sha256 == [bank.token_sha256[2], bank.token_sha256[0]]

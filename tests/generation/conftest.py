@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lorabatch.layout import RunLayout
+
 MAX_NEW_TOKENS = 8
 MAX_INPUT_TOKENS = 24
 LONG_EXAMPLE = "task1-long"
@@ -52,8 +54,8 @@ def pristine_run(tmp_path_factory) -> Path:
     # A synthesized setting: task i gets task (i mod 3) + 1's adapter.
     tasks = sorted(paths)
     for i, t in enumerate(tasks):
-        shutil.copytree(paths[tasks[(i + 1) % len(tasks)]], run / "adapters" / GOOD_SYNTH / t)
-    broken = run / "adapters" / BROKEN_SYNTH
+        shutil.copytree(paths[tasks[(i + 1) % len(tasks)]], RunLayout(run).adapter(GOOD_SYNTH, t))
+    broken = RunLayout(run).adapters / BROKEN_SYNTH
     broken.mkdir(parents=True)
     # task1: missing; task2: truncated weights; task3: targets no module of the model.
     shutil.copytree(paths[tasks[1]], broken / tasks[1])
@@ -74,7 +76,7 @@ def fresh_run(pristine_run, tmp_path) -> Path:
 def manifest_rows(run: Path) -> dict[str, dict]:
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(run / "bank" / "manifest.parquet").to_pylist()
+    rows = pq.read_table(RunLayout(run).manifest).to_pylist()
     return {r["task_id"]: r for r in rows}
 
 

@@ -2,6 +2,8 @@
 
 import pytest
 
+from lorabatch.layout import RunLayout
+
 
 @pytest.fixture(scope="module")
 def hf_run(pristine_run, tmp_path_factory, local_ray, gen):
@@ -84,7 +86,7 @@ def test_generate_and_score_commands(hf_run, tmp_path):
     lines = out.output.splitlines()
     assert lines[0].split()[:3] == ["setting", "Rouge-L", "Δ"]
     assert [ln.split()[0] for ln in lines[2:6]] == ["base", "JS-normalized", "XX-broken", "oracle"]
-    assert (run / "scores" / "summary.parquet").is_file()
+    assert RunLayout(run).score_table("summary").is_file()
 
 
 def test_more_adapters_in_a_batch_than_an_actor_holds(pristine_run, tmp_path, local_ray, gen):
@@ -123,7 +125,7 @@ def test_changed_adapter_or_decoding_regenerates_only_what_changed(hf_run, tmp_p
     shutil.copytree(hf_run[0], run)
     before = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
     assert all(r["fingerprint"] for r in before.values())
-    target = run / "adapters" / gen.GOOD_SYNTH / "task1"
+    target = RunLayout(run).adapter(gen.GOOD_SYNTH, "task1")
     shutil.rmtree(target)
     shutil.copytree(gen.manifest_rows(run)["task1"]["adapter_path"], target)  # task1 now holds its own adapter
 

@@ -6,12 +6,13 @@ import shutil
 import pytest
 
 from lorabatch.errors import ConfigError
+from lorabatch.layout import RunLayout
 
 
 def _manifest(run):
     import pyarrow.parquet as pq
 
-    return pq.read_table(run / "bank" / "manifest.parquet")
+    return pq.read_table(RunLayout(run).manifest)
 
 
 def test_plan_rows_settings_and_order(pristine_run, gen):
@@ -26,7 +27,7 @@ def test_plan_rows_settings_and_order(pristine_run, gen):
     oracle = [r for r in rows if r["setting"] == "oracle"]
     assert {r["adapter_path"] for r in oracle if r["task_id"] == "task2"} == {gen.manifest_rows(pristine_run)["task2"]["adapter_path"]}
     synth = [r for r in rows if r["setting"] == gen.GOOD_SYNTH and r["task_id"] == "task3"]
-    assert synth[0]["adapter_path"] == str((pristine_run / "adapters" / gen.GOOD_SYNTH / "task3").resolve())
+    assert synth[0]["adapter_path"] == str(RunLayout(pristine_run).adapter(gen.GOOD_SYNTH, "task3").resolve())
     assert all(r["prompt"] and r["references"] for r in rows)
 
     sub = plan_work(pristine_run, _manifest(pristine_run), gen.config(tasks=["task2"], settings=["base"], examples_per_task=1))
@@ -121,13 +122,13 @@ def test_read_generations_dedup_and_resume(tmp_path):
                 "prediction": pred, "error": err, "fingerprint": fp}  # fmt: skip
 
     def part(name, rows):
-        write_parquet(tmp_path / "generations" / name, conform(pa.Table.from_pylist(rows), generation_schema()))
+        write_parquet(RunLayout(tmp_path).generations / name, conform(pa.Table.from_pylist(rows), generation_schema()))
 
     part("part-a.parquet", [row("1", "x"), row("2", None, "boom"), row("3", "old", fp="f0"), row("4", "ok")])
     # Later: a failed retry of 1 (same fingerprint: the success stays), 2 now succeeds, 3 was
     # regenerated with another adapter (fingerprint f1 replaces f0), 4 failed with a new fingerprint.
     part("part-b.parquet", [row("1", None, "late"), row("2", "y"), row("3", "new"), row("4", None, "new adapter broken", fp="f2")])
-    (tmp_path / "generations" / "part-c.parquet").write_bytes(b"not parquet")
+    (RunLayout(tmp_path).generations / "part-c.parquet").write_bytes(b"not parquet")
     with pytest.warns(UserWarning, match="part-c"):
         got = {r["example_id"]: (r["prediction"], r["error"]) for r in read_generations(tmp_path).to_pylist()}
     assert got == {"1": ("x", None), "2": ("y", None), "3": ("new", None), "4": (None, "new adapter broken")}
@@ -160,14 +161,14 @@ def test_rows_of_a_removed_adapter_are_never_done(fresh_run, gen):
     from lorabatch.generation.schema import conform, generation_schema
     from lorabatch.generation.store import done_keys
 
-    adapter = fresh_run / "adapters" / gen.GOOD_SYNTH / "task1"
+    adapter = RunLayout(fresh_run).adapter(gen.GOOD_SYNTH, "task1")
     (adapter / "provenance.json").write_text(json.dumps({"synthesis_key": "k1", "setting": gen.GOOD_SYNTH}))
     config = gen.config(settings=[gen.GOOD_SYNTH], tasks=["task1"])
 
     def write_done(work, error=None):
         rows = work.append_column("prediction", pa.array(["x"] * work.num_rows, pa.string()))
         rows = rows.append_column("error", pa.array([error] * work.num_rows, pa.string()))
-        write_parquet(fresh_run / "generations" / f"part-{error or 'ok'}.parquet", conform(rows, generation_schema()))
+        write_parquet(RunLayout(fresh_run).generations / f"part-{error or 'ok'}.parquet", conform(rows, generation_schema()))
 
     work = plan_work(fresh_run, _manifest(fresh_run), config)
     write_done(work)
@@ -205,7 +206,7 @@ def test_failed_generation_run_keeps_the_previous_plan(fresh_run, gen, monkeypat
     from lorabatch.generation.backends import BackendUnavailableError, require_backend
     from lorabatch.generation.stage import run_generation
 
-    plan = fresh_run / "generations" / "plan.json"
+    plan = RunLayout(fresh_run).generation_plan
     plan.parent.mkdir(parents=True, exist_ok=True)
     plan.write_text(json.dumps({"rows_per_setting": {"base": 1}}))
 
@@ -217,7 +218,7 @@ def test_failed_generation_run_keeps_the_previous_plan(fresh_run, gen, monkeypat
     with pytest.raises(BackendUnavailableError, match="engine cannot start"):
         run_generation(fresh_run, gen.config(backend="hf", settings=["base"]), progress=False)
     assert json.loads(plan.read_text()) == {"rows_per_setting": {"base": 1}}
-    assert not list((fresh_run / "generations").glob("part-*"))
+    assert not list(RunLayout(fresh_run).generations.glob("part-*"))
 
     # Only rows that fail before generation: nothing to start, the plan is recorded with them.
     result = run_generation(fresh_run, gen.config(backend="hf", settings=[gen.BROKEN_SYNTH]), progress=False)

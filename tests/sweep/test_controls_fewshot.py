@@ -8,6 +8,8 @@ import json
 
 import pyarrow.parquet as pq
 
+from lorabatch.layout import RunLayout
+
 
 def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_config, tmp_path, capsys):
     import ray
@@ -30,11 +32,11 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
     finally:
         ray.shutdown()
     settings = {"base", "oracle", "JS-attentional", "JS-normalized", "uniform", "nearest-JS", "select", "refine"}
-    summary = {r["setting"]: r for r in pq.read_table(run / "scores" / "summary.parquet").to_pylist()}
+    summary = {r["setting"]: r for r in pq.read_table(RunLayout(run).score_table("summary")).to_pylist()}
     assert set(summary) == settings
     assert all(r["n_errors"] == 0 and r["n_tasks"] == 4 for r in summary.values())
     # vs_uniform is the mean per-task difference to uniform; beats_uniform is its sign.
-    tasks = pq.read_table(run / "scores" / "tasks.parquet").to_pylist()
+    tasks = pq.read_table(RunLayout(run).score_table("tasks")).to_pylist()
     score = {(t["setting"], t["task_id"]): t["rouge_l"] for t in tasks}
     ids = sorted({t["task_id"] for t in tasks})
     for s in settings - {"base", "oracle", "uniform"}:
@@ -50,17 +52,17 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
     assert "few-shot cost" in first and "select" in first.split("few-shot cost")[1]
     # Few-shot adapters carry their record; results list the cost per task.
     for method in ("select", "refine"):
-        rows = pq.read_table(run / "fewshot" / f"{method}.parquet").to_pylist()
+        rows = pq.read_table(RunLayout(run).fewshot(method)).to_pylist()
         assert [r["error"] for r in rows] == [None] * 4
         assert all(r["forward_passes"] >= r["evaluations"] > 0 and r["seconds"] > 0 for r in rows)
-        prov = json.loads((run / "adapters" / method / rows[0]["task_id"] / "provenance.json").read_text())
+        prov = json.loads((RunLayout(run).adapter(method, rows[0]["task_id"]) / "provenance.json").read_text())
         assert prov["setting"] == method and prov["fewshot"]["loss"] == rows[0]["loss"]
     # status and the report list them too.
     lines = status_lines(run)
     assert any(l.startswith("fewshot ") and "done" in l for l in lines)
     for s in ("uniform", "nearest-JS", "select", "refine"):
         assert any(l.split()[:2] == [s, "12"] for l in lines), lines  # 4 tasks × 3 examples done
-    page = (run / "report" / "index.html").read_text()
+    page = RunLayout(run).report_index.read_text()
     assert "<table id='fewshot'>" in page
     assert ("class='below-uniform'" in page) == any(r["beats_uniform"] is False for r in summary.values())
     # A re-run with nothing changed reuses the few-shot results and every generated row.

@@ -16,6 +16,7 @@ import pytest
 
 from lorabatch.generation.schema import KEY_COLUMNS
 from lorabatch.generation.store import generation_files, read_generations
+from lorabatch.layout import RunLayout
 from lorabatch.sweep.stages import read_marker
 from lorabatch.sweep.status import status_lines
 from lorabatch.testing.processes import kill_session, run_in_session, session_tree, start_in_session
@@ -73,7 +74,7 @@ def _interrupt(proc, how: str) -> None:
 
 
 def _summary(run) -> list[dict]:
-    return pq.read_table(run / "scores" / "summary.parquet").to_pylist()
+    return pq.read_table(RunLayout(run).score_table("summary")).to_pylist()
 
 
 def _assert_same_summary(a: list[dict], b: list[dict]) -> None:
@@ -136,5 +137,5 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_result(how, interruptibl
     theirs = dict(zip(_keys(reference), reference.column("generated_token_ids").to_pylist()))
     assert ours == theirs
     _assert_same_summary(_summary(run), _summary(reference_sweep))
-    assert pq.read_table(run / "scores" / "tasks.parquet").equals(pq.read_table(reference_sweep / "scores" / "tasks.parquet"))
+    assert pq.read_table(RunLayout(run).score_table("tasks")).equals(pq.read_table(RunLayout(reference_sweep).score_table("tasks")))
     assert read_marker(run, "generation")["info"] == {"planned": PLANNED, "failed": 0}

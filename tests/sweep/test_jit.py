@@ -8,6 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
+from lorabatch.layout import RunLayout
 from lorabatch.sweep.jit import Wave, pending_tasks_by_setting, plan_waves
 
 
@@ -98,8 +99,8 @@ def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_p
         assert rows_written_since(files) == synthesized
         # A sweep killed mid-wave leaves the adapters of pairs the wave had finished: the next
         # run, which has nothing left to generate for them, removes them.
-        leftover = tmp_path / "jit" / "adapters" / "JS-normalized" / "task1"
-        shutil.copytree(tmp_path / "upfront" / "adapters" / "JS-normalized" / "task1", leftover)
+        leftover = RunLayout(tmp_path / "jit").adapter("JS-normalized", "task1")
+        shutil.copytree(RunLayout(tmp_path / "upfront").adapter("JS-normalized", "task1"), leftover)
         files = generation_files(tmp_path / "jit")
         run_sweep(_config(tiny_bank, tmp_path / "jit", jit=True), progress=False)
         assert rows_written_since(files) == [] and not leftover.exists()
@@ -112,9 +113,9 @@ def test_jit_sweep_equals_up_front_sweep_and_leaves_no_adapters(tiny_bank, tmp_p
     for setting in ("JS-normalized", "WD-normalized"):
         assert any(jit[(t, setting, e)] != jit[(t, "base", e)] for (t, s, e) in jit if s == setting)
     # 8 adapters in 2 waves of 4, each deleted after its wave; up front they all stay.
-    assert not any((tmp_path / "jit" / "adapters").rglob("adapter_config.json"))
-    assert len(list((tmp_path / "upfront" / "adapters").rglob("adapter_config.json"))) == 8
-    plan = json.loads((tmp_path / "jit" / "generations" / "plan.json").read_text())
-    assert plan == json.loads((tmp_path / "upfront" / "generations" / "plan.json").read_text())
+    assert not any(RunLayout(tmp_path / "jit").adapters.rglob("adapter_config.json"))
+    assert len(list(RunLayout(tmp_path / "upfront").adapters.rglob("adapter_config.json"))) == 8
+    plan = json.loads(RunLayout(tmp_path / "jit").generation_plan.read_text())
+    assert plan == json.loads(RunLayout(tmp_path / "upfront").generation_plan.read_text())
     assert plan["rows_per_setting"] == {s: 8 for s in ("base", "oracle", "JS-normalized", "WD-normalized")}
     assert any(hot[k] != jit[k] for k in jit if k[1] not in ("base", "oracle"))  # the redone rows really changed

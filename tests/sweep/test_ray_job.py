@@ -15,6 +15,7 @@ import pytest
 from lorabatch.bank.datasets import read_split
 from lorabatch.generation.schema import KEY_COLUMNS
 from lorabatch.generation.store import generation_files
+from lorabatch.layout import RunLayout
 from lorabatch.testing.processes import session_tree
 from lorabatch.testing.ray_cluster import LocalRayCluster
 
@@ -112,9 +113,9 @@ def test_sweep_as_a_ray_job_on_a_local_cluster(sweep_bank, write_sweep_config, t
     assert set(keys) == expected
     assert all(r["error"] is None and r["prediction"] is not None for r in raw)
 
-    summary = {r["setting"]: r for r in pq.read_table(run / "scores" / "summary.parquet").to_pylist()}
+    summary = {r["setting"]: r for r in pq.read_table(RunLayout(run).score_table("summary")).to_pylist()}
     assert set(summary) == set(settings)
     for s, row in summary.items():
         assert row["n_tasks"] == len(tasks) and row["n_examples"] == len(tasks) * EXAMPLES and row["n_errors"] == 0, row
         assert 0.0 <= row["rouge_l"] <= 1.0
-    assert (run / "report" / "index.html").is_file()
+    assert RunLayout(run).report_index.is_file()

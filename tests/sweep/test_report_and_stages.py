@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lorabatch.layout import RunLayout
 from lorabatch.sweep.report import write_report
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
 
@@ -32,19 +33,19 @@ def test_report_shows_pending_then_results(tmp_path):
 
     tasks = ["task1", "task2", "task3"]
     rng = np.random.default_rng(0)
-    (tmp_path / "distances").mkdir()
-    pq.write_table(_square_table(tasks, rng.random((3, 3)), "d"), tmp_path / "distances" / "JS.parquet")
-    (tmp_path / "coefficients" / "JS").mkdir(parents=True)
-    pq.write_table(_square_table(tasks, rng.random((3, 3)), "c"), tmp_path / "coefficients" / "JS" / "normalized.parquet")
-    (tmp_path / "scores").mkdir()
+    RunLayout(tmp_path).distances_dir.mkdir()
+    pq.write_table(_square_table(tasks, rng.random((3, 3)), "d"), RunLayout(tmp_path).distances("JS"))
+    (RunLayout(tmp_path).coefficients_dir / "JS").mkdir(parents=True)
+    pq.write_table(_square_table(tasks, rng.random((3, 3)), "c"), RunLayout(tmp_path).coefficients_file("JS", "normalized"))
+    RunLayout(tmp_path).scores.mkdir()
     summary = [
         {"setting": "base", "rouge_l": 0.2, "improvement": 0.0, "n_tasks": 3},
         {"setting": "JS-normalized", "rouge_l": 0.45, "improvement": 0.25, "n_tasks": 3},
         {"setting": "oracle", "rouge_l": 0.7, "improvement": 0.5, "n_tasks": 3},
     ]
-    pq.write_table(pa.Table.from_pylist(summary), tmp_path / "scores" / "summary.parquet")
+    pq.write_table(pa.Table.from_pylist(summary), RunLayout(tmp_path).score_table("summary"))
     per_task = [{"task_id": t, "setting": s, "rouge_l": v} for t in tasks for s, v in (("base", 0.2), ("JS-normalized", 0.4), ("oracle", 0.7))]
-    pq.write_table(pa.Table.from_pylist(per_task), tmp_path / "scores" / "tasks.parquet")
+    pq.write_table(pa.Table.from_pylist(per_task), RunLayout(tmp_path).score_table("tasks"))
 
     page = write_report(tmp_path, {"bank": {"finished_at": "now", "seconds": 1.0}}).read_text()
     assert "<table id='results'>" in page
@@ -71,7 +72,7 @@ def test_scoring_and_report_markers_are_keyed_by_their_inputs(tmp_path):
     def part(name, example):
         row = {"task_id": "task1", "setting": "base", "example_id": example, "prompt": "p", "references": ["red cat"],
                "prediction": "red", "fingerprint": "f"}  # fmt: skip
-        write_parquet(tmp_path / "generations" / name, conform(pa.Table.from_pylist([row]), generation_schema()))
+        write_parquet(RunLayout(tmp_path).generations / name, conform(pa.Table.from_pylist([row]), generation_schema()))
 
     part("part-a.parquet", "1")
     stage_scoring(config(), progress=False)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from lorabatch.layout import RunLayout
 from lorabatch.testing.processes import kill_session
 
 WIDTH, HEIGHT = 1280, 4000
@@ -101,7 +102,7 @@ def _colours(pixels: np.ndarray) -> int:
 @pytest.fixture(scope="module")
 def rendered(reference_sweep, tmp_path_factory):
     """(screenshot as an RGB array, parsed DOM) of the reference sweep's report."""
-    index = reference_sweep / "report" / "index.html"
+    index = RunLayout(reference_sweep).report_index
     out = tmp_path_factory.mktemp("browser")
     shot = out / "report.png"
     _run_chromium([f"--screenshot={shot}", index.resolve().as_uri()])
@@ -115,7 +116,7 @@ def rendered(reference_sweep, tmp_path_factory):
 
 def test_dom_has_the_results_table_and_the_stages(rendered, reference_sweep):
     _, page = rendered
-    summary = pq.read_table(reference_sweep / "scores" / "summary.parquet").to_pylist()
+    summary = pq.read_table(RunLayout(reference_sweep).score_table("summary")).to_pylist()
     table = page.tables["results"]
     assert table[0][:2] == ["setting", "Rouge-L"]
     assert [row[0] for row in table[1:]] == [r["setting"] for r in summary]

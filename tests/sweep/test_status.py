@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lorabatch.generation.schema import conform, generation_schema
+from lorabatch.layout import RunLayout
 from lorabatch.sweep.stages import content_key, mark_done
 from lorabatch.sweep.status import status_lines
 
@@ -15,7 +16,7 @@ def _part(path, rows):
 
 
 def test_counts_and_stage_states(tmp_path):
-    gen = tmp_path / "generations"
+    gen = RunLayout(tmp_path).generations
     gen.mkdir()
     row = {"task_id": "task1", "setting": "base", "prompt": "p", "references": ["r"], "backend": "hf"}
     _part(gen / "part-a.parquet", [

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lorabatch.layout import RunLayout
+
 BASE_NAME = "lorabatch-test/tiny-mistral"
 N_TASKS = 5
 RANK = 8
@@ -82,7 +84,7 @@ def write_manifest(run_dir: Path, task_ids: list[str], adapter_dirs: list[Path],
         ]
     )  # fmt: skip
     digest = hashlib.sha256("".join(shas).encode()).hexdigest()
-    write_parquet(run_dir / "bank" / "manifest.parquet", table.replace_schema_metadata({"lorabatch.manifest_hash": digest}))
+    write_parquet(RunLayout(run_dir).manifest, table.replace_schema_metadata({"lorabatch.manifest_hash": digest}))
 
 
 def write_distances(run_dir: Path, metric: str, task_ids: list[str], d: np.ndarray) -> None:
@@ -91,7 +93,7 @@ def write_distances(run_dir: Path, metric: str, task_ids: list[str], d: np.ndarr
     from lorabatch.atomic import write_parquet
 
     rows = [{"target": t, "source": s, "d": float(d[i, j])} for i, t in enumerate(task_ids) for j, s in enumerate(task_ids)]
-    write_parquet(run_dir / "distances" / f"{metric}.parquet", pa.Table.from_pylist(rows))
+    write_parquet(RunLayout(run_dir).distances(metric), pa.Table.from_pylist(rows))
 
 
 def random_distances(n: int, seed: int = 0) -> np.ndarray:
@@ -142,8 +144,8 @@ def predict_bank(fresh_run, monkeypatch) -> TinyRun:
     distances have their own tests); `calls` records every query, i.e. every feature computation."""
     from lorabatch.synthesis import predict as predict_mod
 
-    (fresh_run.run_dir / "features").mkdir()
-    (fresh_run.run_dir / "features" / "task1.npy").write_bytes(b"")
+    RunLayout(fresh_run.run_dir).features.mkdir()
+    (RunLayout(fresh_run.run_dir).features / "task1.npy").write_bytes(b"")
     calls = []
 
     def fake_query(bank_run, dataset, metric, base_model_path, seed, progress):

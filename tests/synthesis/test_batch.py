@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from lorabatch.layout import RunLayout
 from lorabatch.synthesis.batch import bank_gram, synthesize_batch
 from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
 from lorabatch.synthesis.config import NeuralConfig, SynthesisConfig
@@ -106,11 +107,11 @@ def test_stage_coefficients_adapters_cache_and_jit(fresh_run):
     cfg = small_config()
     out = compute_coefficients(run, "JS", cfg, seed=0, progress=False)
     assert sorted(out) == ["attentional", "neural", "normalized"]
-    targets, sources, c, meta = read_coefficients(run / "coefficients" / "JS" / "normalized.parquet")
+    targets, sources, c, meta = read_coefficients(RunLayout(run).coefficients_file("JS", "normalized"))
     assert targets == sources == fresh_run.task_ids and meta["model"] == "normalized"
     assert np.abs(c - normalized_coefficients(fresh_run.distances)).max() <= 1e-12
     assert (neural_model_dir(run, "JS") / "model.safetensors").is_file()
-    _, _, _, nmeta = read_coefficients(run / "coefficients" / "JS" / "neural.parquet")
+    _, _, _, nmeta = read_coefficients(RunLayout(run).coefficients_file("JS", "neural"))
     assert len(nmeta["train_tasks"]) == 4
 
     paths = synthesize_setting(run, "JS-normalized", cfg, progress=False)
@@ -155,7 +156,7 @@ def test_cli_synthesize_writes_coefficients_and_adapters(fresh_run, tmp_path):
     res = CliRunner().invoke(app, ["synthesize", str(tmp_path / "run.yaml")])
     assert res.exit_code == 0, res.output
     assert "JS-normalized: 5 adapters" in res.output
-    _, _, c, meta = read_coefficients(fresh_run.run_dir / "coefficients" / "JS" / "attentional.parquet")
+    _, _, c, meta = read_coefficients(RunLayout(fresh_run.run_dir).coefficients_file("JS", "attentional"))
     assert meta["top_k"] == 2 and (np.count_nonzero(c, axis=1) == 2).all()
     prov = json.loads((adapter_dir(fresh_run.run_dir, "JS-attentional", "task3") / "provenance.json").read_text())
     assert prov["coefficients"] == pytest.approx({fresh_run.task_ids[j]: c[2, j] for j in np.flatnonzero(c[2])})

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from lorabatch.errors import DatasetError
+from lorabatch.layout import RunLayout
 from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
 from lorabatch.synthesis.predict import predict_adapter, read_user_dataset
 from lorabatch.synthesis.stage import SynthesisError
 
 from .conftest import QUERY_D, load_tensors
+
 
 @pytest.fixture()
 def bank(predict_bank):
@@ -129,7 +131,7 @@ def test_dataset_with_another_tokenizer_is_refused(bank, tmp_path):
 
 
 def test_bank_features_from_another_tokenizer_are_refused(bank, tmp_path):
-    (bank.run_dir / "features" / "features.json").write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
+    RunLayout(bank.run_dir).features_meta.write_text(json.dumps({"tokenizer_sha256": "0" * 64}))
     data = write_jsonl(tmp_path / "my.jsonl", ROWS)
     with pytest.raises(SynthesisError, match="another tokenizer"):
         predict_adapter(bank.run_dir, data, tmp_path / "out", progress=False)
@@ -184,7 +186,7 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
 
     import pyarrow.parquet as pq
 
-    manifest = pq.read_table(bank.run_dir / "bank" / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(RunLayout(bank.run_dir).manifest).to_pylist()
     cfg = _json.loads((tmp_path / "sel" / "adapter_config.json").read_text())
     ev = FewShotLoss(str(bank.base_dir), cfg, "cpu")
     ev.set_examples(rows)

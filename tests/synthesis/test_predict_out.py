@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lorabatch.cli import app
+from lorabatch.layout import RunLayout
 
 ROWS = [{"input": "red cat", "output": ["blue"]}, {"input": "one two", "output": "three"}]
 
@@ -58,10 +59,10 @@ def test_new_empty_or_previous_adapter_directory_is_written(bank, data, tmp_path
 
 
 def test_out_inside_the_bank_is_refused(bank, data):
-    for out in (bank.run_dir / "adapters" / "mine", bank.run_dir, bank.adapter_dirs[0], bank.adapter_dirs[1] / "sub"):
+    for out in (RunLayout(bank.run_dir).adapters / "mine", bank.run_dir, bank.adapter_dirs[0], bank.adapter_dirs[1] / "sub"):
         res = predict(bank, data, out)
         assert res.exit_code != 0 and "lies inside the bank" in str(res.exception), out
-    assert not (bank.run_dir / "adapters").exists() and not (bank.adapter_dirs[1] / "sub").exists()
+    assert not RunLayout(bank.run_dir).adapters.exists() and not (bank.adapter_dirs[1] / "sub").exists()
 
 
 def test_cli_error_is_one_line_exit_2(bank, data, tmp_path):
