@@ -164,11 +164,14 @@ def predict(
     seed: int = typer.Option(0, help="Seed of random choices in the features (MMD samples)."),
     top: int = typer.Option(10, help="How many top contributing bank tasks to print."),
     fewshot: Optional[str] = typer.Option(
-        None, help="'select' (the candidate with the lowest loss on your examples) or 'refine' (CMA-ES on the "
-        "top-K weights of --metric/--model, exact mixing). Forward passes of the base model, no gradients."
+        None, help="'select' (the candidate whose greedy answers to your examples score best) or 'refine' "
+        "(CMA-ES on K bank tasks' weights from select's choice, exact mixing). Forward passes of the base model, "
+        "no gradients."
     ),
+    refine_from: str = typer.Option("select", help="With --fewshot refine: start from 'select' or from the "
+                                    "'setting' --metric/--model."),
     fewshot_examples: int = typer.Option(16, min=1, help="With --fewshot: examples of your dataset the loss is computed on."),
-    refine_budget: int = typer.Option(40, min=2, help="With --fewshot refine: loss evaluations at most."),
+    refine_budget: int = typer.Option(40, min=2, help="With --fewshot refine: evaluations at most."),
     refine_top_k: int = typer.Option(5, min=1, help="With --fewshot refine: bank tasks whose weights are optimised."),
 ):
     """Build an adapter for a new dataset from a bank, without training; prints the top contributors."""
@@ -176,14 +179,16 @@ def predict(
 
     from lorabatch.config import format_validation_error
     from lorabatch.errors import ConfigError
+    from lorabatch.fewshot.config import FewShotConfig
     from lorabatch.synthesis.config import SynthesisConfig
     from lorabatch.synthesis.predict import predict_adapter
 
-    from lorabatch.fewshot.config import FewShotConfig
-
     try:
         syn = SynthesisConfig(mixing=mixing, temperature=temperature, top_k=top_k, exact_rank=exact_rank)
-        few = FewShotConfig(examples=fewshot_examples, refine={"budget": refine_budget, "top_k": refine_top_k})
+        if refine_from not in ("select", "setting"):
+            raise ConfigError([f"--refine-from: must be 'select' or 'setting' (got {refine_from!r})"], "command-line flags")
+        start = "select" if refine_from == "select" else f"{metric}-{model}"
+        few = FewShotConfig(examples=fewshot_examples, refine={"budget": refine_budget, "top_k": refine_top_k, "start": start})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), "command-line flags") from None
     if fewshot is not None and fewshot not in ("select", "refine"):
@@ -197,7 +202,7 @@ def predict(
         result, chosen = fewshot_predict(bank, data, out, method=fewshot, metric=metric, model=model, config=syn,
                                          fewshot=few, seed=seed, top=top)  # fmt: skip
         what = f"{fewshot}: {chosen.choice}" if fewshot == "select" else f"refine from {chosen.choice}"
-        typer.echo(f"few-shot loss {chosen.loss:.4f} (reference {chosen.start_loss:.4f}) after {chosen.evaluations} "
+        typer.echo(f"few-shot loss {chosen.loss:.4f} (start {chosen.start_loss:.4f}) after {chosen.evaluations} "
                    f"adapters, {chosen.forward_passes} forward passes, {chosen.seconds:.1f} s")  # fmt: skip
     if result.ignored_columns:
         typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")

@@ -66,12 +66,12 @@ class LorabatchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _refine_start_is_a_setting(self):
-        if "refine" in self.fewshot.methods:
+        if "refine" in self.fewshot.methods and self.fewshot.refine.start != "select":
             start = self.fewshot.refine.start
             metric, _, model = start.rpartition("-")
             if metric not in self.distances.metrics or model not in self.synthesis.models:
-                settings = [f"{m}-{k}" for m in self.distances.metrics for k in self.synthesis.models]
-                raise ValueError(f"fewshot.refine.start must be one of the sweep's paper settings {settings}, got {start!r}")
+                settings = ["select"] + [f"{m}-{k}" for m in self.distances.metrics for k in self.synthesis.models]
+                raise ValueError(f"fewshot.refine.start must be 'select' or one of the sweep's paper settings {settings}, got {start!r}")
         return self
 
 

@@ -11,7 +11,7 @@ from lorabatch.strict import StrictModel, no_duplicates
 
 
 class SelectConfig(StrictModel):
-    """`select`: the candidate with the lowest few-shot loss. Candidates are every mixture setting
+    """`select`: the candidate that does best on the few-shot criterion. Candidates are every mixture setting
     of the sweep (paper settings and controls) plus, per metric, normalized coefficients on this
     grid of temperature × top-k (z-scores are scale-free, so one grid serves every metric)."""
 
@@ -40,27 +40,36 @@ class SelectConfig(StrictModel):
 
 
 class RefineConfig(StrictModel):
-    """`refine`: LoraHub's recipe on the top-K bank tasks of a starting setting — CMA-ES over the K
-    weights w ∈ [−bound, bound]^K minimising  loss(Σ_j w_j B_j A_j) + l1 · Σ_j |w_j|,  started from
-    the starting setting's top-K weights (renormalised), at most `budget` loss evaluations. The
-    result is mixed exactly (ΔW = Σ w_j B_j A_j) and never has a higher few-shot loss than its
-    starting point (the start is the first point evaluated and the fallback)."""
+    """`refine`: LoraHub's recipe on K bank tasks — CMA-ES over the K weights w ∈ [−bound, bound]^K
+    minimising  f(w) = q(Σ_j w_j B_j A_j) + l1 · Σ_j |w_j|,  where q is the few-shot criterion
+    (criterion 'rouge': 1 − the mean Rouge-L of greedy answers; 'loss': the teacher-forced loss),
+    started from the starting point's weights on the K tasks, at most `budget` evaluations. The
+    result is mixed exactly (ΔW = Σ w_j B_j A_j) and is never worse on the criterion than its
+    start (the start is the first point evaluated and the fallback)."""
 
     start: str = Field(
-        "JS-normalized",
-        description="The paper setting (<metric>-<model>, one of the sweep's) whose coefficients give the "
-        "top-K tasks and the starting weights. JS-normalized is the paper's best setting.",
+        "select",
+        description="Where the search starts: 'select' — select's choice for the task (its top-K tasks "
+        "first, the few-shot pool's best own adapters after them; select is then run even when it is "
+        "not one of the methods, and its cost counts in refine's); or a paper setting of the sweep "
+        "(<metric>-<model>, e.g. JS-normalized, the paper's best) whose coefficients give the weights.",
     )
     top_k: int = Field(5, ge=1, description="K: bank tasks whose weights are optimised.")
-    budget: int = Field(40, ge=2, description="Loss evaluations at most, the start included (LoraHub uses 40).")
+    budget: int = Field(40, ge=2, description="Evaluations at most, the start included (LoraHub uses 40).")
     l1: float = Field(0.05, ge=0, description="L1 penalty on the weights (LoraHub uses 0.05).")
     bound: float = Field(1.5, gt=0, description="Each weight stays in [−bound, bound] (LoraHub uses 1.5).")
     sigma: float = Field(0.3, gt=0, description="Initial CMA-ES step size.")
-    sources: Literal["loss", "start"] = Field(
-        "loss",
-        description="Which K bank tasks are weighted: 'loss' — the K of the few-shot pool whose own adapters "
-        "alone have the lowest few-shot loss; 'start' — the K largest coefficients of the starting setting.",
+    sources: Literal["pool", "start"] = Field(
+        "pool",
+        description="Which K bank tasks are weighted: 'pool' — (from select) the chosen candidate's own top "
+        "tasks, then the few-shot pool's tasks whose own adapters score best on the criterion; 'start' — "
+        "the K largest coefficients of the starting point only.",
     )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _old_name(cls, value):
+        return "pool" if value == "loss" else value  # the name of 'pool' before the criterion could be Rouge-L
 
 
 class FewShotConfig(StrictModel):
@@ -74,20 +83,20 @@ class FewShotConfig(StrictModel):
     examples: int = Field(16, ge=1, description="k: examples per task the loss is computed on (a seeded sample).")
     batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
     pool: int = Field(
-        8,
+        20,
         ge=0,
-        description="M: per metric, the M nearest bank tasks (by distance) form the few-shot pool; each "
-        "pool task's own adapter is a `select` candidate, and `refine` (sources 'loss') takes its K tasks "
-        "from the pool. 0: no pool.",
+        description="M: the few-shot pool — M distinct bank tasks taken round-robin from each metric's nearest "
+        "list (every metric's nearest, then every metric's second, …; LoraHub draws 20 candidate adapters). "
+        "Each pool task's own adapter is a `select` candidate, and `refine` (sources 'pool') takes its K "
+        "tasks from the pool. 0: no pool.",
     )
     criterion: Literal["rouge", "loss"] = Field(
         "rouge",
-        description="How select ranks its candidates, refine its pool and its final point: 'rouge' — the "
-        "highest mean Rouge-L of greedy generations against output[0] on the few-shot examples (the "
-        "evaluation's metric, on training examples), the loss breaking ties; 'loss' — the lowest "
-        "teacher-forced loss of output[0] (forward passes only; on the demo bank it ranked candidates "
-        "poorly: adapters with a lower loss generated worse answers). refine's search itself always "
-        "minimises the loss (LoraHub's objective).",
+        description="What select ranks its candidates by and refine searches on: 'rouge' — the mean Rouge-L "
+        "of greedy generations against output[0] on the few-shot examples (the evaluation's metric, on "
+        "training examples), the loss breaking ties; 'loss' — the teacher-forced loss of output[0] "
+        "(forward passes only, LoraHub's objective; on the demo bank it ranked candidates poorly: "
+        "adapters with a lower loss generated worse answers).",
     )
     max_new_tokens: int | None = Field(
         None, ge=1, description="Greedy tokens per example for the 'rouge' criterion (None: generation.max_new_tokens)."

@@ -1,19 +1,24 @@
-"""`select` and `refine` for one target task, given its few-shot loss (`loss.FewShotLoss`).
+"""`select` and `refine` for one target task, given its few-shot evaluator (`loss.FewShotLoss`).
+
+The criterion q of an adapter on the task's k training examples: 'rouge' — the mean Rouge-L of its
+greedy answers against output[0] (the evaluation's metric), the teacher-forced loss breaking ties;
+'loss' — the teacher-forced loss alone.
 
 select:  among candidate coefficient rows c^(1..M) [N] (the sweep's mixture settings, a grid, and
-         the own adapters of the few-shot pool — the nearest bank tasks by each metric), the one
-         whose mixed adapter does best on the examples: the lowest few-shot loss, or (criterion
-         'rouge') the highest mean Rouge-L of its greedy generations against output[0], the loss
-         breaking ties: M loss evaluations (and M greedy generations).
-refine:  K bank tasks — the pool's K lowest-loss own adapters (sources 'loss'), or the top-k of
-         the starting row c⁰ (sources 'start'); weights w ∈ [−b, b]^K minimise
-             f(w) = loss(ΔW(w)) + λ Σ_j |w_j|,   ΔW(w) = Σ_j w_j B_j A_j  (per module)
-         by CMA-ES (the `cma` package), starting at w⁰ = c⁰_top / Σ c⁰_top, `budget` evaluations in
-         all, w⁰ first. During the search ΔW(w) is held exactly as the rank-Kr pair
-         A = [A_1; …; A_K], B = [w_1 B_1, …, w_K B_K] (no SVD), so a candidate costs one copy of B.
-         The result is the best f among the points whose loss is ≤ loss(w⁰) — w⁰ itself when none
-         is better — so refining never raises the few-shot loss over its start (criterion 'rouge':
-         the best few-shot Rouge-L among the 5 best-f such points).
+         the own adapters of the few-shot pool — bank tasks near the target by the metrics), the
+         one whose mixed adapter does best on q: M evaluations.
+refine:  K bank tasks — (from select) the choice's own top tasks, then the pool's best own
+         adapters on q (sources 'pool'), or the top-K of the starting row c⁰ only (sources 'start'); weights
+         w ∈ [−b, b]^K minimise
+             f(w) = q(ΔW(w)) + λ Σ_j |w_j|,   ΔW(w) = Σ_j w_j B_j A_j  (per module)
+         (q = 1 − Rouge-L, or the loss) by CMA-ES (the `cma` package), starting at
+         w⁰ = c⁰_top / Σ c⁰_top, `budget` evaluations in all, w⁰ first. During the search ΔW(w) is
+         held exactly as the rank-Kr pair A = [A_1; …; A_K], B = [w_1 B_1, …, w_K B_K] (no SVD),
+         so a candidate costs one copy of B. The result is the lowest f among the points at least
+         as good as w⁰ on q — w⁰ itself when none is — so refining never worsens its start.
+         Started from select (the default), the start is select's choice; when that choice was
+         mixed otherwise than exactly (a dense paper-mixed row) and refine ends worse than it,
+         select's choice is kept.
 """
 
 from __future__ import annotations
@@ -40,6 +45,21 @@ class FewShotResult:
     forward_passes: int
     seconds: float
     details: dict = field(default_factory=dict)
+
+    def record(self, method: str, examples: int) -> dict:
+        """What the run's files and an adapter's provenance say about this result. rouge_l /
+        start_rouge_l: few-shot Rouge-L of the result and of the starting point (None when the
+        criterion did not compute it); kept_select: refine kept select's paper-mixed choice,
+        which did better than the search."""
+        rouges = self.details.get("candidate_rouge_l")
+        if rouges is not None:  # select
+            rouge, start = rouges.get(self.choice), None
+        else:
+            rouge, start = self.details.get("final_rouge_l"), self.details.get("start_rouge_l")
+        return {"method": method, "choice": self.choice, "loss": self.loss, "start_loss": self.start_loss,
+                "rouge_l": rouge, "start_rouge_l": start, "kept_select": self.details.get("kept") == "select",
+                "evaluations": self.evaluations,
+                "forward_passes": self.forward_passes, "seconds": round(self.seconds, 4), "examples": examples}  # fmt: skip
 
 
 def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks, exclude_self: bool = True) -> dict[str, np.ndarray]:
@@ -135,12 +155,11 @@ def rank_pool(evaluator, layout, pool: list[int], criterion: str = "loss", max_n
 
 def refine(
     evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str, sources: list[int] | None = None,
-    criterion: str = "loss", max_new_tokens: int = 256, finalists: int = 5,
+    criterion: str = "loss", max_new_tokens: int = 256,
 ) -> FewShotResult:  # fmt: skip
     """CMA-ES on the weights of K bank tasks (see the module docstring): `sources`, or the top-K
     of `start_row`; the search starts at `start_row` on them, renormalised (uniform if it gives
-    them no weight). With criterion 'rouge' the result is, among the `finalists` points of lowest
-    objective whose loss is ≤ the start's, the one whose greedy generations score best."""
+    them no weight), and minimises the criterion plus the L1 penalty."""
     import cma
 
     started, passes = time.perf_counter(), evaluator.forward_passes
@@ -155,14 +174,15 @@ def refine(
     total = start_row[top].sum()
     w0 = start_row[top] / total if total > 0 else np.full(top.size, 1.0 / top.size)
     stacked = StackedAdapter(layout, top)
-    points: list[tuple[np.ndarray, float, float]] = []  # (w, loss, objective)
+    points: list[Point] = []
 
     def evaluate(w: np.ndarray) -> float:
         w = np.clip(np.asarray(w, dtype=np.float64), -config.bound, config.bound)
-        loss = evaluator.loss(stacked.tensors(w))
-        objective = loss + config.l1 * float(np.abs(w).sum())
-        points.append((w, loss, objective))
-        return objective
+        tensors = stacked.tensors(w)
+        point = Point(w, evaluator.loss(tensors), evaluator.rouge(tensors, max_new_tokens) if criterion == "rouge" else None)
+        point.objective = point.quality(criterion) + config.l1 * float(np.abs(w).sum())
+        points.append(point)
+        return point.objective
 
     evaluate(w0)
     if len(top) == 1:
@@ -180,20 +200,128 @@ def refine(
             if len(values) < len(population):
                 break
             es.tell(population, values)
-    start_loss = points[0][1]
-    eligible = sorted((p for p in points if p[1] <= start_loss), key=lambda p: p[2])
-    best_w, best_loss, best_obj = eligible[0]
-    final_rouge = None
-    if criterion == "rouge":
-        scored = [(evaluator.rouge(stacked.tensors(p[0]), max_new_tokens), -p[2], k) for k, p in enumerate(eligible[:finalists])]
-        final_rouge, _, k = max(scored)
-        best_w, best_loss, best_obj = eligible[k]
+    start = points[0]
+    eligible = [p for p in points if p.rank(criterion) <= start.rank(criterion)]
+    best = min(eligible, key=lambda p: (p.objective, p.loss))
     full = np.zeros(layout.n_tasks)
-    full[top] = best_w
+    full[top] = best.w
     return FewShotResult(
-        coefficients=full, choice=start_name, loss=best_loss, start_loss=start_loss, evaluations=len(points),
+        coefficients=full, choice=start_name, loss=best.loss, start_loss=start.loss, evaluations=len(points),
         forward_passes=evaluator.forward_passes - passes, seconds=time.perf_counter() - started,
         details={"sources": [layout.task_ids[int(j)] for j in top], "start_weights": w0.tolist(),
-                 "weights": best_w.tolist(), "objective": best_obj, "l1": config.l1, "criterion": criterion,
-                 "final_rouge_l": final_rouge},
+                 "weights": best.w.tolist(), "objective": best.objective, "l1": config.l1, "criterion": criterion,
+                 "start_rouge_l": start.rouge, "final_rouge_l": best.rouge},
     )  # fmt: skip
+
+
+@dataclass
+class Point:
+    """One evaluated weight vector of refine's search."""
+
+    w: np.ndarray
+    loss: float
+    rouge: float | None
+    objective: float = float("nan")
+
+    def quality(self, criterion: str) -> float:
+        """q: lower is better (1 − Rouge-L, or the loss)."""
+        return 1.0 - self.rouge if criterion == "rouge" else self.loss
+
+    def rank(self, criterion: str) -> tuple[float, float]:
+        """Order on the criterion alone (lower is better; the loss breaks Rouge-L ties)."""
+        return (self.quality(criterion), self.loss) if criterion == "rouge" else (self.loss, 0.0)
+
+
+def pool_scores_from_select(result: FewShotResult, candidates: list[tuple[str, np.ndarray]], layout) -> dict[int, dict]:
+    """{bank index j: {"loss", "rouge_l"}} of every select candidate that is one bank task's own
+    adapter (a one-hot row), read from select's record — no new evaluation."""
+    losses = result.details["candidate_losses"]
+    rouges = result.details.get("candidate_rouge_l", {})
+    out = {}
+    for name, row in candidates:
+        nz = np.flatnonzero(row)
+        if len(nz) == 1 and row[nz[0]] == 1.0 and name in losses:
+            out[int(nz[0])] = {"loss": losses[name], **({"rouge_l": rouges[name]} if name in rouges else {})}
+    return out
+
+
+def order_by_scores(scores: dict[int, dict]) -> list[int]:
+    """Bank indices, best first (highest few-shot Rouge-L where scored, then lowest loss)."""
+    return sorted(scores, key=lambda j: (-scores[j].get("rouge_l", 0.0), scores[j]["loss"], j))
+
+
+def run_methods(
+    evaluator, layout, methods, config, synthesis_config, candidates: list[tuple[str, np.ndarray]], pool: list[int],
+    paper_rows: dict[str, np.ndarray], paper_names, seed: int, max_new_tokens: int,
+) -> dict:  # fmt: skip
+    """{method: (FewShotResult, the SynthesisConfig its coefficients are mixed with), or the
+    exception that method failed with} for one task whose examples are set on `evaluator`: select
+    over `candidates`; refine from select's choice or from `paper_rows[config.refine.start]`, its K
+    tasks from `pool` (see the module docstring). refine started from select counts select's cost
+    in its own."""
+    from lorabatch.settings import REFINE, SELECT
+
+    out: dict = {}
+    from_select = REFINE in methods and config.refine.start == SELECT
+    if SELECT in methods or from_select:
+        try:
+            chosen = select(evaluator, layout, candidates, synthesis_config, paper_names, config.criterion, max_new_tokens)
+        except Exception as err:  # noqa: BLE001 - the caller records it; refine from select fails with it
+            return {m: err for m in methods if m == SELECT or from_select}
+        if SELECT in methods:
+            out[SELECT] = (chosen, synthesis_config)
+    if REFINE in methods:
+        try:
+            out[REFINE] = _refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows,
+                                       chosen if from_select else None, seed, max_new_tokens)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - the caller records it, select's result stands
+            out[REFINE] = err
+    return out
+
+
+def _refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows, chosen, seed, max_new_tokens):
+    """(refine's FewShotResult, its SynthesisConfig): from select's `chosen`, or from the configured paper setting."""
+    from_select = chosen is not None
+    exact = synthesis_config.model_copy(update={"mixing": "exact"})
+    cost = [0.0, 0, 0]  # seconds, forward passes, evaluations spent before the search
+    if from_select:
+        start_row, start_name = chosen.coefficients, f"select:{chosen.choice}"
+        scores = pool_scores_from_select(chosen, candidates, layout)
+        missing = [j for j in pool if j not in scores]
+        cost = [chosen.seconds, chosen.forward_passes, chosen.evaluations]
+    else:
+        start_row, start_name = paper_rows[config.refine.start], config.refine.start
+        scores, missing = {}, list(pool)
+    sources = None
+    if config.refine.sources == "pool" and pool:
+        if missing:
+            started, passes = time.perf_counter(), evaluator.forward_passes
+            _, screened = rank_pool(evaluator, layout, missing, config.criterion, max_new_tokens)
+            scores.update({layout.task_ids.index(t): v for t, v in screened.items()})
+            cost = [cost[0] + time.perf_counter() - started, cost[1] + evaluator.forward_passes - passes, cost[2] + len(missing)]
+        ranked = order_by_scores({j: scores[j] for j in pool})
+        # Refining select's choice keeps its own tasks, so the search starts exactly there.
+        own = [int(j) for j in np.argsort(-start_row, kind="stable")[: config.refine.top_k] if start_row[j] > 0] if from_select else []
+        sources = own + [j for j in ranked if j not in own]
+    result = refine(evaluator, layout, start_row, config.refine, seed, start_name, sources, config.criterion, max_new_tokens)
+    result.seconds += cost[0]
+    result.forward_passes += cost[1]
+    result.evaluations += cost[2]
+    if sources is not None:
+        result.details["pool"] = {layout.task_ids[j]: scores[j] for j in pool}
+    if from_select and synthesis_config.mixing != "exact" and _worse(result, chosen, config.criterion):
+        kept = FewShotResult(**{**chosen.__dict__, "choice": start_name, "seconds": result.seconds, "forward_passes": result.forward_passes,
+                                "evaluations": result.evaluations, "start_loss": result.start_loss,
+                                "details": {**result.details, "kept": "select",
+                                            "final_rouge_l": chosen.details.get("candidate_rouge_l", {}).get(chosen.choice)}})  # fmt: skip
+        return kept, synthesis_config
+    return result, exact
+
+
+def _worse(refined: FewShotResult, chosen: FewShotResult, criterion: str) -> bool:
+    """Whether refine's result does worse on the criterion than select's choice."""
+    if criterion == "rouge":
+        mine = (-(refined.details["final_rouge_l"] or 0.0), refined.loss)
+        theirs = (-chosen.details["candidate_rouge_l"][chosen.choice], chosen.loss)
+        return mine > theirs
+    return refined.loss > chosen.loss

@@ -3,8 +3,8 @@
 The dataset's rows are its training examples (a user dataset has no test split here); k of them,
 a seeded sample, give the loss. Candidates for `select` are the query coefficients of every
 coefficient model the bank supports for the metric, the controls (uniform: 1/N each; nearest:
-the closest bank task) and the normalized grid; `refine` starts from the `--metric`/`--model`
-coefficients. The base model's weights are needed (forward passes), unlike plain `predict`.
+the closest bank task), the normalized grid and the pool's own adapters; `refine` starts from
+select's choice (the default) or from the `--metric`/`--model` coefficients. The base model's weights are needed (forward passes), unlike plain `predict`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def query_candidates(q, bank_run: Path, metric: str, config: SynthesisConfig, fe
 
 def query_pool(q, fewshot: FewShotConfig) -> list[int]:
     """The `pool` bank tasks nearest to the query."""
-    return [int(j) for j in np.argsort(q.distances, kind="stable")[: fewshot.pool]]
+    from lorabatch.fewshot.stage import pool_of
+
+    return pool_of([q.distances], fewshot.pool)
 
 
 def fewshot_predict(
@@ -59,8 +61,10 @@ def fewshot_predict(
 ):  # fmt: skip
     """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
     `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
+    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
     from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.methods import candidate_rows, rank_pool, refine, select
+    from lorabatch.fewshot.methods import candidate_rows, run_methods
+    from lorabatch.fewshot.stage import singles
     from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
     from lorabatch.synthesis.stage import synthesize_one
     from lorabatch.synthesis.writer import contributors
@@ -71,35 +75,21 @@ def fewshot_predict(
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
-    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-
+    if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model
+        fewshot = fewshot.model_copy(update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})})
     trust = trusts_remote_code(load_manifest(bank_run))
     evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size,
                             trust_remote_code=trust)  # fmt: skip
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
-    budget = fewshot.max_new_tokens or 256
-    if method == SELECT:
-        matrices = query_candidates(q, bank_run, metric, config, fewshot)
-        paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
-        singles = {f"bank:{q.layout.task_ids[j]}": np.eye(q.layout.n_tasks)[j] for j in query_pool(q, fewshot)}
-        result = select(evaluator, q.layout, candidate_rows(0, matrices, singles), config, paper,
-                        fewshot.criterion, budget)  # fmt: skip
-        syn = config
-    else:
-        sources = None
-        if fewshot.refine.sources == "loss" and fewshot.pool:
-            started = evaluator.forward_passes
-            sources, _ = rank_pool(evaluator, q.layout, query_pool(q, fewshot), fewshot.criterion, budget)
-            passes = evaluator.forward_passes - started
-        result = refine(evaluator, q.layout, q.coefficients, fewshot.refine, seed, f"{metric}-{model}", sources,
-                        fewshot.criterion, budget)  # fmt: skip
-        if sources is not None:
-            result.forward_passes += passes
-            result.evaluations += len(sources)
-        syn = config.model_copy(update={"mixing": "exact"})
-    record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
-              "evaluations": result.evaluations, "forward_passes": result.forward_passes,
-              "seconds": round(result.seconds, 4), "examples": len(evaluator.items)}  # fmt: skip
+    matrices = query_candidates(q, bank_run, metric, config, fewshot)
+    paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
+    pool = query_pool(q, fewshot)
+    results = run_methods(evaluator, q.layout, [method], fewshot, config, candidate_rows(0, matrices, singles(pool, q.layout.task_ids)),
+                          pool, {f"{metric}-{model}": q.coefficients}, paper, seed, fewshot.max_new_tokens or 256)  # fmt: skip
+    if isinstance(results[method], Exception):
+        raise results[method]
+    result, syn = results[method]
+    record = result.record(method, len(evaluator.items))
     synthesize_one(q.layout, result.coefficients, out, syn, setting=method, target=f"query:{q.data_hash[:16]}",
                    extra={**q.provenance(data), "fewshot": record}, progress=progress)  # fmt: skip
     ids = q.layout.task_ids

@@ -5,10 +5,13 @@ Reads   RUN/bank/manifest.parquet; each task's `fewshot.split` examples (the tra
         coefficient files of every mixture setting (paper settings and controls)
 Writes  RUN/adapters/{select,refine}/<task>/    PEFT dir + provenance.json (the few-shot record)
         RUN/fewshot/<method>.parquet            one row per task:
-            task_id str · choice str (select: the winning candidate; refine: the starting
-            setting) · loss float64 (few-shot loss of the result) · start_loss float64 (select:
-            the best paper setting's; refine: its starting point's) · evaluations int32 (adapters
-            tried) · forward_passes int32 · seconds float64 · details str (JSON)
+            task_id str · choice str (select: the winning candidate; refine: its starting point,
+            "select:<candidate>" or a paper setting) · loss float64 (few-shot loss of the
+            result) · start_loss float64 (select: the best paper setting's; refine: its starting
+            point's) · rouge_l, start_rouge_l float64 (few-shot Rouge-L of the result and of
+            refine's start; null under criterion 'loss') · evaluations int32 (adapters tried;
+            refine from select: select's included) · forward_passes int32 · seconds float64 ·
+            details str (JSON) · error str
 
 Each task is one row of a Ray Data pipeline whose actors (`fewshot.concurrency`) load the base
 model once; a task that fails is recorded with its error and the others go on.
@@ -17,7 +20,6 @@ model once; a task that fails is recorded with its error and the others go on.
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from pathlib import Path
 
@@ -25,8 +27,6 @@ import numpy as np
 
 from lorabatch.errors import LorabatchError
 from lorabatch.settings import REFINE, SELECT, Setting
-
-RESULT_COLUMNS = ("task_id", "choice", "loss", "start_loss", "evaluations", "forward_passes", "seconds", "details", "error")
 
 
 class FewShotError(LorabatchError):
@@ -60,7 +60,7 @@ def _result_schema():
 
     return pa.schema([
         ("method", pa.string()), ("task_id", pa.string()), ("choice", pa.string()), ("loss", pa.float64()),
-        ("start_loss", pa.float64()), ("evaluations", pa.int32()), ("forward_passes", pa.int32()),
+        ("start_loss", pa.float64()), ("rouge_l", pa.float64()), ("start_rouge_l", pa.float64()), ("evaluations", pa.int32()), ("forward_passes", pa.int32()),
         ("seconds", pa.float64()), ("details", pa.string()), ("error", pa.string()),
     ])  # fmt: skip
 
@@ -96,17 +96,12 @@ class FewShotWorker:
             self.matrices[setting.name] = c[[targets.index(t) for t in ids]]
         self.paper_names = [s.name for s in mixture_settings(metrics, self.synthesis) if s.kind == "paper"]
         self.distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
-        if SELECT in self.config.methods:
+        if SELECT in self.config.methods or (REFINE in self.config.methods and self.config.refine.start == SELECT):
             self.matrices.update(grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k))
 
     def pool(self, i: int) -> list[int]:
-        """The few-shot pool of task i: per metric its `pool` nearest other tasks, in metric then rank order."""
-        out: dict[int, None] = {}
-        for d in self.distances.values():
-            others = [int(j) for j in np.argsort(d[i], kind="stable") if j != i]
-            for j in others[: self.config.pool]:
-                out[j] = None
-        return list(out)
+        """The few-shot pool of task i (see `pool_of`)."""
+        return pool_of([d[i] for d in self.distances.values()], self.config.pool, exclude=i)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -117,41 +112,28 @@ class FewShotWorker:
         return pa.Table.from_pylist(out, schema=_result_schema())
 
     def run_task(self, task_id: str, dataset_path: str) -> list[dict]:
-        from lorabatch.fewshot.methods import candidate_rows, rank_pool, refine, select
+        from lorabatch.fewshot.methods import candidate_rows, run_methods
         from lorabatch.synthesis.stage import adapter_dir, synthesize_one
 
         i = self.layout.task_ids.index(task_id)
-        rows = []
+        methods = self.config.methods
         try:
             self.evaluator.set_examples(few_shot_examples(dataset_path, self.config.split, self.config.examples, self.seed, task_id))
-        except Exception as err:  # noqa: BLE001 - recorded on the task's rows
-            return [_failed(m, task_id, err) for m in self.config.methods]
-        for method in self.config.methods:
+            pool = self.pool(i)
+            candidates = candidate_rows(i, self.matrices, singles(pool, self.layout.task_ids))
+            results = run_methods(self.evaluator, self.layout, methods, self.config, self.synthesis, candidates, pool,
+                                  {n: c[i] for n, c in self.matrices.items()}, self.paper_names, self.seed + i,
+                                  self.max_new_tokens)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - recorded on the task's rows, the other tasks go on
+            return [_failed(m, task_id, err) for m in methods]
+        rows = []
+        for method in methods:
+            if isinstance(results[method], Exception):
+                rows.append(_failed(method, task_id, results[method]))
+                continue
+            result, syn = results[method]
             try:
-                if method == SELECT:
-                    result = select(self.evaluator, self.layout, candidate_rows(i, self.matrices, self.singles(i)),
-                                    self.synthesis, self.paper_names, self.config.criterion,
-                                    self.max_new_tokens)  # fmt: skip
-                    syn = self.synthesis
-                else:
-                    start = self.config.refine.start
-                    sources = None
-                    if self.config.refine.sources == "loss" and self.config.pool:
-                        started, passes = time.perf_counter(), self.evaluator.forward_passes
-                        sources, pool_scores = rank_pool(self.evaluator, self.layout, self.pool(i), self.config.criterion,
-                                                         self.max_new_tokens)  # fmt: skip
-                        pool_cost = (time.perf_counter() - started, self.evaluator.forward_passes - passes, len(sources))
-                    result = refine(self.evaluator, self.layout, self.matrices[start][i], self.config.refine,
-                                    self.seed + i, start, sources, self.config.criterion, self.max_new_tokens)  # fmt: skip
-                    if sources is not None:  # the pool's screening is part of refine's cost
-                        result.seconds += pool_cost[0]
-                        result.forward_passes += pool_cost[1]
-                        result.evaluations += pool_cost[2]
-                        result.details["pool"] = pool_scores
-                    syn = self.synthesis.model_copy(update={"mixing": "exact"})
-                record = {"method": method, "choice": result.choice, "loss": result.loss, "start_loss": result.start_loss,
-                          "evaluations": result.evaluations, "forward_passes": result.forward_passes,
-                          "seconds": round(result.seconds, 4), "examples": len(self.evaluator.items)}  # fmt: skip
+                record = result.record(method, len(self.evaluator.items))
                 synthesize_one(self.layout, result.coefficients, adapter_dir(self.run_dir, method, task_id), syn,
                                setting=method, target=task_id, extra={"fewshot": record})  # fmt: skip
                 rows.append({**record, "task_id": task_id, "details": json.dumps(result.details), "error": None})
@@ -159,14 +141,27 @@ class FewShotWorker:
                 rows.append(_failed(method, task_id, err))
         return rows
 
-    def singles(self, i: int) -> dict[str, np.ndarray]:
-        """{"bank:<task>": one-hot [N]} for the pool's tasks of task i (each one's own adapter)."""
-        out = {}
-        for j in self.pool(i):
-            row = np.zeros(len(self.layout.task_ids))
-            row[j] = 1.0
-            out[f"bank:{self.layout.task_ids[j]}"] = row
-        return out
+
+def pool_of(distance_rows: list[np.ndarray], size: int, exclude: int | None = None) -> list[int]:
+    """The few-shot pool: `size` distinct bank tasks taken round-robin from each metric's nearest
+    list (every metric's nearest, then every metric's second, …), `exclude` left out."""
+    orders = [[int(j) for j in np.argsort(d, kind="stable") if j != exclude] for d in distance_rows]
+    out: dict[int, None] = {}
+    for rank in range(max((len(o) for o in orders), default=0)):
+        for order in orders:
+            if len(out) < size and rank < len(order):
+                out.setdefault(order[rank], None)
+    return list(out)
+
+
+def singles(pool: list[int], task_ids: list[str]) -> dict[str, np.ndarray]:
+    """{"bank:<task>": one-hot [N]} for the pool's tasks (each one's own adapter as a candidate)."""
+    out = {}
+    for j in pool:
+        row = np.zeros(len(task_ids))
+        row[j] = 1.0
+        out[f"bank:{task_ids[j]}"] = row
+    return out
 
 
 def _failed(method: str, task_id: str, err: Exception) -> dict:
@@ -189,7 +184,7 @@ def run_fewshot(
 
     if not fewshot.methods:
         return {}
-    if REFINE in fewshot.methods:
+    if REFINE in fewshot.methods and fewshot.refine.start != SELECT:
         start = Setting.parse(fewshot.refine.start)
         if start.kind != "paper" or start.metric not in metrics or start.model not in synthesis.models:
             raise FewShotError(f"fewshot.refine.start {fewshot.refine.start!r} is not a paper setting of this run")

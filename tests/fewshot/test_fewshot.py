@@ -213,18 +213,35 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
     for r in by_loss["select"]:
         losses = json.loads(r["details"])["candidate_losses"]
         assert r["loss"] == pytest.approx(min(losses.values())) and losses[r["choice"]] == r["loss"]
-    for r in results["refine"]:
+    selected = {r["task_id"]: r for r in results["select"]}
+    for r in results["refine"]:  # default: refine starts from select's choice and searches on few-shot Rouge-L
+        details = json.loads(r["details"])
+        chosen = selected[r["task_id"]]
+        assert r["choice"] == f"select:{chosen['choice']}"
+        assert details["final_rouge_l"] >= details["start_rouge_l"]
+        # select's candidates are counted in refine's cost, and the pool is not screened again
+        assert chosen["evaluations"] < r["evaluations"] <= chosen["evaluations"] + 12
+        pool = details["pool"]
+        assert len(pool) == N_TASKS - 1 and r["task_id"] not in pool
+        select_scores = json.loads(chosen["details"])
+        for task, score in pool.items():  # read from select's record (the nearest task's adapter is named nearest-JS there)
+            name = f"bank:{task}" if f"bank:{task}" in select_scores["candidate_losses"] else "nearest-JS"
+            assert score == {"loss": select_scores["candidate_losses"][name], "rouge_l": select_scores["candidate_rouge_l"][name]}
+    by_loss = _run(_copy(pristine, tmp_path / "refine-loss"), pristine[1], methods=["refine"], criterion="loss",
+                   refine={"top_k": 3, "budget": 12, "start": "JS-normalized"})  # fmt: skip
+    run = tmp_path / "refine-loss" / "run"
+    for r in by_loss["refine"]:  # LoraHub's objective: the loss never ends above its start's
         assert r["loss"] <= r["start_loss"]
         assert r["evaluations"] <= 12 + (N_TASKS - 1)  # the budget, plus screening the pool (every other task here)
         pool = json.loads(r["details"])["pool"]
         assert len(pool) == N_TASKS - 1 and r["task_id"] not in pool
         sources = json.loads(r["details"])["sources"]
-        best_first = sorted(pool, key=lambda t: (-pool[t]["rouge_l"], pool[t]["loss"], t))
-        assert sources == best_first[:3]  # the 3 own adapters with the best few-shot Rouge-L
+        best_first = sorted(pool, key=lambda t: (pool[t]["loss"], t))
+        assert sources == best_first[:3]  # the 3 own adapters with the lowest few-shot loss
         assert r["choice"] == "JS-normalized"
     # The written refine adapter is the exact mixture the search evaluated: its loss, read back
     # from disk through stock PEFT, equals the recorded one.
-    r = results["refine"][0]
+    r = by_loss["refine"][0]
     task = manifest[r["task_id"]]
     rows = few_shot_examples(task["dataset_path"], "train", 6, 0, r["task_id"])
     ref = _reference_loss(task["base_model_path"], run / "adapters" / "refine" / r["task_id"], rows)

@@ -196,11 +196,30 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     assert chosen <= ev.loss(load_file(str(Path(nearest) / "adapter_model.safetensors"))) + 1e-9
 
     res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "ref"),
-                                   "--fewshot", "refine", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
+                                   "--fewshot", "refine", "--fewshot-examples", "4", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
     assert res.exit_code == 0, res.output
+    selected = prov["fewshot"]
     prov = _json.loads((tmp_path / "ref" / "provenance.json").read_text())
-    assert prov["fewshot"]["loss"] <= prov["fewshot"]["start_loss"] and prov["fewshot"]["evaluations"] <= 6 + 5  # budget + the pool (all 5 bank tasks)
-    assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
+    # refine starts from select's choice (select's candidates count in its cost, the pool's scores
+    # come from them) and never ends below its start's few-shot Rouge-L
+    assert prov["fewshot"]["choice"] == f"select:{selected['choice']}"
+    assert selected["evaluations"] < prov["fewshot"]["evaluations"] <= selected["evaluations"] + 6
+    assert prov["fewshot"]["rouge_l"] >= prov["fewshot"]["start_rouge_l"]
+    if prov["fewshot"]["kept_select"]:  # select's paper-mixed choice did better than any exact mixture tried
+        assert prov["fewshot"]["rouge_l"] == selected["rouge_l"] and prov["mixing"]["mode"] == "paper"
+    else:
+        assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
+
+    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "ref2"),
+                                   "--fewshot", "refine", "--refine-from", "setting", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    prov = _json.loads((tmp_path / "ref2" / "provenance.json").read_text())
+    assert prov["fewshot"]["choice"] == "JS-normalized" and prov["fewshot"]["evaluations"] <= 6 + 5  # budget + the pool (all 5 bank tasks)
+    assert prov["fewshot"]["rouge_l"] >= prov["fewshot"]["start_rouge_l"]
+    if prov["fewshot"]["kept_select"]:  # select's paper-mixed choice did better than any exact mixture tried
+        assert prov["fewshot"]["rouge_l"] == selected["rouge_l"] and prov["mixing"]["mode"] == "paper"
+    else:
+        assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
 
     res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "x"),
                                    "--fewshot", "bogus"])  # fmt: skip
