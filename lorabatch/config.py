@@ -57,6 +57,13 @@ class LorabatchConfig(StrictModel):
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Rouge-L scoring and aggregation.")
 
+    def record(self) -> None:
+        """Write the fully resolved config to RUN/config.yaml (what the run was asked to do)."""
+        from lorabatch.atomic import write_text
+        from lorabatch.layout import RunLayout
+
+        write_text(RunLayout(self.run_dir).config, dump_config(self))
+
     @field_validator("run_dir")
     @classmethod
     def _run_dir_not_a_file(cls, value: Path):

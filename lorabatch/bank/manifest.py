@@ -20,7 +20,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lorabatch.atomic import write_parquet, write_text
+from lorabatch.atomic import write_parquet
 from lorabatch.bank.inspect import TaskFacts, inspect_task
 from lorabatch.bank.resolve import resolve_tasks
 from lorabatch.bank.sources import BASE_MODEL_CONFIG_FILES, BASE_MODEL_FILES, make_source
@@ -136,16 +136,19 @@ def manifest_table(facts: list[TaskFacts], base_dir: Path, source_name: str, tru
     )
 
 
-def build_manifest(config, progress: bool = True):
-    """Resolve, inspect and validate the bank of a run config; write the manifest and config."""
-    from lorabatch.config import dump_config
-
-    base_dir, facts = inspect_bank(config.bank, progress=progress)
-    table = manifest_table(facts, base_dir, config.bank.source, config.bank.trust_remote_code)
-    layout = RunLayout(config.run_dir)
-    write_text(layout.config, dump_config(config))
-    write_parquet(layout.manifest, table)
+def write_manifest(bank_config, run_dir, progress: bool = True):
+    """The bank stage: resolve, inspect and validate the bank; write RUN/bank/manifest.parquet."""
+    base_dir, facts = inspect_bank(bank_config, progress=progress)
+    table = manifest_table(facts, base_dir, bank_config.source, bank_config.trust_remote_code)
+    write_parquet(RunLayout(run_dir).manifest, table)
     return table
+
+
+def build_manifest(config, progress: bool = True):
+    """What `lorabatch bank manifest` does for a run config (a `LorabatchConfig`): record the run's
+    config (`config.record()`), then the bank stage (`write_manifest`)."""
+    config.record()
+    return write_manifest(config.bank, config.run_dir, progress=progress)
 
 
 def load_manifest(run_dir: str | Path):

@@ -16,6 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from lorabatch.distances.config import DistancesConfig
+
 
 class Metric:
     name: ClassVar[str]
@@ -26,8 +28,8 @@ class Metric:
     default_block: ClassVar[int] = 64
     seconds_per_pair_bin: ClassVar[float] = 1e-9  # single-core cost model for the 'auto' executor
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, config=None):
+        self.config = config if config is not None else DistancesConfig()
 
     @property
     def workers(self) -> int:

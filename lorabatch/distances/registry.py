@@ -47,11 +47,7 @@ def metric_class(name: str):
 
 
 def get_metric(name: str, config=None):
-    """An instance of the metric `name` configured by `config` (a DistancesConfig or None)."""
-    if config is None:
-        from lorabatch.distances.config import DistancesConfig
-
-        config = DistancesConfig()
+    """An instance of the metric `name` configured by `config` (a DistancesConfig; None: the defaults)."""
     return metric_class(name)(config)
 
 

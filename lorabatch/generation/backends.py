@@ -14,13 +14,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from lorabatch.errors import LorabatchError
-
-if TYPE_CHECKING:
-    from lorabatch.generation.config import GenerationConfig
-    from lorabatch.generation.preflight import RunContext
 
 _REGISTRY: dict[str, str] = {
     "vllm": "lorabatch.generation.vllm_backend:VLLMBackend",
@@ -29,9 +25,12 @@ _REGISTRY: dict[str, str] = {
 
 
 class GenerationBackend(Protocol):
+    """Built with the stage's `GenerationConfig` and the run's `preflight.RunContext` (this module
+    sits below both, so that the config can validate backend names against the registry)."""
+
     name: str
 
-    def __init__(self, config: "GenerationConfig", context: "RunContext"): ...
+    def __init__(self, config, context): ...
 
     def generate(self, rows):
         """Dataset of prepared work rows -> Dataset of generation rows (same count)."""

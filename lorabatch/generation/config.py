@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lorabatch.generation.backends import backend_names
 from lorabatch.strict import StrictModel, no_duplicates
 
 # Ranks vLLM accepts for `max_lora_rank`.
@@ -146,8 +147,6 @@ class GenerationConfig(StrictModel):
     @field_validator("backend")
     @classmethod
     def _backend_registered(cls, value):
-        from lorabatch.generation.backends import backend_names
-
         names = backend_names()
         if value != "auto" and value not in names:
             raise ValueError(f"unknown backend {value!r}; registered: {['auto', *names]}")

@@ -88,7 +88,7 @@ def run_generation(
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
-    from lorabatch.sweep import metrics
+    from lorabatch import telemetry
 
     started = time.time()
     run_dir = Path(run_dir)
@@ -122,7 +122,7 @@ def run_generation(
         )
         write_parquet(generations_dir(run_dir) / f"part-{_stamp()}-preflight.parquet", conform(rows, generation_schema()))
         for setting, n in rows_per_setting(failed).items():
-            metrics.rows_generated(setting, n, n)
+            telemetry.rows_generated(setting, n, n)
 
     if runnable.num_rows:
         from ray.data import DataContext

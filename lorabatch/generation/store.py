@@ -80,7 +80,7 @@ def _to_arrow(block):
 
 
 def _count(table) -> None:
-    from lorabatch.sweep import metrics
+    from lorabatch import telemetry
 
     per: dict[str, list[int]] = {}
     for setting, err in zip(table.column("setting").to_pylist(), table.column("error").to_pylist()):
@@ -88,7 +88,7 @@ def _count(table) -> None:
         c[0] += 1
         c[1] += bool(err)
     for setting, (n, failed) in per.items():
-        metrics.rows_generated(setting, n, failed)
+        telemetry.rows_generated(setting, n, failed)
 
 
 def read_generations(run_dir, columns: list[str] | None = None):

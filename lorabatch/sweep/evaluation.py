@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lorabatch.sweep import metrics as sweep_metrics
+from lorabatch import telemetry
 from lorabatch.sweep.stages import content_key, mark_done
 
 
@@ -67,7 +67,7 @@ def stage_fewshot(config, progress: bool) -> None:
             if r["error"]:
                 print(f"[lorabatch]   {method} failed for {r['task_id']}: {r['error']}", flush=True)
     mark_done(run_dir, "fewshot", key, started, info)
-    sweep_metrics.stage_done("fewshot")
+    telemetry.stage_done("fewshot")
 
 
 def stage_generation(config, manifest, settings: list[str], progress: bool) -> None:
@@ -87,7 +87,7 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
         result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
     print(f"[lorabatch] {result.describe()}", flush=True)
     mark_done(run_dir, "generation", content_key(gen.model_dump(mode="json")), started, {"planned": result.planned, "failed": result.failed})
-    sweep_metrics.stage_done("generation")
+    telemetry.stage_done("generation")
 
 
 def generations_key(run_dir) -> str:
@@ -112,7 +112,7 @@ def stage_scoring(config, progress: bool) -> list[dict]:
     started = time.time()
     summary = run_scoring(run_dir, config.scoring, progress=progress)
     mark_done(run_dir, "scoring", scoring_key(config), started)
-    sweep_metrics.stage_done("scoring")
+    telemetry.stage_done("scoring")
     print(format_summary(summary), flush=True)
     from lorabatch.fewshot.stage import format_costs
 

@@ -78,7 +78,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
     from lorabatch.generation.plan import pending_work, plan_work, select_tasks
     from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
     from lorabatch.generation.store import done_keys
-    from lorabatch.sweep.metrics import adapters_synthesized
+    from lorabatch.telemetry import adapters_synthesized
     from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
 
     run_dir = Path(config.run_dir)

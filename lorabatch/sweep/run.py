@@ -16,7 +16,7 @@ from pathlib import Path
 from lorabatch.config import LorabatchConfig
 from lorabatch.layout import RunLayout
 from lorabatch.settings import BASE, ORACLE
-from lorabatch.sweep import metrics as sweep_metrics
+from lorabatch import telemetry
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
 
 
@@ -31,7 +31,7 @@ def _refresh_report(run_dir: Path) -> None:
 
 
 def stage_bank(config: LorabatchConfig, progress: bool):
-    from lorabatch.bank.manifest import build_manifest, load_manifest, manifest_path
+    from lorabatch.bank.manifest import load_manifest, manifest_path, write_manifest
 
     run_dir = Path(config.run_dir)
     key = bank_key(config.bank)
@@ -40,7 +40,8 @@ def stage_bank(config: LorabatchConfig, progress: bool):
         _say(f"bank: {manifest.num_rows} tasks (cached manifest)")
         return manifest
     started = time.time()
-    manifest = build_manifest(config, progress=progress)
+    config.record()
+    manifest = write_manifest(config.bank, run_dir, progress=progress)
     if key is not None:
         mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
     _say(f"bank: {manifest.num_rows} tasks validated")
@@ -73,11 +74,11 @@ def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bo
     started = time.time()
     features = compute_bank_features(manifest, run_dir, feats, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
     mark_done(run_dir, "features", content_key(feats.model_dump(mode="json"), _manifest_hash(manifest)), started, {"datasets": len(features)})
-    sweep_metrics.stage_done("features")
+    telemetry.stage_done("features")
     started = time.time()
     compute_distances(run_dir, config.distances, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
     mark_done(run_dir, "distances", _distances_key(run_dir, config.distances.metrics), started, {"metrics": list(config.distances.metrics)})
-    sweep_metrics.stage_done("distances")
+    telemetry.stage_done("distances")
     _say(f"distances: {', '.join(config.distances.metrics)}")
 
 
@@ -117,7 +118,7 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
 
         compute_uniform_coefficients(run_dir)
     mark_done(run_dir, "coefficients", content_key(content_key(hashes), syn, config.seed), time.time())
-    sweep_metrics.stage_done("coefficients")
+    telemetry.stage_done("coefficients")
     _say(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
 
 
@@ -137,7 +138,7 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
     if config.synthesis.jit:
         mark_done(run_dir, "synthesis", content_key(settings_of(config), "jit"), time.time(), {"mode": "just-in-time, with generation"})
         return
-    from lorabatch.sweep.metrics import adapters_synthesized
+    from lorabatch.telemetry import adapters_synthesized
     from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
 
     started = time.time()
@@ -163,7 +164,7 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray(config.ray.address, config.ray.num_cpus)
     manifest = stage_bank(config, progress)
-    sweep_metrics.stage_done("bank")
+    telemetry.stage_done("bank")
     _refresh_report(run_dir)
     stage_features_and_distances(config, manifest, progress)
     _refresh_report(run_dir)

@@ -53,7 +53,7 @@ def test_clean_bank_validates_and_manifest_reloads(bank, tmp_path):
     assert again.column("n_train").to_pylist() == [8] * 4
     assert len(set(again.column("adapter_sha256").to_pylist())) == 4
     assert table.schema.metadata[b"lorabatch.manifest_hash"] == again.schema.metadata[b"lorabatch.manifest_hash"]
-    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert RunLayout(tmp_path / "run").config.is_file()
 
 
 def test_wrong_base_model(bank):

@@ -1,12 +1,12 @@
-"""Sweep progress as Ray metrics, so the Ray dashboard (Metrics tab / Prometheus) shows it.
+"""Progress as Ray metrics, so the Ray dashboard (Metrics tab / Prometheus) shows it.
 
     lorabatch_rows_generated_total{setting}        generation rows written
     lorabatch_rows_failed_total{setting}           generation rows recorded with an error
     lorabatch_adapters_synthesized_total{setting}  adapters written by synthesis
-    lorabatch_setting_completion{setting}          share of a setting's planned rows done (0..1)
-    lorabatch_stage_done{stage}                    1 once a stage has completed, else 0
+    lorabatch_stage_done{stage}                    1 once a sweep stage has completed, else 0
 
-Metrics only exist while connected to Ray; outside Ray every call is a no-op.
+Metrics only exist while connected to Ray; outside Ray every call is a no-op. The stages report
+here, so this module depends on nothing of lorabatch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def _metrics() -> dict | None:
         "rows": Counter("lorabatch_rows_generated", "Generation rows written.", tag_keys=("setting",)),
         "failed": Counter("lorabatch_rows_failed", "Generation rows recorded with an error.", tag_keys=("setting",)),
         "adapters": Counter("lorabatch_adapters_synthesized", "Adapters written by synthesis.", tag_keys=("setting",)),
-        "completion": Gauge("lorabatch_setting_completion", "Share of a setting's planned rows done.", tag_keys=("setting",)),
         "stage": Gauge("lorabatch_stage_done", "1 once a sweep stage has completed.", tag_keys=("stage",)),
     }
     return _METRICS
@@ -49,12 +48,6 @@ def adapters_synthesized(setting: str, n: int = 1) -> None:
     m = _metrics()
     if m is not None and n:
         m["adapters"].inc(n, tags={"setting": setting})
-
-
-def setting_completion(setting: str, fraction: float) -> None:
-    m = _metrics()
-    if m is not None:
-        m["completion"].set(float(fraction), tags={"setting": setting})
 
 
 def stage_done(stage: str, done: bool = True) -> None:
