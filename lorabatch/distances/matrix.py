@@ -158,8 +158,7 @@ def pairwise_distances(features, metric: str, config: DistancesConfig | None = N
     blocks, estimate = _grid(m, features, config, rows, cols, square)
     compute_blocks(m, state, blocks, config, full, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
     if square:
-        upper = np.triu(np.ones((n, n), dtype=bool), 1)
-        full = np.where(upper.T & ~np.isnan(full.T), full.T, full)
+        full = _mirror(full)
     ident = m.identities(features)
     d = full[np.ix_(rows, cols)]
     return _finish(m, d, [ident[i] for i in rows], [ident[j] for j in cols])
@@ -177,6 +176,16 @@ def _read_previous(path: Path, m, tokenizer_sha: str):
         return None
     tasks = meta["tasks"]
     return tasks, meta["identities"], _dense(table, tasks, path)
+
+
+def _mirror(d: np.ndarray) -> np.ndarray:
+    """A symmetric metric's square D [N, N] with NaN where not computed: each unordered pair takes
+    the value computed with the lower index as target (d[i, j], i < j), or the other one if only
+    that was computed."""
+    mirrored = d.T
+    lower = np.tril(np.ones(d.shape, dtype=bool), -1)
+    d = np.where(lower & ~np.isnan(mirrored), mirrored, d)
+    return np.where(np.isnan(d), mirrored, d)
 
 
 def _dense(table, tasks: list[str], path) -> np.ndarray:
@@ -241,11 +250,7 @@ def compute_distance_matrix(run_dir, metric: str, config: DistancesConfig | None
     compute_blocks(m, state, blocks, config, computed, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
     clock("blocks")
     if m.symmetric:
-        mirrored = computed.T
-        lower = np.tril(np.ones((n, n), dtype=bool), -1)
-        # an unordered pair takes its value computed with the lower index as target
-        computed = np.where(lower & ~np.isnan(mirrored), mirrored, computed)
-        computed = np.where(np.isnan(computed), mirrored, computed)
+        computed = _mirror(computed)
     d = np.where(np.isnan(d), computed, d)
     if np.isnan(d).any():
         i, j = np.argwhere(np.isnan(d))[0]
@@ -304,8 +309,9 @@ def distance_table(tasks: list[str], d: np.ndarray, metric, identities, tokenize
     return table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
 
 
-def load_distance_matrix(run_dir, metric: str) -> tuple[list[str], np.ndarray]:
-    """(task ids, D [N, N]) from RUN/distances/<metric>.parquet, in the order it was computed."""
+def load_distance_matrix(run_dir, metric: str, task_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(task ids, D [N, N]) from RUN/distances/<metric>.parquet, in the order it was computed, or in
+    the order of `task_ids` (which the file must cover; its other tasks are left out)."""
     import pyarrow.parquet as pq
 
     path = distance_path(run_dir, metric)
@@ -313,8 +319,16 @@ def load_distance_matrix(run_dir, metric: str) -> tuple[list[str], np.ndarray]:
         raise DistancesError(f"{path} does not exist: compute the {metric} distances first")
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    tasks = meta.get("tasks") or list(dict.fromkeys(table.column("target").to_pylist()))
-    return list(tasks), _dense(table, tasks, path)
+    tasks = list(meta.get("tasks") or dict.fromkeys(table.column("target").to_pylist()))
+    d = _dense(table, tasks, path)
+    if task_ids is None:
+        return tasks, d
+    index = {t: k for k, t in enumerate(tasks)}
+    missing = [t for t in task_ids if t not in index]
+    if missing:
+        raise DistancesError(f"{path} lacks {len(missing)} task(s) of the bank, e.g. {missing[0]}: compute the {metric} distances again")
+    order = [index[t] for t in task_ids]
+    return list(task_ids), d[np.ix_(order, order)]
 
 
 def query_distances(bank, query, metric: str, *, config: DistancesConfig | None = None, progress: bool = False):

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lorabatch.adapter_format import VLLM_LORA_RANKS
 from lorabatch.generation.backends import backend_names
-from lorabatch.strict import StrictModel, no_duplicates
+from lorabatch.strict import StrictModel, no_duplicates, torch_device
 
 # Ranks vLLM accepts for `max_lora_rank`.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMSettings(StrictModel):
@@ -92,9 +92,7 @@ class HFSettings(StrictModel):
     @field_validator("device")
     @classmethod
     def _device_known(cls, value):
-        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
-        return value
+        return torch_device(value, auto=True)
 
 
 class WorkerResources(StrictModel):

@@ -27,10 +27,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
 BASE_IDENTITY = "base"
 MISSING_IDENTITY = "missing"
 MISSING_PREFIX = "missing:"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def generation_params(config) -> dict:
@@ -64,7 +65,7 @@ def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = Non
         return f"synth:{key}"
     from lorabatch.bank.datasets import file_sha256
 
-    hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / "adapter_config.json", path / ADAPTER_WEIGHTS)]
+    hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS)]
     return f"files:{hashlib.sha256(' '.join(hashes).encode()).hexdigest()}"
 
 

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SafetensorsHeaderError, read_safetensors_header
 from lorabatch.errors import ConfigError
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -44,32 +41,6 @@ class RunContext:
     modules: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
 
 
-class SafetensorsHeaderError(ValueError):
-    pass
-
-
-def read_safetensors_header(path: str | Path) -> dict:
-    """The JSON header of a safetensors file; checks the file holds all the bytes it declares."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise SafetensorsHeaderError(f"{path} is not a safetensors file (only {size} bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise SafetensorsHeaderError(f"{path} is not a safetensors file (header length {n} > file size {size})")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise SafetensorsHeaderError(f"{path} has an unreadable safetensors header: {err}") from None
-    header.pop("__metadata__", None)
-    end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-    if 8 + n + end > size:
-        raise SafetensorsHeaderError(f"{path} is truncated: {size} bytes, its header needs {8 + n + end}")
-    return header
-
-
 def base_model_modules(base_model_path: str | Path) -> dict[str, tuple[int, int]]:
     """{module path: (out_features, in_features)} of every 2-D `.weight` in the base checkpoint."""
     base = Path(base_model_path)
@@ -82,7 +53,7 @@ def base_model_modules(base_model_path: str | Path) -> dict[str, tuple[int, int]
         raise ConfigError([f"base model {base} has no safetensors weights"], str(base))
     modules = {}
     for f in files:
-        for name, info in read_safetensors_header(f).items():
+        for name, info in read_safetensors_header(f)[0].items():
             if name.endswith(".weight") and len(info["shape"]) == 2:
                 modules[name[: -len(".weight")]] = tuple(int(x) for x in info["shape"])
     return modules
@@ -127,7 +98,7 @@ def inspect_adapter(path, modules, max_rank=None) -> tuple[int | None, str | Non
         hint = f" (found {other}: only safetensors weights are read)" if other else ""
         return None, f"adapter {d} has no {ADAPTER_WEIGHTS}{hint}", []
     try:
-        header = read_safetensors_header(weights)
+        header, _ = read_safetensors_header(weights)
     except (OSError, SafetensorsHeaderError) as err:
         return None, f"adapter {d}: {err}", []
     adapted: dict[str, dict[str, list[int]]] = {}

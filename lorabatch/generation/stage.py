@@ -83,12 +83,12 @@ def run_generation(
     import pyarrow.compute as pc
     import ray
 
+    from lorabatch import telemetry
     from lorabatch.atomic import write_parquet
     from lorabatch.generation.backends import backend_class, ray_is_local, require_backend
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
-    from lorabatch import telemetry
 
     started = time.time()
     run_dir = Path(run_dir)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorabatch.generation.config import VLLM_LORA_RANKS
+from lorabatch.adapter_format import VLLM_LORA_RANKS
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 from lorabatch.generation.vllm_cpu_lora import ENV_VAR as CPU_LORA_ENV
 from lorabatch.layout import RunLayout

@@ -13,15 +13,15 @@ The same pass computes the bank's Gram matrix G = Θ Θᵀ (`bank_gram`) for the
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray
-
 import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
-from lorabatch.synthesis.tensors import ADAPTER_WEIGHTS, DTYPE_NAMES, BankLayout, SafetensorsLayout
+from lorabatch.adapter_format import ADAPTER_WEIGHTS
+from lorabatch.raysession import ensure_ray
+from lorabatch.synthesis.tensors import DTYPE_NAMES, BankLayout, SafetensorsLayout
 from lorabatch.synthesis.writer import NonFiniteWeightsError, finish_adapter_dir, output_adapter_config
 
 

@@ -11,12 +11,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lorabatch.strict import StrictModel, no_duplicates
-
-COEFFICIENT_MODELS = ("attentional", "normalized", "neural")
-
-# Ranks vLLM accepts for `max_lora_rank`; every adapter we write has one of them.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from lorabatch.adapter_format import VLLM_LORA_RANKS  # every adapter we write has one of them
+from lorabatch.settings import COEFFICIENT_MODELS
+from lorabatch.strict import StrictModel, no_duplicates, torch_device
 
 
 class NeuralConfig(StrictModel):
@@ -47,9 +44,7 @@ class NeuralConfig(StrictModel):
     @field_validator("device")
     @classmethod
     def _device_known(cls, value):
-        if value.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
-        return value
+        return torch_device(value, auto=False)
 
 
 class SynthesisConfig(StrictModel):

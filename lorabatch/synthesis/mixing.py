@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorabatch.synthesis.config import VLLM_LORA_RANKS
+from lorabatch.adapter_format import VLLM_LORA_RANKS
 from lorabatch.synthesis.tensors import BankLayout
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"

@@ -59,25 +59,15 @@ def adapter_dir(run_dir, setting: str, task_id: str) -> Path:
 
 
 def load_distance_matrix(run_dir, metric: str, task_ids: list[str]) -> np.ndarray:
-    """D [N, N] in `task_ids` order from RUN/distances/<metric>.parquet (target, source, d)."""
-    import pyarrow.parquet as pq
+    """D [N, N] in `task_ids` order (`distances.matrix.load_distance_matrix`); `SynthesisError` if the
+    distances are missing."""
+    from lorabatch.distances.matrix import load_distance_matrix as load_matrix
+    from lorabatch.distances.registry import DistancesError
 
-    path = RunLayout(run_dir).distances(metric)
-    if not path.is_file():
-        raise SynthesisError(f"{path} does not exist: compute the {metric} distances of the bank first")
-    cols = pq.read_table(path, columns=["target", "source", "d"]).to_pydict()
-    index = {t: i for i, t in enumerate(task_ids)}
-    n = len(task_ids)
-    d = np.full((n, n), np.nan)
-    for t, s, v in zip(cols["target"], cols["source"], cols["d"]):
-        if t in index and s in index:
-            d[index[t], index[s]] = v
-    missing = np.argwhere(np.isnan(d) & ~np.eye(n, dtype=bool))
-    if missing.size:
-        i, j = missing[0]
-        raise SynthesisError(f"{path} lacks {len(missing)} pair(s) of the bank, e.g. target {task_ids[i]} source {task_ids[j]}")
-    np.fill_diagonal(d, np.where(np.isnan(np.diagonal(d)), 0.0, np.diagonal(d)))
-    return d
+    try:
+        return load_matrix(run_dir, metric, task_ids)[1]
+    except DistancesError as err:
+        raise SynthesisError(str(err)) from None
 
 
 def write_coefficients(path, task_ids: list[str], coefficients: np.ndarray, meta: dict, targets: list[str] | None = None) -> Path:

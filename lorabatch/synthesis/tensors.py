@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_safetensors_header
 from lorabatch.errors import BankValidationError
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 _NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
 DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
@@ -38,20 +36,6 @@ class TensorSpec:
     @property
     def size(self) -> int:
         return math.prod(self.shape)
-
-
-def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
-    """(header without __metadata__, byte offset where the data section starts)."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {n})")
-        header = json.loads(fh.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
 
 
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:

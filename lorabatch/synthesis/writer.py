@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLLM_LORA_RANKS
 from lorabatch.atomic import atomic_dir
 from lorabatch.errors import LorabatchError
-from lorabatch.synthesis.config import VLLM_LORA_RANKS
-from lorabatch.synthesis.tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SafetensorsLayout, scaling_of
+from lorabatch.synthesis.tensors import SafetensorsLayout, scaling_of
 
 PROVENANCE = "provenance.json"
 PROVENANCE_VERSION = "1"
