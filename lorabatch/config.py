@@ -19,7 +19,7 @@ from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
 from lorabatch.scoring.config import ScoringConfig
-from lorabatch.strict import StrictModel
+from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
 
 
@@ -38,7 +38,7 @@ class LorabatchConfig(StrictModel):
     run_dir: Path = Field(..., description="The run directory: every output of every stage lives here.")
     seed: int = Field(0, description="Seed for every random choice (MMD samples, neural split, ...).")
     bank: BankConfig
-    ray: RayConfig = Field(default_factory=RayConfig)
+    ray: RayConfig = RuntimeField(default_factory=RayConfig, description="Where Ray runs (how the run executes).")
     features: FeaturesConfig = Field(
         default_factory=FeaturesConfig, description="Token histograms, MMD samples and embeddings per dataset."
     )

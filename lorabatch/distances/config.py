@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from lorabatch.distances.registry import PAPER_METRICS, registered_metrics
-from lorabatch.strict import StrictModel
+from lorabatch.strict import RuntimeField, StrictModel
 
 
 class DistancesConfig(StrictModel):
@@ -18,22 +18,22 @@ class DistancesConfig(StrictModel):
         description="Metric names (registered: KL, JS, WD, MMD in paper mode; OT_EMD, OT_SLICED, "
         "MMD_RBF on embeddings). Each is written to RUN/distances/<metric>.parquet.",
     )
-    block_size: int | None = Field(
+    block_size: int | None = RuntimeField(
         None,
         ge=1,
         description="Rows and columns of one block of the matrix (one task); None: the metric's own "
         "default (large for matrix-product metrics, smaller for per-bin kernels).",
     )
-    executor: Literal["auto", "ray", "local"] = Field(
+    executor: Literal["auto", "ray", "local"] = RuntimeField(
         "auto",
         description="'ray': blocks as Ray Data tasks; 'local': blocks on threads of this process; "
         "'auto': Ray Data when the metric's estimated single-core work exceeds ray_min_work_s, "
         "else local (distributing a second of work costs more than it saves).",
     )
-    ray_min_work_s: float = Field(
+    ray_min_work_s: float = RuntimeField(
         10.0, ge=0, description="'auto' executor: estimated single-core seconds from which Ray Data is used."
     )
-    num_workers: int | None = Field(
+    num_workers: int | None = RuntimeField(
         None, ge=1, description="Parallel block workers: Ray tasks or local threads; also the threads that prepare "
         "the per-dataset arrays (None: the CPUs available).",
     )

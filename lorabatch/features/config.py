@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import RuntimeField, StrictModel
 
 
 class EmbeddingConfig(StrictModel):
@@ -49,13 +49,13 @@ class FeaturesConfig(StrictModel):
         1000, ge=1, description="Token ids drawn with replacement per dataset for the MMD distance (paper: 1000)."
     )
     mmd_seed: int = Field(0, description="Seed of the MMD samples (combined with each dataset's token content).")
-    tokenize_batch_size: int = Field(512, ge=1, description="Texts per tokenizer call.")
-    executor: Literal["ray", "local"] = Field(
+    tokenize_batch_size: int = RuntimeField(512, ge=1, description="Texts per tokenizer call.")
+    executor: Literal["ray", "local"] = RuntimeField(
         "ray",
         description="'ray': Ray Data map_batches over the bank's datasets on CPU actors; "
         "'local': in this process (small banks, tests).",
     )
-    num_workers: int | None = Field(
+    num_workers: int | None = RuntimeField(
         None, ge=1, description="Ray actors tokenizing in parallel (None: the CPUs Ray offers, at most one per dataset)."
     )
     embedding: EmbeddingConfig = Field(

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lorabatch.adapter_format import VLLM_LORA_RANKS
 from lorabatch.generation.backends import backend_names
-from lorabatch.strict import StrictModel, no_duplicates, torch_device
+from lorabatch.strict import RuntimeField, StrictModel, no_duplicates, torch_device
 
 # Ranks vLLM accepts for `max_lora_rank`.
 
@@ -134,8 +134,8 @@ class GenerationConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (ignored when greedy).")
     seed: int | None = Field(None, description="Sampling seed (None: the run's seed). Unused when greedy.")
     batch_size: int = Field(32, ge=1, description="Rows per batch handed to a worker.")
-    concurrency: int = Field(1, ge=1, description="Number of workers: vLLM engine replicas or HF actors.")
-    resources: WorkerResources = Field(default_factory=WorkerResources, description="Resources per worker.")
+    concurrency: int = RuntimeField(1, ge=1, description="Number of workers: vLLM engine replicas or HF actors.")
+    resources: WorkerResources = RuntimeField(default_factory=WorkerResources, description="Resources per worker.")
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM engine settings.")
     hf: HFSettings = Field(default_factory=HFSettings, description="transformers + PEFT settings.")
     retry_failed: bool = Field(

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import RuntimeField, StrictModel
 
 
 class ScoringConfig(StrictModel):
@@ -20,7 +20,7 @@ class ScoringConfig(StrictModel):
         description="Rows recorded with an error: left out of the means ('exclude', counted in n_errors) "
         "or scored 0 ('zero').",
     )
-    executor: Literal["ray", "local"] = Field(
+    executor: Literal["ray", "local"] = RuntimeField(
         "ray", description="Score examples with Ray Data ('ray') or in this process ('local')."
     )
-    batch_size: int = Field(256, ge=1, description="Rows per Ray Data scoring batch.")
+    batch_size: int = RuntimeField(256, ge=1, description="Rows per Ray Data scoring batch.")

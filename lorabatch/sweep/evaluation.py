@@ -86,7 +86,7 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
     else:
         result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
     print(f"[lorabatch] {result.describe()}", flush=True)
-    mark_done(run_dir, "generation", content_key(gen.model_dump(mode="json")), started, {"planned": result.planned, "failed": result.failed})
+    mark_done(run_dir, "generation", content_key(gen.results()), started, {"planned": result.planned, "failed": result.failed})
     telemetry.stage_done("generation")
 
 
@@ -100,8 +100,7 @@ def generations_key(run_dir) -> str:
 
 def scoring_key(config) -> str:
     """What the scores depend on: the scoring config and the generation files."""
-    scoring = config.scoring.model_dump(mode="json", exclude={"executor", "batch_size"})  # how it runs: no effect on scores
-    return content_key(scoring, generations_key(config.run_dir))
+    return content_key(config.scoring.results(), generations_key(config.run_dir))
 
 
 def stage_scoring(config, progress: bool) -> list[dict]:

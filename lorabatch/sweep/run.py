@@ -73,7 +73,7 @@ def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bo
     feats = features_config_for(config.distances.metrics, config.features)
     started = time.time()
     features = compute_bank_features(manifest, run_dir, feats, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
-    mark_done(run_dir, "features", content_key(feats.model_dump(mode="json"), _manifest_hash(manifest)), started, {"datasets": len(features)})
+    mark_done(run_dir, "features", content_key(feats.results(), _manifest_hash(manifest)), started, {"datasets": len(features)})
     telemetry.stage_done("features")
     started = time.time()
     compute_distances(run_dir, config.distances, progress=progress, address=config.ray.address, num_cpus=config.ray.num_cpus)
@@ -103,7 +103,7 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
     from lorabatch.synthesis.stage import compute_coefficients
 
     run_dir = Path(config.run_dir)
-    syn = config.synthesis.model_dump(mode="json", exclude={"jit", "jit_delete", "jit_wave", "executor"})
+    syn = config.synthesis.results()
     hashes = _distance_hashes(run_dir, config.distances.metrics)
     for metric in config.distances.metrics:
         stage = f"coefficients-{metric}"

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lorabatch.adapter_format import VLLM_LORA_RANKS  # every adapter we write has one of them
 from lorabatch.settings import COEFFICIENT_MODELS
-from lorabatch.strict import StrictModel, no_duplicates, torch_device
+from lorabatch.strict import RuntimeField, StrictModel, no_duplicates, torch_device
 
 
 class NeuralConfig(StrictModel):
@@ -91,18 +91,18 @@ class SynthesisConfig(StrictModel):
         description="Batch synthesis streams the bank in parameter chunks of this many elements; "
         "memory per chunk ≈ 2 × N × chunk_size × 4 bytes.",
     )
-    executor: Literal["ray", "local"] = Field(
+    executor: Literal["ray", "local"] = RuntimeField(
         "ray", description="Batch synthesis runs chunks as Ray CPU tasks ('ray') or in this process ('local')."
     )
-    jit: bool = Field(
+    jit: bool = RuntimeField(
         False,
         description="Synthesize a (setting, task) adapter only when generation needs it, instead of "
         "all leave-one-out adapters up front.",
     )
-    jit_delete: bool = Field(
+    jit_delete: bool = RuntimeField(
         True, description="With `jit`: delete an adapter once its generations are written."
     )
-    jit_wave: int = Field(
+    jit_wave: int = RuntimeField(
         512,
         ge=1,
         description="With `jit`: adapters synthesized per wave (settings × tasks) before that wave is "
