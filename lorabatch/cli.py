@@ -213,6 +213,50 @@ def predict(
     typer.echo(f"adapter written to {result.adapter_dir}")
 
 
+@app.command("train")
+def train(
+    bank: Path = typer.Option(..., help="A prepared bank: run directory with its manifest (the base model and LoRA shape come from it)."),
+    data: Path = typer.Option(..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."),
+    out: Path = typer.Option(..., help="Directory to write the adapter into (PEFT format + provenance.json)."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the bank run's training.steps, else 200)."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size over all workers (training.batch_size)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate of lora_B; lora_A gets lr x training.lora_a_lr_factor."),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP) for this adapter (training.workers)."),
+    threads_per_worker: Optional[int] = typer.Option(None, help="torch threads and Ray CPUs per worker (training.threads_per_worker)."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (training.checkpoint_every)."),
+    max_failures: Optional[int] = typer.Option(None, help="Worker failures to recover from (training.max_failures; -1: no limit)."),
+    seed: int = typer.Option(0, help="Seed of the LoRA initialisation and of the example order (unless training.seed is set)."),
+    address: AddressOption = None,
+):
+    """Train an adapter for your dataset with gradients (Ray Train): the counterpart of `predict`.
+    Running the same command again after an interruption resumes from the last checkpoint."""
+    from pydantic import ValidationError
+
+    from lorabatch.config import format_validation_error
+    from lorabatch.errors import ConfigError
+    from lorabatch.training.adapter import train_adapter
+    from lorabatch.training.config import TrainingConfig
+
+    base = {}
+    if (bank / "config.yaml").is_file():  # the bank run's own training section, then the flags
+        from lorabatch.config import load_config
+
+        base = load_config(bank / "config.yaml").training.model_dump()
+    flags = {"steps": steps, "batch_size": batch_size, "lr": lr, "workers": workers, "threads_per_worker": threads_per_worker,
+             "checkpoint_every": checkpoint_every, "max_failures": max_failures}  # fmt: skip
+    try:
+        cfg = TrainingConfig(**{**base, **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err), "command-line flags") from None
+    result = train_adapter(bank, data, out, config=cfg, seed=seed, address=address)
+    if result.ignored_columns:
+        typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")
+    r = result.result
+    resumed = f", resumed at step {r.starts[-1]}" if r.starts[-1] else ""
+    typer.echo(f"trained {len(r.losses)} steps: loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}, {r.train_seconds:.1f} s of steps{resumed}")
+    typer.echo(f"adapter written to {result.adapter_dir}")
+
+
 @app.command("generate")
 def generate(
     config: Path = typer.Argument(..., help="Run config (YAML); its `generation` section applies."),

@@ -21,6 +21,7 @@ from lorabatch.generation.config import GenerationConfig
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
+from lorabatch.training.config import TrainingConfig
 
 
 class RayConfig(StrictModel):
@@ -56,6 +57,10 @@ class LorabatchConfig(StrictModel):
         description="`select` and `refine`: settings chosen or optimised on each task's own training examples.",
     )
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="Rouge-L scoring and aggregation.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="LoRA training on Ray Train (`lorabatch train`, `lorabatch bank extend`): hyper-parameters and workers.",
+    )
 
     def record(self) -> None:
         """Write the fully resolved config to RUN/config.yaml (what the run was asked to do)."""

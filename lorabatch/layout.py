@@ -14,6 +14,8 @@
     RUN/scores/{examples,tasks,summary}.parquet   scores
     RUN/report/index.html                         the report
     RUN/stages/<stage>.json                       stage markers (`sweep.stages`)
+    RUN/training/                                 adapters trained against the bank (`lorabatch train`,
+                                                  `bank extend`): checkpoints, inputs, progress
 
 Each stage's module documents the schema of what it writes; this module only says where.
 """
@@ -167,6 +169,12 @@ class RunLayout:
     @property
     def report_index(self) -> Path:
         return self.report / "index.html"
+
+    # training
+    @property
+    def training(self) -> Path:
+        """Ray Train storage of the adapters trained against this bank (`lorabatch.training.trainer`)."""
+        return self.root / "training"
 
     # stage markers
     @property
