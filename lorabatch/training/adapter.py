@@ -142,6 +142,7 @@ def training_provenance(result: TrainResult, config: TrainingConfig, spec: LoraS
             "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
             "starts": result.starts,
             "train_seconds": round(result.train_seconds, 3),
+            "cpu_seconds": round(result.cpu_seconds, 3),
             "tokens": result.tokens,
         },
     }

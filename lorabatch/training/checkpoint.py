@@ -6,6 +6,7 @@ stands — safetensors and JSON only (nothing is unpickled when a run resumes).
                                                      (i: the parameter's position in the groups)
     trainer_state.json                               step, steps, losses (one per step so far),
                                                      starts (the step each attempt began at), seconds
+                                                     and cpu_seconds of the steps (rank 0's), tokens
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ class TrainResult:
     losses: list[float]  # the global batch's mean answer-token loss at every step
     starts: list[int]  # the step each attempt (first run, worker restarts, resumed drivers) began at
     train_seconds: float  # summed step time, over all attempts
+    cpu_seconds: float  # CPU time of rank 0's process during those steps (all its threads)
     tokens: int
     wall_seconds: float  # of this call's fit
 
@@ -113,7 +114,8 @@ def fit_lora(job: TrainJob, config: TrainingConfig, storage: str | Path) -> Trai
     state = json.loads((directory / STATE).read_text())
     if state["step"] != state["steps"]:
         raise TrainingError(f"training {job.name} stopped at step {state['step']} of {state['steps']}")
-    return TrainResult(job.name, directory, state["losses"], state["starts"], state["seconds"], state["tokens"], wall)
+    return TrainResult(job.name, directory, state["losses"], state["starts"], state["seconds"], state.get("cpu_seconds", 0.0),
+                       state["tokens"], wall)  # fmt: skip
 
 
 def fit_many(jobs: list[TrainJob], config: TrainingConfig, storage: str | Path, parallel: int | None = None) -> dict[str, TrainResult]:

@@ -31,8 +31,6 @@ from lorabatch.training.lora import (
     reset_lora,
 )
 
-PROGRESS = "progress.json"  # rank 0's pid, host, step: written beside the run's checkpoints
-
 
 def train_loop_per_worker(job: dict) -> None:
     """Ray Train entry point. `job`: base_model_path, examples_path (Parquet: ids, n_prompt),
@@ -62,7 +60,7 @@ def train_loop_per_worker(job: dict) -> None:
     optimizer = torch.optim.AdamW(groups, lr=hyper["lr"], weight_decay=hyper["weight_decay"])
     params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    state = {"step": 0, "steps": steps, "losses": [], "tokens": 0, "seconds": 0.0, "starts": []}
+    state = {"step": 0, "steps": steps, "losses": [], "tokens": 0, "seconds": 0.0, "cpu_seconds": 0.0, "starts": []}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -79,7 +77,7 @@ def train_loop_per_worker(job: dict) -> None:
     saved_at = None
     while state["step"] < steps:
         step = state["step"]
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         picked = order.next()
         mine = [items[i] for i in shard(picked, rank, world)]
         batch = {k: v.to(device) for k, v in collate(mine, job["pad_id"]).items()}
@@ -99,6 +97,7 @@ def train_loop_per_worker(job: dict) -> None:
         state["losses"].append(float(global_loss))
         state["tokens"] += tokens
         state["seconds"] += time.perf_counter() - started
+        state["cpu_seconds"] += time.process_time() - cpu_started  # this worker's threads; rank 0's share
         state["step"] = step + 1
         window_tokens += tokens
         last = state["step"] == steps
@@ -112,8 +111,8 @@ def train_loop_per_worker(job: dict) -> None:
                 saved_at = state["step"]
             else:
                 ray.train.report(metrics)
-            if rank == 0:
-                _write_progress(job["progress_path"], state)
+        if rank == 0:
+            _write_progress(job["progress_path"], state)
     if saved_at is None:  # resumed at the end: hand the final state back once more
         _report_checkpoint({"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")},
                            peft_model, optimizer, state, rank)  # fmt: skip
