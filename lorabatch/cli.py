@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -22,6 +22,18 @@ app = typer.Typer(
 )
 bank_app = typer.Typer(help="Build, inspect and validate adapter banks.", no_args_is_help=True)
 app.add_typer(bank_app, name="bank")
+
+# Options several commands share, defined once.
+RunDirOption = Annotated[Optional[Path], typer.Option("--run-dir", help="Override the config's run_dir.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
+]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: in-process Ray).")]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+]
 
 
 @bank_app.command("build-demo")
@@ -43,9 +55,9 @@ def bank_build_demo(
 @bank_app.command("manifest")
 def bank_manifest(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    run_dir: RunDirOption = None,
+    sets: SetOption = None,
+    wait: WaitOption = False,
 ):
     """Resolve the bank, validate it, and write RUN/bank/manifest.parquet."""
     from lorabatch.bank.manifest import write_manifest
@@ -61,10 +73,10 @@ def bank_manifest(
 @app.command("sweep")
 def sweep(
     config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/demo.yaml."),
-    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    run_dir: RunDirOption = None,
+    sets: SetOption = None,
+    address: AddressOption = None,
+    wait: WaitOption = False,
 ):
     """The leave-one-out experiment over the whole bank, each stage cached in the run directory."""
     from lorabatch.config import load_config
@@ -72,20 +84,42 @@ def sweep(
     from lorabatch.sweep.run import run_sweep
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # set by the Ray job server
+        _check_job(cfg)
     require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "sweep", config):
         run_sweep(cfg)
+
+
+def _check_job(cfg) -> None:
+    """Inside a Ray job: say which Python and which copy of lorabatch run (the first thing to know
+    when a cluster job misbehaves), and refuse a relative run directory."""
+    import logging
+
+    import lorabatch
+
+    logging.getLogger(__name__).info(
+        f"job: python {sys.executable}, lorabatch from {Path(lorabatch.__file__).parent}, "
+        f"Ray at {cfg.ray.address or os.environ.get('RAY_ADDRESS') or 'a new local instance'}"
+    )
+    if not cfg.run_dir.is_absolute():
+        # The job's working directory is Ray's temporary copy of --working-dir: a relative run
+        # directory would be written there and vanish with it.
+        raise LorabatchError(
+            f"run_dir {str(cfg.run_dir)!r} is relative; inside a Ray job the working directory is a "
+            "temporary copy, so pass an absolute --run-dir on storage every node sees"
+        )
 
 
 @app.command("synthesize")
 def synthesize(
     config: Path = typer.Argument(..., help="Run config (YAML); its `synthesis` section applies."),
     metric: Optional[list[str]] = typer.Option(None, help="Metric(s) to use (default: every RUN/distances/<metric>.parquet)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    run_dir: RunDirOption = None,
+    sets: SetOption = None,
+    address: AddressOption = None,
     coefficients_only: bool = typer.Option(False, help="Write the coefficients (and neural model), no adapters."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    wait: WaitOption = False,
 ):
     """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
     from lorabatch.config import load_config
@@ -118,11 +152,11 @@ def synthesize(
 def distances(
     config: Path = typer.Argument(..., help="Run config (YAML); its `features` and `distances` sections apply."),
     metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metric(s) to compute (default: distances.metrics)."),
-    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    run_dir: RunDirOption = None,
+    sets: SetOption = None,
+    address: AddressOption = None,
     local: bool = typer.Option(False, help="Compute features and blocks in this process, without Ray."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    wait: WaitOption = False,
 ):
     """Features of every bank dataset (cached), then the bank's distance matrices (incremental)."""
     from pydantic import ValidationError
@@ -145,9 +179,14 @@ def distances(
         dist, feats = dist.model_copy(update={"executor": "local"}), feats.model_copy(update={"executor": "local"})
     feats = features_config_for(dist.metrics, feats)
     with _run_lock(cfg.run_dir, wait, "distances", config):
-        features = compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, feats, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        manifest = load_manifest(cfg.run_dir)
+        if feats.executor == "ray" or dist.executor != "local":
+            from lorabatch.raysession import ensure_ray
+
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+        features = compute_bank_features(manifest, cfg.run_dir, feats)
         typer.echo(f"features of {len(features)} datasets in {RunLayout(cfg.run_dir).features}")
-        compute_distances(cfg.run_dir, dist, address=cfg.ray.address, num_cpus=cfg.ray.num_cpus)
+        compute_distances(cfg.run_dir, dist)
     typer.echo(f"distances {', '.join(dist.metrics)} in {RunLayout(cfg.run_dir).distances_dir}")
 
 
@@ -260,13 +299,13 @@ def train(
 @app.command("generate")
 def generate(
     config: Path = typer.Argument(..., help="Run config (YAML); its `generation` section applies."),
-    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    run_dir: RunDirOption = None,
+    sets: SetOption = None,
+    address: AddressOption = None,
     backend: Optional[str] = typer.Option(None, help="'auto', 'vllm' or 'hf' (overrides generation.backend)."),
     examples_per_task: Optional[int] = typer.Option(None, help="First k test examples per task (overrides the config)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generated tokens per example at most (overrides the config)."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    wait: WaitOption = False,
 ):
     """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
     from lorabatch.config import load_config
@@ -291,7 +330,7 @@ def score(
     run: Path = typer.Argument(..., help="A run directory with RUN/generations/."),
     reference: Optional[str] = typer.Option(None, help="'first' (output[0], the paper's) or 'max' over references."),
     local: bool = typer.Option(False, help="Score in this process instead of with Ray Data."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    wait: WaitOption = False,
 ):
     """Rouge-L and exact match per example, task and setting; prints the results table."""
     from pydantic import ValidationError
@@ -366,7 +405,22 @@ def _overrides(sets: Optional[list[str]] = None, **flags) -> dict:
     return out
 
 
+def configure_logging(level: int | None = None) -> None:
+    """Progress messages of lorabatch's modules (their `logging` loggers) on stderr, at INFO by
+    default (LORABATCH_LOG_LEVEL=DEBUG|WARNING|... to change it); results go to stdout."""
+    import logging
+
+    logger = logging.getLogger("lorabatch")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[lorabatch] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level or os.environ.get("LORABATCH_LOG_LEVEL", "INFO").upper())
+
+
 def main() -> None:
+    configure_logging()
     try:
         app()
     except LorabatchError as err:

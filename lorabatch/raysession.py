@@ -1,8 +1,14 @@
-"""One way to get a Ray connection: attach to a cluster, or start Ray in this process."""
+"""One way to get a Ray connection: attach to a cluster, or start Ray in this process.
+
+Only the entry points (the `lorabatch` commands, `sweep.run.run_sweep`, `jobs/sweep.py`) call
+`ensure_ray`; the stages use the connection they find (`require_ray`) and never start one.
+"""
 
 from __future__ import annotations
 
 import os
+
+from lorabatch.errors import LorabatchError
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -20,3 +26,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
+
+
+def require_ray(what: str) -> None:
+    """`LorabatchError` unless Ray is initialised in this process (by an entry point's `ensure_ray`)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise LorabatchError(
+            f"{what} runs on Ray, which this process has not connected to: call "
+            "lorabatch.raysession.ensure_ray() first (every lorabatch command does), or choose the 'local' executor"
+        )

@@ -33,7 +33,7 @@ from lorabatch.distances.config import DistancesConfig
 from lorabatch.distances.metric import take
 from lorabatch.distances.registry import DistancesError, get_metric
 from lorabatch.layout import RunLayout
-from lorabatch.raysession import ensure_ray
+from lorabatch.raysession import require_ray
 
 META_KEY = b"lorabatch.distances"
 
@@ -79,11 +79,20 @@ def _run_block(metric, state, rows, cols) -> dict:
 
 
 def use_ray(config: DistancesConfig, estimate_s: float) -> bool:
-    return config.executor == "ray" or (config.executor == "auto" and estimate_s >= config.ray_min_work_s)
+    """'ray' always; 'auto' when the work is worth distributing and this process is connected to
+    Ray (the commands connect first; a library call without Ray computes on threads)."""
+    if config.executor == "ray":
+        return True
+    if config.executor != "auto" or estimate_s < config.ray_min_work_s:
+        return False
+    import ray
+
+    return ray.is_initialized()
 
 
-def compute_blocks(metric, state: dict, blocks, config: DistancesConfig, out: np.ndarray, *, estimate_s: float = 0.0,
-                   progress: bool = False, address: str | None = None, num_cpus: int | None = None) -> None:  # fmt: skip
+def compute_blocks(
+    metric, state: dict, blocks, config: DistancesConfig, out: np.ndarray, *, estimate_s: float = 0.0, progress: bool = False
+) -> None:
     """Fill out[i, j] for every pair of every block: Ray Data tasks, or threads of this process
     (numpy releases the GIL inside its array operations, so threads do run in parallel)."""
     t0 = time.perf_counter()
@@ -110,7 +119,7 @@ def compute_blocks(metric, state: dict, blocks, config: DistancesConfig, out: np
     else:
         import ray
 
-        ensure_ray(address, num_cpus)
+        require_ray("distances.executor 'ray'")
         workers = config.num_workers or max(1, int(ray.available_resources().get("CPU", 1)))
         refs = [ray.put(state), ray.put(blocks)]
         ds = ray.data.from_items([{"block": k} for k in range(len(blocks))], override_num_blocks=len(blocks))
@@ -144,8 +153,9 @@ def _finish(metric, d: np.ndarray, ident_rows: list, ident_cols: list) -> np.nda
     return d
 
 
-def pairwise_distances(features, metric: str, config: DistancesConfig | None = None, *, rows=None, cols=None,
-                       progress: bool = False, address: str | None = None, num_cpus: int | None = None) -> np.ndarray:  # fmt: skip
+def pairwise_distances(
+    features, metric: str, config: DistancesConfig | None = None, *, rows=None, cols=None, progress: bool = False
+) -> np.ndarray:
     """D [len(rows), len(cols)] (default: all × all) between the datasets of a FeatureSet, in blocks."""
     config = config or DistancesConfig(executor="local")
     m = get_metric(metric, config)
@@ -156,7 +166,7 @@ def pairwise_distances(features, metric: str, config: DistancesConfig | None = N
     full = np.full((n, n), np.nan)
     square = m.symmetric and np.array_equal(rows, cols)
     blocks, estimate = _grid(m, features, config, rows, cols, square)
-    compute_blocks(m, state, blocks, config, full, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
+    compute_blocks(m, state, blocks, config, full, estimate_s=estimate, progress=progress)
     if square:
         full = _mirror(full)
     ident = m.identities(features)
@@ -202,9 +212,10 @@ def _dense(table, tasks: list[str], path) -> np.ndarray:
     return d
 
 
-def compute_distance_matrix(run_dir, metric: str, config: DistancesConfig | None = None, *, features=None,
-                            progress: bool = True, address: str | None = None, num_cpus: int | None = None,
-                            timings: dict | None = None):  # fmt: skip
+def compute_distance_matrix(
+    run_dir, metric: str, config: DistancesConfig | None = None, *, features=None, progress: bool = True,
+    timings: dict | None = None,
+):
     """(task ids, D [N, N]) of the bank for `metric`, written to RUN/distances/<metric>.parquet.
 
     Reuses the stored matrix for every pair of unchanged tasks; a re-run with nothing new
@@ -247,7 +258,7 @@ def compute_distance_matrix(run_dir, metric: str, config: DistancesConfig | None
             more, extra = _grid(m, features, config, np.flatnonzero(keep), new, False)
             blocks, estimate = blocks + more, estimate + extra
     computed = np.full((n, n), np.nan)
-    compute_blocks(m, state, blocks, config, computed, estimate_s=estimate, progress=progress, address=address, num_cpus=num_cpus)
+    compute_blocks(m, state, blocks, config, computed, estimate_s=estimate, progress=progress)
     clock("blocks")
     if m.symmetric:
         computed = _mirror(computed)
@@ -361,8 +372,9 @@ def query_distances(bank, query, metric: str, *, config: DistancesConfig | None 
     return list(bank_features.names), d[0]
 
 
-def compute_distances(run_dir, config: DistancesConfig | None = None, metrics: list[str] | None = None, *,
-                      progress: bool = True, address: str | None = None, num_cpus: int | None = None) -> dict:  # fmt: skip
+def compute_distances(
+    run_dir, config: DistancesConfig | None = None, metrics: list[str] | None = None, *, progress: bool = True
+) -> dict:
     """Every metric of `metrics` (default config.metrics) over the bank: {metric: D}."""
     from lorabatch.distances.registry import metric_class
     from lorabatch.features.store import load_bank_features
@@ -377,8 +389,7 @@ def compute_distances(run_dir, config: DistancesConfig | None = None, metrics: l
         if emb not in cache:
             cache[emb] = load_bank_features(run_dir, embeddings=emb)
         t0 = time.perf_counter()
-        tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress,
-                                           address=address, num_cpus=num_cpus)  # fmt: skip
+        tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress)  # fmt: skip
         out[name] = d
         if progress:
             print(f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}", file=sys.stderr)

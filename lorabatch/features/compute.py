@@ -12,7 +12,7 @@ failed dataset, after the successful ones are cached.
 
 from __future__ import annotations
 
-from lorabatch.raysession import ensure_ray
+from lorabatch.raysession import require_ray
 
 import sys
 import time
@@ -92,8 +92,7 @@ class FeatureWorker:
         return len(pick), 0
 
 
-def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig, progress: bool,
-                 address: str | None, num_cpus: int | None) -> list[dict]:  # fmt: skip
+def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig, progress: bool) -> list[dict]:
     """One result row per item, through Ray Data (config.executor 'ray') or in this process."""
     if not items:
         return []
@@ -110,7 +109,7 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
         return rows
     import ray
 
-    ensure_ray(address, num_cpus)
+    require_ray("features.executor 'ray'")
     workers = config.num_workers or max(1, int(ray.available_resources().get("CPU", 1)))
     workers = min(workers, len(items))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -147,8 +146,9 @@ def _manifest_columns(manifest) -> dict[str, list]:
     return cols
 
 
-def compute_bank_features(manifest, run_dir: str | Path, config: FeaturesConfig | None = None, *,
-                          progress: bool = True, address: str | None = None, num_cpus: int | None = None) -> FeatureSet:  # fmt: skip
+def compute_bank_features(
+    manifest, run_dir: str | Path, config: FeaturesConfig | None = None, *, progress: bool = True
+) -> FeatureSet:
     """Features of every task of the manifest (a pyarrow Table or a run directory), cached.
 
     Only datasets whose cache entry is missing are tokenized (embedded); the result, in manifest
@@ -175,7 +175,7 @@ def compute_bank_features(manifest, run_dir: str | Path, config: FeaturesConfig 
     todo = _first_per_key(todo)  # identical datasets are tokenized once
     kwargs = dict(mode="counts", run_dir=str(run_dir), config=config.model_dump(mode="json"),
                   tokenizer_path=tokenizer_path, tokenizer_sha256=tok_sha, trust_remote_code=trusts_remote_code(manifest))  # fmt: skip
-    errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress, address, num_cpus) if r["error"]]
+    errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress) if r["error"]]
     _raise_errors(errors)
 
     ekey = None
@@ -187,7 +187,7 @@ def compute_bank_features(manifest, run_dir: str | Path, config: FeaturesConfig 
         todo = [it for it in items if not store.embeddings_path(run_dir, it["key"], ekey).is_file()]
         todo = _first_per_key(todo)
         kwargs.update(mode="embeddings", embed_model=str(model_dir), embedding_key=ekey)
-        errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress, address, num_cpus) if r["error"]]
+        errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress) if r["error"]]
         _raise_errors(errors)
 
     metas = [store.read_meta(run_dir, k) for k in keys]
