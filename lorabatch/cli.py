@@ -45,11 +45,13 @@ def bank_build_demo(
     threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: a fixed 2, whatever the load); a bank is reproduced exactly only with its own thread count."),
     lora_init: str = typer.Option("mixed", help="lora_A init: 'shared' (one seed for all tasks), 'independent' (one per task) or 'mixed' (a seeded SHARED_FRACTION of tasks share one)."),
     shared_fraction: float = typer.Option(0.38, help="Under --lora-init mixed: fraction of tasks sharing one lora_A init (0.38 in the real Lots-of-LoRAs bank)."),
+    parallel: int = typer.Option(2, min=1, help="Task LoRAs trained at once on Ray Train (the bank is the same whatever this is)."),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads, lora_init=lora_init, shared_fraction=shared_fraction)
+    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads, lora_init=lora_init, shared_fraction=shared_fraction,
+                    parallel=parallel)  # fmt: skip
 
 
 @bank_app.command("manifest")

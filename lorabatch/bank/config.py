@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lorabatch.strict import StrictModel
+from lorabatch.strict import RuntimeField, StrictModel
 
 TASK_ID = re.compile(r"^task(?P<number>[1-9][0-9]*)(?:_(?P<slug>[A-Za-z0-9_.-]+))?$")
 
@@ -42,6 +42,12 @@ class DemoBankConfig(StrictModel):
         le=1.0,
         description="Under lora_init 'mixed': the fraction of tasks that share one lora_A init "
         "(0.38 in the real Lots-of-LoRAs bank). Ignored by 'shared' and 'independent'.",
+    )
+    parallel: int = RuntimeField(
+        2,
+        ge=1,
+        description="Task LoRAs trained at once on Ray Train (one worker of `threads` threads each); the "
+        "bank is the same whatever this is.",
     )
 
 

@@ -170,9 +170,9 @@ def fake_build(monkeypatch):
 
     calls = []
 
-    def record(out, size, cfg, seed, progress, lora_init, shared_fraction):
+    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel):
         calls.append({"size": size, "seed": seed, "lora_init": lora_init, "shared_fraction": shared_fraction,
-                      "threads": torch.get_num_threads()})  # fmt: skip
+                      "threads": torch.get_num_threads(), "parallel": parallel})  # fmt: skip
         return out
 
     monkeypatch.setattr(build, "_build", record)

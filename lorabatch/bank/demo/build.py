@@ -30,6 +30,7 @@ from lorabatch.errors import LorabatchError
 log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "3"  # 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds; 3: lora_A at 1/16 of the LoRA learning rate
+# Training the task LoRAs on Ray Train, several at once, left the bank as it was (bit-identical adapters): still 3.
 ORG = "lorabatch-demo"
 BASE_REPO = f"{ORG}/tiny-mistral"
 ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
@@ -38,6 +39,9 @@ MANIFEST = "demo_bank.json"
 # Fixed, not chosen from the machine: builds with different thread counts differ in rounding, so a
 # count that followed the load average made one command build different banks on different days.
 DEFAULT_THREADS = 2
+# Task LoRAs trained at once (Ray Train, one worker of `threads` threads each): the bank is the same
+# whatever this is, since each task's training depends on its own seeds only.
+DEFAULT_PARALLEL = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class DemoSize:
 SIZES: dict[str, DemoSize] = {
     "small": DemoSize(3, 3, 150, 4000, 15, TrainSettings(pretrain_steps=400, lora_steps=130)),
     "default": DemoSize(6, 4, 250, 8000, 25, TrainSettings(pretrain_steps=800, lora_steps=200)),
+    # The builder's mechanics in tests (seconds, not minutes); its adapters learn little.
+    "tiny": DemoSize(1, 2, 40, 300, 4, TrainSettings(pretrain_steps=20, pretrain_batch=8, lora_steps=12, lora_batch=8),
+                     ModelDims(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               num_key_value_heads=1, head_dim=16, max_position_embeddings=64)),
 }
 
 
@@ -90,6 +98,7 @@ def build_demo_bank(
     threads: int | None = None,
     lora_init: str = "mixed",
     shared_fraction: float = DEFAULT_SHARED_FRACTION,
+    parallel: int | None = None,
 ) -> Path:
     """Build the demo bank into `out` (or keep the one there); returns `out`.
 
@@ -98,6 +107,8 @@ def build_demo_bank(
     `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
     floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
     (`lorabatch.bank.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
+    `parallel`: task LoRAs trained at once on Ray Train (None: `DEFAULT_PARALLEL`), each on one
+    worker of `threads` threads; the bank does not depend on it.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
     if size not in SIZES:
@@ -122,7 +133,7 @@ def build_demo_bank(
     if out.exists() and have is None and (not out.is_dir() or any(out.iterdir())):
         raise LorabatchError(f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)")
     with _log_to_stderr(progress), _torch_threads(threads):
-        return _build(out, size, SIZES[size], seed, progress, lora_init, fraction)
+        return _build(out, size, SIZES[size], seed, progress, lora_init, fraction, parallel or DEFAULT_PARALLEL)
 
 
 def _recorded_fraction(lora_init: str, shared_fraction: float) -> float | None:
@@ -134,14 +145,14 @@ def _describe_init(lora_init: str, fraction: float | None) -> str:
     return f"mixed ({fraction:g} shared)" if lora_init == "mixed" else lora_init
 
 
-def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_init: str, shared_fraction: float | None) -> Path:
+def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_init: str, shared_fraction: float | None,
+           parallel: int) -> Path:  # fmt: skip
     import torch
-    from tqdm.auto import tqdm
 
     from lorabatch.atomic import atomic_dir, write_json
     from lorabatch.bank.demo.model import new_model
     from lorabatch.bank.demo.tokenizer import train_tokenizer
-    from lorabatch.bank.demo.train import lora_model, pretrain, train_lora
+    from lorabatch.bank.demo.train import pretrain
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -178,18 +189,12 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
         log.info("base model saved: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
 
         t = time.perf_counter()
-        peft_model = lora_model(model, cfg.train, BASE_REPO)
-        lora_losses, train_seconds = {}, {}
-        for spec in tqdm(specs, desc="train LoRAs", unit="task", disable=not progress or None):
-            t_task = time.perf_counter()
-            losses = train_lora(peft_model, tokenizer, splits[spec.number]["train"], cfg.train,
-                                init_seeds[spec.number], task_seed(seed, spec.number), spec.task_id, progress)  # fmt: skip
-            train_seconds[spec.number] = time.perf_counter() - t_task
-            peft_model.save_pretrained(org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}", save_embedding_layers=False)
-            lora_losses[spec.number] = (losses[0], _tail(losses))
-            log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, losses[0], _tail(losses), train_seconds[spec.number])
+        threads = torch.get_num_threads()
+        del model
+        results = _train_loras(org, base_dir, specs, splits, cfg, seed, init_seeds, threads, parallel)
+        lora_losses = {n: (r.losses[0], _tail(r.losses)) for n, r in results.items()}
+        train_seconds = {n: r.train_seconds for n, r in results.items()}
         timings["lora"] = time.perf_counter() - t
-        del peft_model, model
 
         t = time.perf_counter()
         scores = _evaluate(org, specs, splits, cfg, progress)
@@ -231,6 +236,7 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
             "rouge_l": {"per_family": per_family, "mean": _mean_scores([x["rouge_l"] for x in tasks])},
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "threads": torch.get_num_threads(),
+            "parallel": parallel,
             "versions": _versions(),
         }  # fmt: skip
         write_json(tmp / MANIFEST, info)
@@ -239,6 +245,56 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
     for name, s in per_family.items():
         log.info("  %-18s own adapter Rouge-L %.3f   base %.3f", name, s["own"], s["base"])
     return out
+
+
+def _train_loras(org: Path, base_dir: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, seed: int,
+                 init_seeds: dict[int, int], threads: int, parallel: int) -> dict:  # fmt: skip
+    """Every task's LoRA on Ray Train, `parallel` at a time, written into the bank; the results.
+
+    Ray is started here (and stopped afterwards) unless it already runs; the checkpoints live in
+    a temporary directory beside the bank: a build is not resumed, it is done again.
+    """
+    import shutil
+    import tempfile
+
+    import ray
+
+    from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
+
+    training = cfg.train.training_config(threads, parallel)
+    jobs = [
+        TrainJob(spec.task_id, base_dir, splits[spec.number]["train"], cfg.train.lora_spec(BASE_REPO, init_seeds[spec.number]),
+                 data_seed=task_seed(seed, spec.number))
+        for spec in specs
+    ]  # fmt: skip
+    log.info("training %d task LoRAs on Ray Train, %d at a time (%d threads each)", len(jobs), parallel, threads)
+    started_ray = not ray.is_initialized()
+    storage = Path(tempfile.mkdtemp(prefix=".demo-training-", dir=org.parent.parent))
+    try:
+        ensure_training_ray(training, parallel=parallel)
+        results = fit_many(jobs, training, storage, parallel)
+        by_number = {}
+        for spec in specs:
+            result = results[spec.task_id]
+            _copy_adapter(result.checkpoint_dir, org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}")
+            by_number[spec.number] = result
+            log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, result.losses[0], _tail(result.losses), result.train_seconds)
+        return by_number
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+
+
+def _copy_adapter(checkpoint_dir: Path, target: Path) -> None:
+    """The PEFT files of a final checkpoint as a bank adapter directory."""
+    import shutil
+
+    from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    target.mkdir(parents=True)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        shutil.copyfile(checkpoint_dir / name, target / name)
 
 
 def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, progress: bool) -> dict[int, dict]:

@@ -1,17 +1,28 @@
 """Training of the demo bank on CPU: pre-training of the base model, then one LoRA per task.
 
-Both use padded mini-batches of token ids. Pre-training is next-token prediction on documents of
-the generic mixture; LoRA training computes the loss on the output tokens (and EOS) only, the
-prompt being the raw `input` with BOS, exactly what generation later sees.
+Both use padded mini-batches of token ids (`lorabatch.training.batches`). Pre-training is
+next-token prediction on documents of the generic mixture, here in process; the builder trains
+the task LoRAs on Ray Train (`lorabatch.training`), the loss on the output tokens (and EOS) only,
+the prompt being the raw `input` with BOS, exactly what generation later sees. `train_lora` is the
+same LoRA recipe in this process: the reference the Ray Train path is tested against.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 
-IGNORE = -100
+from lorabatch.training.batches import (
+    BatchOrder,
+    answer_tokens,
+    collate,
+    encode_examples,
+    lr_factor,
+)
+from lorabatch.training.config import TrainingConfig
+from lorabatch.training.lora import LoraSpec, lora_parameter_groups, reset_lora
+
+__all__ = ["TrainSettings", "encode_examples", "lora_model", "pretrain", "reset_lora", "train_lora"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +46,17 @@ class TrainSettings:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def training_config(self, threads: int, parallel_tasks: int = 1) -> TrainingConfig:
+        """The task LoRAs' recipe as a `TrainingConfig`: one worker of `threads` threads per task,
+        one checkpoint at the end (a build is not resumed)."""
+        return TrainingConfig(
+            steps=self.lora_steps, batch_size=self.lora_batch, lr=self.lora_lr, lora_a_lr_factor=self.lora_a_lr_factor,
+            workers=1, threads_per_worker=threads, parallel_tasks=parallel_tasks, use_gpu=False,
+            checkpoint_every=self.lora_steps, report_every=max(1, self.lora_steps // 10), max_failures=1,
+        )  # fmt: skip
 
-def encode_examples(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
-    """(token ids of BOS + input + output[0] + EOS, number of prompt tokens) per example."""
-    prompts = tokenizer([r["input"] for r in rows])["input_ids"]
-    answers = tokenizer([r["output"][0] for r in rows], add_special_tokens=False)["input_ids"]
-    return [(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers)]
+    def lora_spec(self, base_name: str, init_seed: int) -> LoraSpec:
+        return LoraSpec(self.lora_rank, float(self.lora_alpha), tuple(self.lora_targets), base_name, init_seed)
 
 
 def encode_documents(tokenizer, sentences: list[str], per_document: int, seed: int) -> list[list[int]]:
@@ -52,29 +68,6 @@ def encode_documents(tokenizer, sentences: list[str], per_document: int, seed: i
     return [ids + [tokenizer.eos_token_id] for ids in tokenizer(docs)["input_ids"]]
 
 
-def collate(items: list[tuple[list[int], int]], pad_id: int):
-    """Right-padded `input_ids`, `attention_mask` and `labels` (prompt and padding ignored)."""
-    import torch
-
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (ids, n_prompt) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def _schedule(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to 10 % of the peak learning rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _fit(model, params, items, steps: int, batch: int, lr: float, pad_id: int, seed: int, desc: str, progress: bool) -> list[float]:
     """AdamW over shuffled epochs of `items` (`params`: tensors, or param groups with their own
     `lr`); returns the loss of every step."""
@@ -84,7 +77,7 @@ def _fit(model, params, items, steps: int, batch: int, lr: float, pad_id: int, s
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, steps, max(1, steps // 10)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, max(1, steps // 10)))
     model.train()
     losses: list[float] = []
     order: list[int] = []
@@ -121,45 +114,39 @@ def pretrain(model, tokenizer, sentences: list[str], settings: TrainSettings, se
 
 def lora_model(model, settings: TrainSettings, base_name: str):
     """Wrap `model` in a PEFT LoRA (q/k/v, no bias, no dropout) whose config names `base_name`."""
-    from peft import LoraConfig, get_peft_model
+    from lorabatch.training.lora import lora_model as wrap
 
-    config = LoraConfig(
-        r=settings.lora_rank,
-        lora_alpha=settings.lora_alpha,
-        target_modules=list(settings.lora_targets),
-        lora_dropout=0.0,
-        bias="none",
-        task_type="CAUSAL_LM",
-        base_model_name_or_path=base_name,
-    )
-    # PEFT records the wrapped model's name_or_path in the adapter config: it must be the bank's name.
-    model.name_or_path = base_name
-    return get_peft_model(model, config)
-
-
-def reset_lora(peft_model, seed: int) -> None:
-    """Fresh LoRA weights with PEFT's default init (A Kaiming-uniform, B zero: the adapter starts
-    as the identity), drawn from `seed`: the same seed gives bit-identical A matrices."""
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    torch.manual_seed(seed)
-    for module in peft_model.modules():
-        if isinstance(module, LoraLayer):
-            module.reset_lora_parameters("default", True)
+    return wrap(model, settings.lora_spec(base_name, init_seed=0))
 
 
 def train_lora(
     peft_model, tokenizer, rows: list[dict], settings: TrainSettings, init_seed: int, seed: int, desc: str, progress: bool = True
 ) -> list[float]:
-    """Train the adapter of `peft_model` on one task's train rows, from a fresh init drawn from
-    `init_seed` (tasks sharing it start from one lora_A); `seed` orders the examples."""
+    """Train the adapter of `peft_model` on one task's train rows in this process, from a fresh
+    init drawn from `init_seed` (tasks sharing it start from one lora_A); `seed` orders the
+    examples. The recipe of `lorabatch.training.worker` with one worker; returns the step losses."""
+    import torch
+    from tqdm.auto import tqdm
+
     reset_lora(peft_model, init_seed)
+    if settings.lora_steps == 0:
+        return []
+    config = settings.training_config(threads=torch.get_num_threads())
     items = encode_examples(tokenizer, rows)
-    lora = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
-    groups = [
-        {"params": [p for n, p in lora if "lora_A" in n], "lr": settings.lora_lr * settings.lora_a_lr_factor},
-        {"params": [p for n, p in lora if "lora_A" not in n], "lr": settings.lora_lr},
-    ]
-    return _fit(peft_model, groups, items, settings.lora_steps, settings.lora_batch, settings.lora_lr,
-                tokenizer.pad_token_id, seed, desc, progress)  # fmt: skip
+    optimizer = torch.optim.AdamW(lora_parameter_groups(peft_model, config.lr, config.lora_a_lr_factor), lr=config.lr, weight_decay=0.0)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    order = BatchOrder(len(items), config.batch_size, seed)
+    peft_model.train()
+    losses: list[float] = []
+    for step in tqdm(range(config.steps), desc=desc, unit="step", leave=False, disable=not progress or None):
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(step, config.steps, config.warmup_steps(), config.min_lr_fraction)
+        batch = [items[i] for i in order.next()]
+        loss = peft_model(**collate(batch, tokenizer.pad_token_id), num_items_in_batch=answer_tokens(batch)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        losses.append(loss.item())
+    peft_model.eval()
+    return losses
