@@ -72,6 +72,29 @@ def bank_manifest(
     typer.echo(f"{table.num_rows} tasks validated; manifest at {RunLayout(cfg.run_dir).manifest}")
 
 
+@bank_app.command("extend")
+def bank_extend(
+    config: Path = typer.Argument(..., help="Run config (YAML) of a local bank; its `training` section applies."),
+    run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set training.parallel_tasks=4 (value read as YAML; repeatable)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
+    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+):
+    """Train adapters (Ray Train) for the bank's tasks that have a dataset but no adapter; then the
+    manifest, and when the run has them, features and distances (only pairs with a new task)."""
+    from lorabatch.bank.extend import extend_bank
+    from lorabatch.config import load_config
+
+    cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
+    with _run_lock(cfg.run_dir, wait, "bank extend", config):
+        cfg.record()
+        result = extend_bank(cfg)
+    for task, path in zip(result.trained, result.adapter_dirs):
+        typer.echo(f"trained {task}: {path}")
+    typer.echo(f"{len(result.trained)} adapter(s) trained; the bank has {result.manifest_tasks} tasks"
+               + (f"; distances {', '.join(result.distance_metrics)} updated" if result.distance_metrics else ""))  # fmt: skip
+
+
 @app.command("sweep")
 def sweep(
     config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/demo.yaml."),
