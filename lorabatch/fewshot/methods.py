@@ -272,14 +272,14 @@ def run_methods(
             out[SELECT] = (chosen, synthesis_config)
     if REFINE in methods:
         try:
-            out[REFINE] = _refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows,
-                                       chosen if from_select else None, seed, max_new_tokens)  # fmt: skip
+            out[REFINE] = refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows,
+                                      chosen if from_select else None, seed, max_new_tokens)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - the caller records it, select's result stands
             out[REFINE] = err
     return out
 
 
-def _refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows, chosen, seed, max_new_tokens):
+def refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows, chosen, seed, max_new_tokens):
     """(refine's FewShotResult, its SynthesisConfig): from select's `chosen`, or from the configured paper setting."""
     from_select = chosen is not None
     exact = synthesis_config.model_copy(update={"mixing": "exact"})
@@ -309,7 +309,10 @@ def _refine_task(evaluator, layout, config, synthesis_config, candidates, pool, 
     result.evaluations += cost[2]
     if sources is not None:
         result.details["pool"] = {layout.task_ids[j]: scores[j] for j in pool}
-    if from_select and synthesis_config.mixing != "exact" and _worse(result, chosen, config.criterion):
+    # A one-hot choice is its bank adapter under any mixing, so the search started exactly there;
+    # a dense paper-mixed choice is not what the exact search started from, and may stay better.
+    dense = np.count_nonzero(chosen.coefficients) > 1 if from_select else False
+    if dense and synthesis_config.mixing != "exact" and _worse(result, chosen, config.criterion):
         kept = FewShotResult(**{**chosen.__dict__, "choice": start_name, "seconds": result.seconds, "forward_passes": result.forward_passes,
                                 "evaluations": result.evaluations, "start_loss": result.start_loss,
                                 "details": {**result.details, "kept": "select",
