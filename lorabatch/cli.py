@@ -222,10 +222,11 @@ def predict(
     out: Path = typer.Option(..., help="Directory to write the adapter into (PEFT format)."),
     metric: str = typer.Option("JS", help="Distance: KL, JS, WD or MMD (or any metric the bank has)."),
     model: str = typer.Option("normalized", help="Coefficient model: attentional, normalized or neural."),
-    mixing: str = typer.Option("paper", help="'paper' (A and B averaged separately) or 'exact' (Σ c·B·A re-factored)."),
+    mixing: str = typer.Option("paper", help="'linear' (alias 'paper': A and B averaged separately), 'svd' (Σ c·B·A "
+                               "re-factored by SVD), 'cat' (Σ c·B·A exactly, concatenated factors) or 'exact' (cat when small, else svd)."),
     temperature: float = typer.Option(1.0, help="Softmin temperature."),
     top_k: Optional[int] = typer.Option(None, help="Keep only the k largest coefficients."),
-    exact_rank: Optional[int] = typer.Option(None, help="Rank of an exact-mixing adapter (default: the bank's)."),
+    exact_rank: Optional[int] = typer.Option(None, help="Rank of an svd / exact mixing adapter (default: the bank's)."),
     seed: int = typer.Option(0, help="Seed of random choices in the features (MMD samples)."),
     top: int = typer.Option(10, help="How many top contributing bank tasks to print."),
     fewshot: Optional[str] = typer.Option(

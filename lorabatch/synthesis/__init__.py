@@ -16,7 +16,7 @@ _EXPORTS = {
     "neural_coefficients": "coefficients", "normalized_coefficients": "coefficients",
     "row_zscore": "coefficients", "softmin": "coefficients", "sparsify_top_k": "coefficients",
     "VLLM_LORA_RANKS": "config", "NeuralConfig": "config", "SynthesisConfig": "config",
-    "mix_exact": "mixing", "mix_paper": "mixing",
+    "mix_exact": "mixing", "mix_linear": "mixing", "mix_paper": "mixing",
     "explicit_reconstruction_loss": "neural", "gram_reconstruction_loss": "neural",
     "load_neural_model": "neural", "save_neural_model": "neural", "train_neural_model": "neural",
     "predict_adapter": "predict", "read_user_dataset": "predict",

@@ -2,7 +2,8 @@
 
 The defaults are paper mode: attentional / normalized / neural coefficients at temperature 1 with
 no sparsification, the neural MLP 1→4000→4000→1 trained 40 full-batch epochs with Adam (lr 1e-3) on
-a seeded 80 % task split, and `paper` mixing (every lora_A / lora_B tensor averaged separately).
+a seeded 80 % task split, and `paper` (= `linear`) mixing (every lora_A / lora_B tensor averaged
+separately).
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ class SynthesisConfig(StrictModel):
         ge=1,
         description="Keep only the k largest coefficients of each row and renormalise (None: all).",
     )
-    mixing: Literal["paper", "exact"] = Field(
+    mixing: Literal["linear", "paper", "svd", "cat", "exact"] = Field(
         "paper",
-        description="'paper': θ = Σ c_j θ_j over every tensor (A and B averaged separately); "
-        "'exact': ΔW = Σ c_j B_j A_j per module, re-factored to rank `exact_rank` by truncated SVD "
-        "(or concatenated when few coefficients are non-zero).",
+        description="'linear' (alias 'paper', the paper's mixing): θ = Σ c_j θ_j over every tensor (A and B "
+        "averaged separately). The others mix ΔW = Σ c_j B_j A_j per module: 'svd' re-factors it to rank "
+        "`exact_rank` by truncated SVD; 'cat' concatenates the factors (exact, rank K × bank rank); "
+        "'exact' concatenates when that rank fits `cat_max_rank`, else uses the SVD.",
     )
     exact_rank: int | None = Field(
-        None, description="Rank of exact-mixing SVD adapters (None: the bank's rank). One of vLLM's ranks."
+        None, description="Rank of svd / exact mixing adapters (None: the bank's rank). One of vLLM's ranks."
     )
     cat_max_rank: int = Field(
         64,
@@ -120,6 +122,11 @@ class SynthesisConfig(StrictModel):
     @classmethod
     def _controls_unique(cls, controls):
         return no_duplicates(controls, "controls")
+
+    @property
+    def mixes_products(self) -> bool:
+        """True for the modes that mix ΔW = Σ c_j B_j A_j (svd, cat, exact); False for linear/paper."""
+        return self.mixing not in ("linear", "paper")
 
     @field_validator("exact_rank")
     @classmethod

@@ -1,16 +1,19 @@
-"""Mixing bank adapters with one row of coefficients c [N] into a new adapter.
+"""Mixing bank adapters with one row of coefficients c [N] into a new adapter (the modes are named
+after PEFT's `add_weighted_adapter(combination_type=...)`).
 
-paper:  θ = Σ_j c_j θ_j over the flat vector of every tensor — lora_A and lora_B averaged
-        separately (what the paper does; the product B·A of the result is *not* Σ c_j B_j A_j).
-exact:  per target module, ΔW = Σ_j c_j B_j A_j  ([out, in]; the bank's shared scaling α/r stays
-        outside), re-factored to rank r:
-        - `cat` when K·r_bank ≤ r (K non-zero coefficients), or when K·r_bank rounded up to a vLLM
-          rank is at most `cat_max_rank`: A = [A_j ...] stacked, B = [c_j B_j ...], zero-padded to
-          an allowed rank — exact (error 0).
-        - `svd` otherwise: with B_cat = [c_j B_j] [out, Kr] and A_cat = [A_j] [Kr, in], when
+linear (alias paper):  θ = Σ_j c_j θ_j over the flat vector of every tensor — lora_A and lora_B
+        averaged separately (what the paper does; the product B·A of the result is *not*
+        Σ_j c_j B_j A_j).
+The others mix the products: per target module, ΔW = Σ_j c_j B_j A_j  ([out, in]; the bank's
+shared scaling α/r stays outside), factored at rank r:
+        - `cat`: A = [A_j ...] stacked, B = [c_j B_j ...] over the K non-zero coefficients,
+          zero-padded to a vLLM rank ≥ K·r_bank — exact (error 0).
+        - `svd`: with B_cat = [c_j B_j] [out, Kr] and A_cat = [A_j] [Kr, in], when
           Kr < min(out, in) the SVD comes from QR factors (B_cat = Q_B R_B, A_catᵀ = Q_A R_A,
           ΔW = Q_B (R_B R_Aᵀ) Q_Aᵀ) and only [Kr, Kr] matrices are decomposed; otherwise the one
           module's dense ΔW is formed and decomposed. B = U_r √S_r, A = √S_r V_rᵀ.
+        - `exact`: `cat` when K·r_bank ≤ r, or when K·r_bank rounded up to a vLLM rank is at most
+          `cat_max_rank`; `svd` otherwise.
         The relative Frobenius error ‖ΔW − B A‖ / ‖ΔW‖ of every module is returned.
 Only one module is materialised at a time.
 """
@@ -27,7 +30,7 @@ _A, _B = ".lora_A.weight", ".lora_B.weight"
 DENSE_FULL_SVD_MAX = 2048
 
 
-def mix_paper(layout: BankLayout, coefficients: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
+def mix_linear(layout: BankLayout, coefficients: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
     """θ = Σ_j c_j θ_j, returned as tensors (float32); reads only adapters with c_j ≠ 0, one at a time."""
     from tqdm.auto import tqdm
 
@@ -37,6 +40,9 @@ def mix_paper(layout: BankLayout, coefficients: np.ndarray, progress: bool = Fal
         acc += c[j] * layout.read_flat(int(j))
     flat = acc.astype(np.float32)
     return {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors}
+
+
+mix_paper = mix_linear  # the paper's name for it
 
 
 def lora_modules(layout: BankLayout) -> list[str]:
@@ -57,28 +63,38 @@ def round_up_rank(rank: int) -> int | None:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), None)
 
 
-def choose_exact_strategy(n_nonzero: int, bank_rank: int, rank: int, cat_max_rank: int) -> tuple[str, int]:
-    """('cat' | 'svd', output rank) for K = n_nonzero coefficients."""
+def choose_exact_strategy(
+    n_nonzero: int, bank_rank: int, rank: int, cat_max_rank: int, mode: str = "exact"
+) -> tuple[str, int]:
+    """('cat' | 'svd', output rank) for K = n_nonzero coefficients under `mode` (exact, cat, svd)."""
     needed = n_nonzero * bank_rank
+    padded = round_up_rank(needed)
+    if mode == "svd":
+        return "svd", rank
+    if mode == "cat":
+        if padded is None:
+            raise ValueError(f"cat mixing needs rank {needed} (K={n_nonzero} × {bank_rank}), above vLLM's largest {VLLM_LORA_RANKS[-1]}")
+        return "cat", max(rank, padded)
     if needed <= rank:
         return "cat", rank
-    padded = round_up_rank(needed)
     if cat_max_rank and padded is not None and padded <= cat_max_rank:
         return "cat", padded
     return "svd", rank
 
 
 def mix_exact(
-    layout: BankLayout, coefficients: np.ndarray, rank: int | None = None, cat_max_rank: int = 64, seed: int = 0
+    layout: BankLayout, coefficients: np.ndarray, rank: int | None = None, cat_max_rank: int = 64, seed: int = 0,
+    mode: str = "exact",
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Tensors of the rank-r adapter whose B·A approximates Σ c_j B_j A_j, and a report dict."""
+    """Tensors of the rank-r adapter whose B·A approximates Σ c_j B_j A_j (`mode` cat, svd or exact:
+    the choice between them), and a report dict."""
     c = _check_row(layout, coefficients)
     bank_rank = int(layout.adapter_config["r"])
     rank = bank_rank if rank is None else int(rank)
     if rank not in VLLM_LORA_RANKS:
         raise ValueError(f"exact rank {rank} is not one of vLLM's LoRA ranks {list(VLLM_LORA_RANKS)}")
     nz = np.flatnonzero(c)
-    strategy, out_rank = choose_exact_strategy(len(nz), bank_rank, rank, cat_max_rank)
+    strategy, out_rank = choose_exact_strategy(len(nz), bank_rank, rank, cat_max_rank, mode)
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     errors: dict[str, float] = {}

@@ -220,19 +220,21 @@ def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, se
 
 def _mixing_spec(config: SynthesisConfig, layout: BankLayout) -> dict:
     spec = {"mode": config.mixing, "output_dtype": config.output_dtype}
+    if config.mixes_products:
+        spec.update(rank=config.exact_rank or int(layout.adapter_config["r"]))
     if config.mixing == "exact":
-        spec.update(rank=config.exact_rank or int(layout.adapter_config["r"]), cat_max_rank=config.cat_max_rank)
+        spec.update(cat_max_rank=config.cat_max_rank)
     return spec
 
 
 def mix_row(layout: BankLayout, coefficients: np.ndarray, config: SynthesisConfig, progress: bool = False):
     """(tensors, rank, exact-mixing report or None) of one coefficient row [N], mixed as `config` says."""
-    from lorabatch.synthesis.mixing import mix_exact, mix_paper
+    from lorabatch.synthesis.mixing import mix_exact, mix_linear
 
-    if config.mixing == "paper":
-        return mix_paper(layout, coefficients, progress=progress), int(layout.adapter_config["r"]), None
+    if not config.mixes_products:
+        return mix_linear(layout, coefficients, progress=progress), int(layout.adapter_config["r"]), None
     spec = _mixing_spec(config, layout)
-    tensors, report = mix_exact(layout, coefficients, spec["rank"], config.cat_max_rank)
+    tensors, report = mix_exact(layout, coefficients, spec["rank"], config.cat_max_rank, mode=config.mixing)
     return tensors, report["rank"], report
 
 
@@ -240,7 +242,7 @@ def synthesize_one(
     layout: BankLayout, coefficients: np.ndarray, target_dir, config: SynthesisConfig, *, setting: str | None, target: str,
     extra: dict | None = None, progress: bool = False,
 ) -> Path:  # fmt: skip
-    """One adapter from one coefficient row [N] (paper or exact mixing), written atomically."""
+    """One adapter from one coefficient row [N] (any mixing mode), written atomically."""
     from lorabatch.synthesis.batch import output_dtype_name
     from lorabatch.synthesis.writer import output_adapter_config, provenance_record, write_adapter
 
@@ -262,7 +264,8 @@ def synthesize_setting(
     """All leave-one-out adapters of a paper setting or a control (or those of `tasks`).
 
     Adapters whose provenance already carries the same synthesis key are kept (cache hit).
-    Paper mixing streams the bank once for all targets; exact mixing goes target by target.
+    Linear (paper) mixing streams the bank once for all targets; the product-mixing modes (svd,
+    cat, exact) go target by target.
     """
     from lorabatch.synthesis.batch import synthesize_batch
     from lorabatch.synthesis.writer import is_current, provenance_record, synthesis_key
@@ -282,7 +285,7 @@ def synthesize_setting(
         i for i in rows
         if force or not is_current(adapter_dir(run_dir, setting, targets[i]), synthesis_key(layout.manifest_hash, layout.task_ids, c[i], spec))
     ]  # fmt: skip
-    if config.mixing == "paper" and todo:
+    if not config.mixes_products and todo:
         provs = [
             provenance_record(setting=setting, target=targets[i], task_ids=layout.task_ids, coefficients=c[i],
                               manifest_hash=layout.manifest_hash, mixing=spec)

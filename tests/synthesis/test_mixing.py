@@ -77,6 +77,20 @@ def test_exact_mixing_cat_is_exact_when_few_coefficients_are_non_zero(tiny_bank)
         assert np.abs(got - dense_delta(banks, c, m)).max() <= 1e-5
 
 
+def test_named_modes_svd_and_cat_force_their_strategy_and_linear_is_paper(tiny_bank):
+    from lorabatch.synthesis.stage import mix_row
+
+    layout = layout_from_manifest(tiny_bank.run_dir)
+    c = weights(5, seed=2, zeros=[0, 2, 3])  # K = 2: `exact` would concatenate
+    _, _, svd = mix_row(layout, c, SynthesisConfig(mixing="svd", exact_rank=8))
+    assert svd["strategy"] == "svd" and svd["rank"] == 8 and svd["relative_frobenius_error"] > 0
+    _, _, cat = mix_row(layout, c, SynthesisConfig(mixing="cat", cat_max_rank=0))  # cat ignores cat_max_rank
+    assert cat["strategy"] == "cat" and cat["rank"] == 16 and cat["relative_frobenius_error"] == 0
+    linear, _, none = mix_row(layout, c, SynthesisConfig(mixing="linear"))
+    paper, _, _ = mix_row(layout, c, SynthesisConfig(mixing="paper"))
+    assert none is None and all(np.array_equal(linear[k], paper[k]) for k in paper)
+
+
 def test_dense_and_factored_svd_paths_agree():
     rng = np.random.default_rng(0)
     b, a = rng.normal(size=(40, 30)), rng.normal(size=(30, 50))  # k=30 < min(40, 50): QR path
