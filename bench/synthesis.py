@@ -210,7 +210,12 @@ def bench_neural(opts) -> None:
     import torch
 
     from lorabatch.synthesis.coefficients import row_zscore
-    from lorabatch.synthesis.neural import build_mlp, explicit_reconstruction_loss, gram_reconstruction_loss, loo_coefficients
+    from lorabatch.synthesis.neural import (
+        build_mlp,
+        explicit_reconstruction_loss,
+        gram_reconstruction_loss,
+        loo_coefficients,
+    )
 
     dev = torch.device(opts.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
@@ -245,7 +250,7 @@ def bench_neural(opts) -> None:
     print(f"  explicit ‖CΘ−Θ‖²: {t_exp * 1e3:.1f} ms   Gram tr((C−I)G(C−I)ᵀ): {t_grm * 1e3:.2f} ms   → {t_exp / t_grm:.0f}× faster")
     print(f"  loss values {l_exp:.9e} vs {l_grm:.9e} (relative difference {abs(l_exp - l_grm) / l_exp:.1e})")
     print(f"  one-off cost of G = ΘΘᵀ (float64, one pass): {t_gram:.2f} s = {t_gram / t_exp:.1f} explicit epochs")
-    del theta
+    theta = None  # frees Θ before the next measurement
 
     # One epoch of the paper-size MLP on the n_train² standardised distances.
     n_train = int(round(0.8 * n)) if not opts.n_train else opts.n_train

@@ -150,8 +150,12 @@ def synthesize(
     from lorabatch.config import load_config
     from lorabatch.raysession import ensure_ray
     from lorabatch.synthesis.stage import (
-        SynthesisError, compute_coefficients, compute_uniform_coefficients, mixture_settings, synthesize_setting,
-    )  # fmt: skip
+        SynthesisError,
+        compute_coefficients,
+        compute_uniform_coefficients,
+        mixture_settings,
+        synthesize_setting,
+    )
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
     layout = RunLayout(cfg.run_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -28,6 +29,7 @@ from typing import Iterator
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
 
+log = logging.getLogger(__name__)
 _held: dict[str, int] = {}  # resolved run dir -> nesting depth, in this process
 
 
@@ -86,8 +88,7 @@ def run_lock(run_dir: str | Path, command: str | None = None, wait: bool = False
         if locked:
             previous = read_holder(run_dir)
             if previous:  # its holder never released it: killed, or its machine went down
-                print(f"[lorabatch] run directory {run_dir}: taking over the lock left by {describe_holder(previous)}, "
-                      "which is no longer held", file=sys.stderr, flush=True)  # fmt: skip
+                log.info(f"run directory {run_dir}: taking over the lock left by {describe_holder(previous)}, which is no longer held")
             _write_holder(fd, command)
         _held[key] = 1
         try:
@@ -108,8 +109,8 @@ def _acquire(fd: int, run_dir: Path, wait: bool) -> bool:
     except BlockingIOError:
         pass
     except OSError as err:  # e.g. ENOLCK: a network file system without lock support
-        print(f"[lorabatch] warning: cannot lock {lock_path(run_dir)} ({err.strerror}); nothing keeps a second "
-              "command from writing to this run directory at the same time", file=sys.stderr, flush=True)  # fmt: skip
+        log.warning(f"cannot lock {lock_path(run_dir)} ({err.strerror}); nothing keeps a second command from "
+                    "writing to this run directory at the same time")
         return False
     holder = describe_holder(read_holder(run_dir))
     if not wait:
@@ -117,7 +118,7 @@ def _acquire(fd: int, run_dir: Path, wait: bool) -> bool:
             f"run directory {run_dir} is in use by {holder}; wait for it to finish (or pass --wait), "
             "or use another run directory"
         )
-    print(f"[lorabatch] waiting for run directory {run_dir}, in use by {holder}", file=sys.stderr, flush=True)
+    log.info(f"waiting for run directory {run_dir}, in use by {holder}")
     fcntl.flock(fd, fcntl.LOCK_EX)
     return True
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorabatch.errors import LorabatchError
+
 BASE = "base"
 ORACLE = "oracle"
 UNIFORM = "uniform"
@@ -32,8 +34,8 @@ FEWSHOT_METHODS = (SELECT, REFINE)
 KINDS = ("base", "oracle", "paper", "uniform", "nearest", "select", "refine")
 
 
-class UnknownSettingError(ValueError):
-    pass
+class UnknownSettingError(LorabatchError, ValueError):
+    """A setting name that is none of the kinds above."""
 
 
 @dataclass(frozen=True, order=True)

@@ -76,7 +76,7 @@ def reference_sweep(interruptible_sweep_config, tmp_path_factory) -> Path:
     """The run directory of one uninterrupted `lorabatch sweep` of `interruptible_sweep_config`."""
     import sys
 
-    from lorabatch.testing.processes import private_ray_env, run_in_session
+    from tests.helpers.processes import private_ray_env, run_in_session
 
     root = tmp_path_factory.mktemp("reference")
     config = interruptible_sweep_config(root / "sweep.yaml", root / "run")
@@ -94,7 +94,7 @@ def reference_sweep(interruptible_sweep_config, tmp_path_factory) -> Path:
 def ray_env():
     """An environment for subprocesses whose Ray must be private (own short temp dir, removed
     afterwards; no RAY_ADDRESS), with the model hubs offline."""
-    from lorabatch.testing.processes import private_ray_env
+    from tests.helpers.processes import private_ray_env
 
     env = private_ray_env()
     yield env

@@ -62,7 +62,7 @@ WITHOUT_VLLM = "import sys; sys.modules['vllm'] = None; sys.argv[0] = 'lorabatch
 
 
 def test_vllm_backend_without_vllm_stops_before_ray_and_keeps_the_plan(tmp_path):
-    from lorabatch.testing.processes import private_ray_env
+    from tests.helpers.processes import private_ray_env
 
     run = tmp_path / "run"
     RunLayout(run).generations.mkdir(parents=True)

@@ -40,9 +40,6 @@ class RepoSource(ABC):
     def list_repos(self, pattern: str, kind: RepoKind) -> list[str]:
         """Repo ids matching a glob pattern such as `Lots-of-LoRAs/task12_*`."""
 
-    def describe(self, repo_id: str) -> str:
-        return repo_id
-
 
 class LocalSource(RepoSource):
     """A directory laid out like the hub: `<root>/<org>/<repo>/...`."""

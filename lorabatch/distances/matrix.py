@@ -22,8 +22,8 @@ pairs; only pairs involving new or changed tasks are computed.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +34,8 @@ from lorabatch.distances.metric import take
 from lorabatch.distances.registry import DistancesError, get_metric
 from lorabatch.layout import RunLayout
 from lorabatch.raysession import require_ray
+
+log = logging.getLogger(__name__)
 
 META_KEY = b"lorabatch.distances"
 
@@ -100,7 +102,7 @@ def compute_blocks(
 
     def report(done: int, where: str) -> None:
         if progress:
-            print(f"\r{label}: {done}/{len(blocks)} blocks {where} ({time.perf_counter() - t0:.1f}s)", end="", file=sys.stderr)
+            log.debug(f"{label}: {done}/{len(blocks)} blocks {where} ({time.perf_counter() - t0:.1f}s)")
 
     if not blocks:
         return
@@ -135,7 +137,7 @@ def compute_blocks(
             report(round(len(blocks) * done / total), f"as Ray Data tasks on {workers} CPU(s)")
         del refs
     if progress:
-        print(f"\r{label}: {len(blocks)} blocks in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        log.info(f"{label}: {len(blocks)} blocks in {time.perf_counter() - t0:.1f}s")
 
 
 def _grid(metric, features, config: DistancesConfig, rows, cols, upper_only: bool):
@@ -244,7 +246,7 @@ def compute_distance_matrix(
         d[np.ix_(kept, kept)] = prev[2][np.ix_(where[kept], where[kept])]
         if keep.all() and prev[0] == tasks:
             if progress:
-                print(f"distances {metric}: {path} is up to date ({n} tasks)", file=sys.stderr)
+                log.info(f"distances {metric}: {path} is up to date ({n} tasks)")
             return tasks, d
     new = np.flatnonzero(~keep)
     clock("previous")
@@ -389,8 +391,8 @@ def compute_distances(
         if emb not in cache:
             cache[emb] = load_bank_features(run_dir, embeddings=emb)
         t0 = time.perf_counter()
-        tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress)  # fmt: skip
+        tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress)
         out[name] = d
         if progress:
-            print(f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}", file=sys.stderr)
+            log.info(f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}")
     return out

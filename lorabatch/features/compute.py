@@ -12,9 +12,7 @@ failed dataset, after the successful ones are cached.
 
 from __future__ import annotations
 
-from lorabatch.raysession import require_ray
-
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -23,8 +21,17 @@ import numpy as np
 from lorabatch.errors import LorabatchError
 from lorabatch.features import store
 from lorabatch.features.config import FeaturesConfig
-from lorabatch.features.featureset import FeatureSet, FeaturesError, sample_token_ids
-from lorabatch.features.tokens import example_texts, load_tokenizer, tokenize_counts, tokenizer_fingerprint, vocab_size_of
+from lorabatch.features.featureset import FeaturesError, FeatureSet, sample_token_ids
+from lorabatch.features.tokens import (
+    example_texts,
+    load_tokenizer,
+    tokenize_counts,
+    tokenizer_fingerprint,
+    vocab_size_of,
+)
+from lorabatch.raysession import require_ray
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("task_id", "dataset_path", "dataset_sha256", "base_model_path")
 
@@ -105,7 +112,7 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
             res = worker({c: np.asarray([item[c]]) for c in ("task_id", "dataset_path", "key")})
             rows.append({c: v[0].item() if hasattr(v[0], "item") else v[0] for c, v in res.items()})
             if progress:
-                print(f"features ({mode}) {k}/{len(items)} {item['task_id']} {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                log.info(f"features ({mode}) {k}/{len(items)} {item['task_id']} {time.perf_counter() - t0:.1f}s")
         return rows
     import ray
 
@@ -121,7 +128,7 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     for row in ds.iter_rows():
         rows.append({c: v.item() if hasattr(v, "item") else v for c, v in row.items()})
         if progress:
-            print(f"features ({mode}) {len(rows)}/{len(items)} {rows[-1]['task_id']}", file=sys.stderr)
+            log.info(f"features ({mode}) {len(rows)}/{len(items)} {rows[-1]['task_id']}")
     return rows
 
 
@@ -250,6 +257,6 @@ def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesCon
         trusted = trust_remote_code and config.embedding.model is None
         emb = [Embedder(config.embedding.model or tokenizer, config.embedding, trusted).embed([texts[i] for i in pick])]
     if progress:
-        print(f"features of {name}: {len(texts)} examples, {int(counts.sum())} tokens in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        log.info(f"features of {name}: {len(texts)} examples, {int(counts.sum())} tokens in {time.perf_counter() - t0:.1f}s")
     return FeatureSet(names=[name], counts=counts[None], samples=sample[None], n_examples=[len(texts)],
                       tokenizer_sha256=tok_sha, embeddings=emb)  # fmt: skip

@@ -163,13 +163,6 @@ def load_bank_features(run_dir: str | Path, embeddings: bool = False) -> Feature
     )  # fmt: skip
 
 
-def load_features_meta(run_dir) -> dict:
-    path = RunLayout(run_dir).features_meta
-    if not path.is_file():
-        raise FeaturesError(f"{path} does not exist: run the features stage first")
-    return json.loads(path.read_text())
-
-
 def save_features(run_dir, features: FeatureSet, config: FeaturesConfig | None = None,
                   dataset_sha256: list[str] | None = None, tokenizer_path: str = "") -> None:  # fmt: skip
     """Write a FeatureSet as the bank's cached features (entries keyed by `features.keys`).

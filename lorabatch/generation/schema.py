@@ -15,8 +15,8 @@ its prediction is null. Rows are keyed by (task_id, setting, example_id).
 
 from __future__ import annotations
 
-from lorabatch.settings import BASE as BASE_SETTING
-from lorabatch.settings import ORACLE as ORACLE_SETTING
+from lorabatch.settings import BASE as BASE_SETTING  # noqa: F401  (re-exported)
+from lorabatch.settings import ORACLE as ORACLE_SETTING  # noqa: F401  (re-exported)
 
 KEY_COLUMNS = ("task_id", "setting", "example_id")
 WORK_COLUMNS = (*KEY_COLUMNS, "prompt", "references", "adapter_path", "fingerprint")

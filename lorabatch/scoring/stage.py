@@ -7,8 +7,6 @@ Each output is one Parquet file written atomically. Schemas: lorabatch.scoring.a
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
 from lorabatch.scoring.aggregate import score_examples, summarize, task_scores

@@ -15,11 +15,14 @@ is the synthesis key each adapter will have, computed before the adapter exists.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorabatch.settings import Setting
+
+log = logging.getLogger(__name__)
 
 
 def _mixture(setting: str) -> bool:
@@ -78,8 +81,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
     from lorabatch.generation.plan import pending_work, plan_work, select_tasks
     from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
     from lorabatch.generation.store import done_keys
-    from lorabatch.telemetry import adapters_synthesized
     from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
+    from lorabatch.telemetry import adapters_synthesized
 
     run_dir = Path(config.run_dir)
     syn = config.synthesis
@@ -110,8 +113,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
         write_plan_file(run_dir, work)
     for i, (wave, wave_gen) in enumerate(calls):
         if wave is not None:
-            print(f"[lorabatch] just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
-                  f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)", flush=True)  # fmt: skip
+            log.info(f"just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
+                     f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)")
             for setting in wave.settings:
                 synthesize_setting(run_dir, setting, syn, tasks=list(wave.tasks), layout=layout, progress=False)
                 adapters_synthesized(setting, len(wave.tasks))

@@ -13,10 +13,10 @@ import os
 import time
 from pathlib import Path
 
+from lorabatch import telemetry
 from lorabatch.config import LorabatchConfig
 from lorabatch.layout import RunLayout
 from lorabatch.settings import BASE, ORACLE
-from lorabatch import telemetry
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
 
 
@@ -138,8 +138,8 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
     if config.synthesis.jit:
         mark_done(run_dir, "synthesis", content_key(settings_of(config), "jit"), time.time(), {"mode": "just-in-time, with generation"})
         return
-    from lorabatch.telemetry import adapters_synthesized
     from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
+    from lorabatch.telemetry import adapters_synthesized
 
     started = time.time()
     for setting in mixture_settings(config.distances.metrics, config.synthesis):

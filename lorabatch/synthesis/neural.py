@@ -57,15 +57,6 @@ def apply_scalar_mlp(mlp, z, chunk: int = 0):
     return torch.cat(parts).reshape(z.shape)
 
 
-def torch_row_zscore(d):
-    """Torch twin of `coefficients.row_zscore` (population std, std 0 → 0)."""
-    import torch
-
-    mean = d.mean(dim=1, keepdim=True)
-    std = d.std(dim=1, keepdim=True, correction=0)
-    return torch.where(std > 0, (d - mean) / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(d))
-
-
 def loo_coefficients(mlp, z, temperature: float = 1.0, chunk: int = 0):
     """C = softmin_T(g(z)) with the diagonal excluded; z [n, n] → C [n, n] (differentiable)."""
     import torch

@@ -35,7 +35,7 @@ ADAPTER_DIR_FILES = frozenset({ADAPTER_CONFIG, ADAPTER_WEIGHTS, PROVENANCE})
 PROVENANCE_KEYS = ("provenance_version", "lorabatch_version", "synthesis_key")
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(LorabatchError, ValueError):
     """A synthesized tensor holds NaN or inf; nothing is written."""
 
 

@@ -19,7 +19,7 @@ from lorabatch.generation.store import generation_files, read_generations
 from lorabatch.layout import RunLayout
 from lorabatch.sweep.stages import read_marker
 from lorabatch.sweep.status import status_lines
-from lorabatch.testing.processes import kill_session, run_in_session, session_tree, start_in_session
+from tests.helpers.processes import kill_session, run_in_session, session_tree, start_in_session
 
 PLANNED = 4 * 4 * 30  # tasks × settings (base, oracle, JS-attentional, JS-normalized) × test examples
 

@@ -16,8 +16,8 @@ from lorabatch.bank.datasets import read_split
 from lorabatch.generation.schema import KEY_COLUMNS
 from lorabatch.generation.store import generation_files
 from lorabatch.layout import RunLayout
-from lorabatch.testing.processes import session_tree
-from lorabatch.testing.ray_cluster import LocalRayCluster
+from tests.helpers.processes import session_tree
+from tests.helpers.ray_cluster import LocalRayCluster
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ("JS", "KL")

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from lorabatch.layout import RunLayout
-from lorabatch.testing.processes import kill_session
+from tests.helpers.processes import kill_session
 
 WIDTH, HEIGHT = 1280, 4000
 FLAGS = [

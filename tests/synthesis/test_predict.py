@@ -182,9 +182,8 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     # The chosen adapter, loaded back from disk, has the recorded loss on the same sampled rows,
     # and no candidate (e.g. the nearest bank task's own adapter) has a lower one.
     rows = sample_rows(read_user_dataset(data), 4, 0, prov["query"]["data_sha256"])
-    from safetensors.numpy import load_file
-
     import pyarrow.parquet as pq
+    from safetensors.numpy import load_file
 
     manifest = pq.read_table(RunLayout(bank.run_dir).manifest).to_pylist()
     cfg = _json.loads((tmp_path / "sel" / "adapter_config.json").read_text())

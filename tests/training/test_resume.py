@@ -83,7 +83,7 @@ def test_killed_worker_resumes_from_its_checkpoint(fresh_run, tmp_path, local_ra
 
 @pytest.mark.slow
 def test_killed_driver_resumes_when_the_command_runs_again(fresh_run, tmp_path, ray_env):
-    from lorabatch.testing.processes import (
+    from tests.helpers.processes import (
         kill_session,
         run_in_session,
         start_in_session,

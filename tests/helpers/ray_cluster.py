@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lorabatch.testing.processes import end_session, free_ports, private_ray_env
+from tests.helpers.processes import end_session, free_ports, private_ray_env
 
 HOST = "127.0.0.1"
 
