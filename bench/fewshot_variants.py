@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +40,7 @@ def main() -> None:
     import torch
 
     from lorabatch.bank.datasets import read_split
+    from lorabatch.bank.manifest import load_manifest
     from lorabatch.config import load_config
     from lorabatch.fewshot.config import FewShotConfig
     from lorabatch.fewshot.methods import candidate_rows, refine_task, select
@@ -66,9 +66,8 @@ def main() -> None:
     worker = FewShotWorker(str(args.run), configs[0].model_dump(mode="json"), config.synthesis.model_dump(mode="json"),
                            list(config.distances.metrics), config.seed, config.generation.max_new_tokens)  # fmt: skip
     ev, layout = worker.evaluator, worker.layout
-    manifest = {r["task_id"]: r for r in __import__("lorabatch.bank.manifest", fromlist=["load_manifest"]).load_manifest(args.run).to_pylist()}
+    manifest = {r["task_id"]: r for r in load_manifest(args.run).to_pylist()}
     tasks = layout.task_ids[: args.tasks] if args.tasks else layout.task_ids
-    exact = config.synthesis.model_copy(update={"mixing": "exact"})
     stats = {(k, m): {"rouge": [], "evals": [], "passes": [], "seconds": []} for k in range(len(configs)) for m in ("select", "refine")}
     for n, task in enumerate(tasks, 1):
         i = layout.task_ids.index(task)
@@ -84,7 +83,6 @@ def main() -> None:
             if key not in select_cache:
                 select_cache[key] = select(ev, layout, candidates, config.synthesis, worker.paper_names, fs.criterion, worker.max_new_tokens)
             chosen = select_cache[key]
-            started = time.perf_counter()
             refined, syn = refine_task(ev, layout, fs, config.synthesis, candidates, pool, {}, chosen, seed + i, worker.max_new_tokens)
             for method, result, mixing in (("select", chosen, config.synthesis), ("refine", refined, syn)):
                 ev.set_examples(held)
