@@ -307,10 +307,10 @@ def train(
     from lorabatch.training.config import TrainingConfig
 
     base = {}
-    if (bank / "config.yaml").is_file():  # the bank run's own training section, then the flags
+    if RunLayout(bank).config.is_file():  # the bank run's own training section, then the flags
         from lorabatch.config import load_config
 
-        base = load_config(bank / "config.yaml").training.model_dump()
+        base = load_config(RunLayout(bank).config).training.model_dump()
     flags = {"steps": steps, "batch_size": batch_size, "lr": lr, "workers": workers, "threads_per_worker": threads_per_worker,
              "checkpoint_every": checkpoint_every, "max_failures": max_failures}  # fmt: skip
     try:

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.bank.datasets import REQUIRED_COLUMNS, SPLITS, dataset_content_hash, file_sha256, split_files
 from lorabatch.bank.resolve import TaskRef
 from lorabatch.bank.sources import ADAPTER_FILES, DATASET_FILES, RepoSource
@@ -52,8 +53,8 @@ def inspect_task(ref: TaskRef, source: RepoSource, check_finite: bool = True) ->
 
 
 def _inspect_adapter(facts: TaskFacts, check_finite: bool) -> None:
-    cfg_file = facts.adapter_path / "adapter_config.json"
-    weights = facts.adapter_path / "adapter_model.safetensors"
+    cfg_file = facts.adapter_path / ADAPTER_CONFIG
+    weights = facts.adapter_path / ADAPTER_WEIGHTS
     for f in (cfg_file, weights):
         if not f.is_file():
             facts.problems.append(f"adapter: missing file {f.name} in {facts.adapter_path}")

@@ -16,12 +16,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Literal
 
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.errors import BankResolutionError
 
 RepoKind = Literal["model", "dataset"]
 
 # Only these files are fetched: never pickled weights (*.bin, *.pt, *.pth).
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+ADAPTER_FILES = [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md"]
 BASE_MODEL_CONFIG_FILES = ["*.json", "tokenizer.model", "*.txt", "*.jinja"]  # config + tokenizer
 BASE_MODEL_FILES = BASE_MODEL_CONFIG_FILES + ["*.safetensors"]  # + weights, for generation
 DATASET_FILES = ["data/*.parquet", "README.md", "*.json"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorabatch.adapter_format import VLLM_LORA_RANKS
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLLM_LORA_RANKS
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 from lorabatch.generation.vllm_cpu_lora import ENV_VAR as CPU_LORA_ENV
 from lorabatch.layout import RunLayout
@@ -57,13 +57,13 @@ def write_zero_adapter(out_dir: str | Path, module: str, in_features: int, out_f
         "inference_mode": True,
     }
     with atomic_dir(out_dir) as tmp:
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
         save_file(
             {
                 f"base_model.model.{module}.lora_A.weight": np.zeros((1, in_features), np.float32),
                 f"base_model.model.{module}.lora_B.weight": np.zeros((out_features, 1), np.float32),
             },
-            str(tmp / "adapter_model.safetensors"),
+            str(tmp / ADAPTER_WEIGHTS),
         )
     return out_dir.resolve()
 

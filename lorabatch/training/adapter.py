@@ -61,7 +61,7 @@ def base_model_weights(bank_run: Path, manifest) -> Path:
     from lorabatch.bank.manifest import base_model_with_weights
     from lorabatch.config import load_config
 
-    config = bank_run / "config.yaml"
+    config = RunLayout(bank_run).config
     if not config.is_file():
         raise TrainingError(f"the bank's base model directory {path} holds no weights and {bank_run} has no config.yaml to fetch them with")
     return base_model_with_weights(load_config(config).bank)
