@@ -123,7 +123,7 @@ def _check_job(cfg) -> None:
 
     import lorabatch
 
-    logging.getLogger(__name__).info(
+    logging.getLogger("lorabatch.cli").info(  # not __name__: `python -m lorabatch.cli` runs as __main__
         f"job: python {sys.executable}, lorabatch from {Path(lorabatch.__file__).parent}, "
         f"Ray at {cfg.ray.address or os.environ.get('RAY_ADDRESS') or 'a new local instance'}"
     )
