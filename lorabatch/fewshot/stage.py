@@ -26,19 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.errors import LorabatchError
+from lorabatch.layout import RunLayout
 from lorabatch.settings import REFINE, SELECT, Setting
 
 
 class FewShotError(LorabatchError):
     """The few-shot stage cannot run (missing inputs) or some tasks failed."""
-
-
-def fewshot_dir(run_dir) -> Path:
-    return Path(run_dir) / "fewshot"
-
-
-def results_path(run_dir, method: str) -> Path:
-    return fewshot_dir(run_dir) / f"{method}.parquet"
 
 
 def few_shot_examples(dataset_path: str, split: str, k: int, seed: int, task_id: str) -> list[dict]:
@@ -74,7 +67,12 @@ class FewShotWorker:
         from lorabatch.fewshot.loss import FewShotLoss
         from lorabatch.fewshot.methods import grid_candidates
         from lorabatch.synthesis.config import SynthesisConfig
-        from lorabatch.synthesis.stage import load_distance_matrix, mixture_settings, read_coefficients, setting_coefficients_path
+        from lorabatch.synthesis.stage import (
+            load_distance_matrix,
+            mixture_settings,
+            read_coefficients,
+            setting_coefficients_path,
+        )
         from lorabatch.synthesis.tensors import layout_from_manifest
 
         self.run_dir = Path(run_dir)
@@ -113,7 +111,7 @@ class FewShotWorker:
 
     def run_task(self, task_id: str, dataset_path: str) -> list[dict]:
         from lorabatch.fewshot.methods import candidate_rows, run_methods
-        from lorabatch.synthesis.stage import adapter_dir, synthesize_one
+        from lorabatch.synthesis.stage import synthesize_one
 
         i = self.layout.task_ids.index(task_id)
         methods = self.config.methods
@@ -134,7 +132,7 @@ class FewShotWorker:
             result, syn = results[method]
             try:
                 record = result.record(method, len(self.evaluator.items))
-                synthesize_one(self.layout, result.coefficients, adapter_dir(self.run_dir, method, task_id), syn,
+                synthesize_one(self.layout, result.coefficients, RunLayout(self.run_dir).adapter(method, task_id), syn,
                                setting=method, target=task_id, extra={"fewshot": record})  # fmt: skip
                 rows.append({**record, "task_id": task_id, "details": json.dumps(result.details), "error": None})
             except Exception as err:  # noqa: BLE001 - recorded, the other tasks go on
@@ -211,7 +209,7 @@ def run_fewshot(
     order = {t["task_id"]: n for n, t in enumerate(tasks)}
     for method, rows in by_method.items():
         rows.sort(key=lambda r: order[r["task_id"]])
-        write_parquet(results_path(run_dir, method), pa.Table.from_pylist(rows, schema=_result_schema().remove(0)))
+        write_parquet(RunLayout(run_dir).fewshot(method), pa.Table.from_pylist(rows, schema=_result_schema().remove(0)))
     return by_method
 
 
@@ -219,7 +217,7 @@ def read_results(run_dir, method: str) -> list[dict]:
     """The rows of RUN/fewshot/<method>.parquet ([] when the stage has not run)."""
     import pyarrow.parquet as pq
 
-    path = results_path(run_dir, method)
+    path = RunLayout(run_dir).fewshot(method)
     return pq.read_table(path).to_pylist() if path.is_file() else []
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from lorabatch import telemetry
+from lorabatch.layout import RunLayout
 from lorabatch.sweep.stages import content_key, mark_done
 
 
@@ -32,19 +33,19 @@ def fewshot_key(config) -> str:
 
 def stage_fewshot(config, progress: bool) -> None:
     """select / refine adapters for every task, unless done with the same inputs and still on disk."""
-    from lorabatch.fewshot.stage import read_results, results_path, run_fewshot
+    from lorabatch.fewshot.stage import read_results, run_fewshot
     from lorabatch.sweep.stages import is_done
-    from lorabatch.synthesis.stage import adapter_dir
 
     run_dir = Path(config.run_dir)
+    layout = RunLayout(run_dir)
     methods = config.fewshot.methods
     if not methods:
         mark_done(run_dir, "fewshot", content_key("off"), time.time(), {"methods": []})
         return
     key = fewshot_key(config)
-    if is_done(run_dir, "fewshot", key) and all(results_path(run_dir, m).is_file() for m in methods):
+    if is_done(run_dir, "fewshot", key) and all(layout.fewshot(m).is_file() for m in methods):
         intact = all(
-            (adapter_dir(run_dir, m, r["task_id"]) / "adapter_model.safetensors").is_file()
+            (layout.adapter(m, r["task_id"]) / "adapter_model.safetensors").is_file()
             for m in methods for r in read_results(run_dir, m) if not r["error"]
         )  # fmt: skip
         if intact:

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lorabatch.layout import RunLayout
+
 N_TASKS = 5
 
 
@@ -59,7 +61,7 @@ def _write_distances(run: Path, metric: str, ids: list[str], d: np.ndarray) -> N
     from lorabatch.atomic import write_parquet
 
     rows = [{"target": t, "source": s, "d": float(d[i, j])} for i, t in enumerate(ids) for j, s in enumerate(ids)]
-    write_parquet(run / "distances" / f"{metric}.parquet", pa.Table.from_pylist(rows))
+    write_parquet(RunLayout(run).distances(metric), pa.Table.from_pylist(rows))
 
 
 def _copy(pristine, tmp_path: Path) -> Path:
@@ -178,17 +180,17 @@ def test_select_and_refine_never_read_the_test_split(pristine, tmp_path, local_r
 
     from lorabatch.atomic import write_parquet
 
-    manifest = pq.read_table(run_b / "bank" / "manifest.parquet")
+    manifest = pq.read_table(RunLayout(run_b).manifest)
     paths = [p.replace(str(bank.root), str(garbled)) for p in manifest.column("dataset_path").to_pylist()]
     manifest = manifest.set_column(manifest.schema.get_field_index("dataset_path"), "dataset_path", __import__("pyarrow").array(paths))
-    write_parquet(run_b / "bank" / "manifest.parquet", manifest)
+    write_parquet(RunLayout(run_b).manifest, manifest)
     results_b = _run(run_b, bank)
     for method in ("select", "refine"):
         assert not any(r["error"] for r in results_b[method]), results_b[method]
         for a, b in zip(results_a[method], results_b[method]):
             assert (a["task_id"], a["choice"], a["loss"], a["start_loss"]) == (b["task_id"], b["choice"], b["loss"], b["start_loss"])
         for task in pristine[2]:
-            ta, tb = _tensors(run_a / "adapters" / method / task), _tensors(run_b / "adapters" / method / task)
+            ta, tb = _tensors(RunLayout(run_a).adapter(method, task)), _tensors(RunLayout(run_b).adapter(method, task))
             assert all(np.array_equal(ta[k], tb[k]) for k in ta)
 
 
@@ -244,7 +246,7 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
     r = by_loss["refine"][0]
     task = manifest[r["task_id"]]
     rows = few_shot_examples(task["dataset_path"], "train", 6, 0, r["task_id"])
-    ref = _reference_loss(task["base_model_path"], run / "adapters" / "refine" / r["task_id"], rows)
+    ref = _reference_loss(task["base_model_path"], RunLayout(run).adapter("refine", r["task_id"]), rows)
     assert ref == pytest.approx(r["loss"], rel=1e-4)
 
 
@@ -275,13 +277,13 @@ def test_uniform_adapter_is_the_mean_and_nearest_is_the_nearest_tasks_adapter(pr
     synthesize_setting(run, "nearest-JS", config.synthesis, progress=False)
     for i, task in enumerate(ids):
         others = [_tensors(bank[t]) for t in ids if t != task]
-        uniform = _tensors(run / "adapters" / "uniform" / task)
+        uniform = _tensors(RunLayout(run).adapter("uniform", task))
         for name, value in uniform.items():
             expected = np.mean([o[name].astype(np.float64) for o in others], axis=0)
             np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
         row = d[i].copy()
         row[i] = np.inf
         nearest = ids[int(np.argmin(row))]
-        got, want = _tensors(run / "adapters" / "nearest-JS" / task), _tensors(bank[nearest])
+        got, want = _tensors(RunLayout(run).adapter("nearest-JS", task)), _tensors(bank[nearest])
         assert got.keys() == want.keys()
         assert all(np.array_equal(got[k], want[k]) for k in got)
