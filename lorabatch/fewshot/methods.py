@@ -16,9 +16,9 @@ refine:  K bank tasks — (from select) the choice's own top tasks, then the poo
          held exactly as the rank-Kr pair A = [A_1; …; A_K], B = [w_1 B_1, …, w_K B_K] (no SVD),
          so a candidate costs one copy of B. The result is the lowest f among the points at least
          as good as w⁰ on q — w⁰ itself when none is — so refining never worsens its start.
-         Started from select (the default), the start is select's choice; when that choice was
-         mixed otherwise than exactly (a dense paper-mixed row) and refine ends worse than it,
-         select's choice is kept.
+         Started from select (the default), the start is select's choice; when that choice is a
+         dense row (mixed as the sweep mixes, over all its tasks, not the exact top-K mixture the
+         search starts from) and refine ends worse than it, select's choice is kept.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class FewShotResult:
     def record(self, method: str, examples: int) -> dict:
         """What the run's files and an adapter's provenance say about this result. rouge_l /
         start_rouge_l: few-shot Rouge-L of the result and of the starting point (None when the
-        criterion did not compute it); kept_select: refine kept select's paper-mixed choice,
-        which did better than the search."""
+        criterion did not compute it); kept_select: refine kept select's dense choice, which did
+        better than the search."""
         rouges = self.details.get("candidate_rouge_l")
         if rouges is not None:  # select
             rouge, start = rouges.get(self.choice), None
@@ -309,10 +309,11 @@ def refine_task(evaluator, layout, config, synthesis_config, candidates, pool, p
     result.evaluations += cost[2]
     if sources is not None:
         result.details["pool"] = {layout.task_ids[j]: scores[j] for j in pool}
-    # A one-hot choice is its bank adapter under any mixing, so the search started exactly there;
-    # a dense paper-mixed choice is not what the exact search started from, and may stay better.
+    # A one-hot choice is its bank adapter under any mixing, so the search started exactly there; a
+    # dense choice (mixed as configured, over all its tasks) is not the exact top-K mixture the
+    # search started from, and may stay better.
     dense = np.count_nonzero(chosen.coefficients) > 1 if from_select else False
-    if dense and synthesis_config.mixing != "exact" and _worse(result, chosen, config.criterion):
+    if dense and _worse(result, chosen, config.criterion):
         kept = FewShotResult(**{**chosen.__dict__, "choice": start_name, "seconds": result.seconds, "forward_passes": result.forward_passes,
                                 "evaluations": result.evaluations, "start_loss": result.start_loss,
                                 "details": {**result.details, "kept": "select",
