@@ -178,36 +178,45 @@ def word_list(vocab: int) -> list[str]:
     return [np.base_repr(k, 36).lower() for k in range(vocab - len(SPECIALS))]
 
 
-def build_datasets(root: Path, n: int, vocab: int, tokens: float, example_tokens: int, seed: int = 0) -> int:
-    """N datasets of realistic token streams; returns the total number of tokens written."""
+def build_datasets(root: Path, n: int, vocab: int, tokens: float, example_tokens: int, workers: int, seed: int = 0) -> int:
+    """N datasets of realistic token streams, `workers` processes; returns the tokens written."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    args = [(root, i, vocab, tokens, example_tokens, seed) for i in range(n)]
+    if workers <= 1:
+        return sum(build_dataset(*a) for a in args)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(build_dataset, *zip(*args)))
+
+
+def build_dataset(root: Path, i: int, vocab: int, tokens: float, example_tokens: int, seed: int) -> int:
+    """Dataset i: a stream of ~`tokens` ids from the realistic law, its ranks moved around the
+    shared order by a per-dataset perturbation; returns its number of tokens."""
     from lorabatch.bank.datasets import write_split
 
     words = word_list(vocab)
     v = len(words)
-    rng = np.random.default_rng(seed)
-    base = np.log(rng.permutation(v) + 1.0)  # a shared order of the vocabulary
+    base = np.log(np.random.default_rng(seed).permutation(v) + 1.0)  # the shared order of the vocabulary
     ranks = np.arange(v)
     zipf = (ranks + 2.7) ** -1.1 * np.exp(-ranks / LAWS["realistic"])
     zipf /= zipf.sum()
-    total = 0
-    for i in range(n):
-        weights = np.empty(v)
-        weights[np.argsort(base + rng.normal(0.0, 1.5, v))] = zipf  # dataset-specific ranks
-        size = int(rng.uniform(0.8, 1.2) * tokens)
-        ids = rng.choice(v, size=size, p=weights)
-        total += size
-        per = max(2, example_tokens - 1)  # + BOS
-        rows = []
-        for k, s in enumerate(range(0, size, per)):
-            chunk = [words[t] for t in ids[s : s + per]]
-            cut = max(1, len(chunk) - max(1, len(chunk) // 30))  # ~3 % of an example is its answer
-            rows.append({"input": " ".join(chunk[:cut]) + " ", "output": [" ".join(chunk[cut:]) or chunk[-1]],
-                         "id": f"task{i + 1}-{k}"})  # fmt: skip
-        ds = root / ORG / f"task{i + 1}_synthetic_{i + 1}"
-        write_split(ds, "train", rows)
-        write_split(ds, "valid", rows[:2])
-        write_split(ds, "test", rows[:2])
-    return total
+    rng = np.random.default_rng([seed, i])
+    weights = np.empty(v)
+    weights[np.argsort(base + rng.normal(0.0, 1.5, v))] = zipf  # dataset-specific ranks
+    size = int(rng.uniform(0.8, 1.2) * tokens)
+    ids = rng.choice(v, size=size, p=weights)
+    per = max(2, example_tokens - 1)  # + BOS
+    rows = []
+    for k, s in enumerate(range(0, size, per)):
+        chunk = [words[t] for t in ids[s : s + per]]
+        cut = max(1, len(chunk) - max(1, len(chunk) // 30))  # ~3 % of an example is its answer
+        rows.append({"input": " ".join(chunk[:cut]) + " ", "output": [" ".join(chunk[cut:]) or chunk[-1]],
+                     "id": f"task{i + 1}-{k}"})  # fmt: skip
+    ds = root / ORG / f"task{i + 1}_synthetic_{i + 1}"
+    write_split(ds, "train", rows)
+    write_split(ds, "valid", rows[:2])
+    write_split(ds, "test", rows[:2])
+    return size
 
 
 def adapter_shapes(hidden: int, layers: int, rank: int) -> dict[str, tuple[int, int]]:
@@ -375,7 +384,7 @@ def main() -> None:
         setup = {}
         started = meter.start_stage()
         build_base(bank_root, args.vocab, args.hidden, args.layers)
-        n_tokens = build_datasets(bank_root, args.tasks, args.vocab, args.tokens, args.example_tokens)
+        n_tokens = build_datasets(bank_root, args.tasks, args.vocab, args.tokens, args.example_tokens, args.workers)
         setup["datasets"] = meter.end_stage(started)
         started = meter.start_stage()
         n_params = build_adapters(bank_root, args.tasks, args.hidden, args.layers, args.rank)
