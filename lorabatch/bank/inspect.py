@@ -80,10 +80,12 @@ def _inspect_adapter(facts: TaskFacts, check_finite: bool) -> None:
 
 def _inspect_tensors(facts: TaskFacts, weights: Path, check_finite: bool) -> None:
     import numpy as np
+    import torch
     from safetensors import safe_open
 
     try:
-        with safe_open(str(weights), framework="numpy") as fh:
+        # torch, not numpy: numpy has no bfloat16, the dtype most published adapters are stored in
+        with safe_open(str(weights), framework="pt") as fh:
             names = sorted(fh.keys())
             dtypes = set()
             for name in names:
@@ -92,7 +94,7 @@ def _inspect_tensors(facts: TaskFacts, weights: Path, check_finite: bool) -> Non
                 dtypes.add(sl.get_dtype())
                 if check_finite:
                     t = fh.get_tensor(name)
-                    if not np.isfinite(t.astype(np.float32, copy=False)).all():
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                         facts.problems.append(f"adapter: tensor {name} has non-finite values (NaN or inf)")
     except Exception as err:  # safetensors raises several types for a corrupt file
         facts.problems.append(f"adapter: cannot read {weights.name}: {err}")

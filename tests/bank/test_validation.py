@@ -92,6 +92,25 @@ def test_nan_weights(bank):
     assert problems == [("task1", f"adapter: tensor {name} has non-finite values (NaN or inf)")]
 
 
+def test_bf16_adapters_validate_and_their_nan_is_caught(bank):
+    """Published adapters are mostly stored in bfloat16, which numpy cannot hold."""
+    import torch
+    from safetensors.torch import load_file as load_pt
+    from safetensors.torch import save_file as save_pt
+
+    for n in range(1, 5):
+        path = adapter_dir(bank, n) / "adapter_model.safetensors"
+        save_pt({k: v.to(torch.bfloat16) for k, v in load_pt(path).items()}, path)
+    inspect_bank(BankConfig(**bank.bank_config()), progress=False)  # no problem raised
+    path = adapter_dir(bank, 2) / "adapter_model.safetensors"
+    tensors = load_pt(path)
+    name = sorted(tensors)[-1]
+    tensors[name][0, 0] = float("inf")
+    save_pt(tensors, path)
+    problems, _ = problems_of(bank)
+    assert problems == [("task2", f"adapter: tensor {name} has non-finite values (NaN or inf)")]
+
+
 def test_missing_column(bank):
     f = split_files(dataset_dir(bank, 4), "train")[0]
     pq.write_table(pq.read_table(f).drop_columns(["output"]), f)
