@@ -366,7 +366,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="CPUs for Ray and the block workers")
     ap.add_argument("--local", action="store_true", help="every stage in this process (executor 'local'), no Ray")
     ap.add_argument("--validate-weights", action="store_true", help="bank.validate_weights: read every tensor to check "
-                    "it is finite (off: the check reads tensors through safetensors' numpy framework, which has no bfloat16)")
+                    "it is finite (off by default: work the paper's stage does not do)")
     ap.add_argument("--sample-s", type=float, default=1.0, help="seconds between samples of CPU, RSS and disk")
     ap.add_argument("--workdir", type=Path, default=None, help="where everything is written (default: a temp dir under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the workdir")
