@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lorabatch.strict import StrictModel, no_duplicates
+from lorabatch.strict import RuntimeField, StrictModel, no_duplicates, torch_device
 
 
 class SelectConfig(StrictModel):
@@ -106,9 +106,9 @@ class FewShotConfig(StrictModel):
     seed: int | None = Field(None, description="Seed of the example sample and of CMA-ES (None: the run's seed).")
     device: str = Field("auto", description="torch device of the loss workers ('auto': cuda when present).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base model dtype for the loss.")
-    concurrency: int = Field(1, ge=1, description="Loss workers (Ray actors, each holding the base model).")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per loss worker.")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs).")
+    concurrency: int = RuntimeField(1, ge=1, description="Loss workers (Ray actors, each holding the base model).")
+    num_cpus: float = RuntimeField(1.0, gt=0, description="CPUs per loss worker.")
+    num_gpus: float | None = RuntimeField(None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs).")
 
     @field_validator("methods")
     @classmethod
@@ -118,6 +118,4 @@ class FewShotConfig(StrictModel):
     @field_validator("device")
     @classmethod
     def _device_known(cls, value):
-        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:i]' or 'mps', got {value!r}")
-        return value
+        return torch_device(value, auto=True)

@@ -25,7 +25,7 @@ def fewshot_key(config) -> str:
     files += [setting_coefficients_path(run_dir, s) for s in mixture_settings(metrics, config.synthesis)]
     syn = config.synthesis.model_dump(mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"})
     return content_key(
-        config.fewshot.model_dump(mode="json", exclude={"concurrency", "num_cpus", "num_gpus"}), syn, config.seed,
+        config.fewshot.results(), syn, config.seed,
         config.generation.max_new_tokens,
         manifest_hash(load_manifest(run_dir)), {str(f.relative_to(run_dir)): file_sha256(f) for f in files},
     )  # fmt: skip
