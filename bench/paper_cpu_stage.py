@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from distances import LAWS  # noqa: E402  the realistic law's exponential cut-off
+from synthesis import paper_shaped_shapes  # noqa: E402  (bench/synthesis.py: the adapter shapes of the paper's bank)
 
 ORG = "paperbench"
 BASE = "mistral-7b-shaped"
@@ -219,23 +220,12 @@ def build_dataset(root: Path, i: int, vocab: int, tokens: float, example_tokens:
     return size
 
 
-def adapter_shapes(hidden: int, layers: int, rank: int) -> dict[str, tuple[int, int]]:
-    kv = hidden // 4  # Mistral-7B: 4096 → k/v 1024
-    shapes = {}
-    for li in range(layers):
-        for proj, out in (("q_proj", hidden), ("k_proj", kv), ("v_proj", kv)):
-            pre = f"base_model.model.model.layers.{li}.self_attn.{proj}"
-            shapes[pre + ".lora_A.weight"] = (rank, hidden)
-            shapes[pre + ".lora_B.weight"] = (out, rank)
-    return shapes
-
-
 def build_adapters(root: Path, n: int, hidden: int, layers: int, rank: int, seed: int = 1) -> int:
     """N PEFT adapters with random bf16 weights; returns the parameters per adapter."""
     from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
     from lorabatch.synthesis.tensors import SafetensorsLayout
 
-    layout = SafetensorsLayout(adapter_shapes(hidden, layers, rank), "BF16")
+    layout = SafetensorsLayout(paper_shaped_shapes(hidden, layers, rank), "BF16")
     cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "k_proj", "v_proj"],
            "lora_dropout": 0.0, "bias": "none", "base_model_name_or_path": f"{ORG}/{BASE}", "task_type": "CAUSAL_LM",
            "use_rslora": False, "fan_in_fan_out": False}  # fmt: skip
