@@ -450,7 +450,10 @@ def configure_logging(level: int | None = None) -> None:
 
 
 def main() -> None:
+    from lorabatch import interrupt
+
     configure_logging()
+    interrupt.install()
     try:
         app()
     except LorabatchError as err:
