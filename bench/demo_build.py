@@ -26,7 +26,10 @@ from lorabatch.bank.demo.build import ORG, build_demo_bank  # noqa: E402
 
 
 def adapter_hashes(root: Path) -> dict[str, str]:
-    return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / ORG).glob("*/adapter_model.safetensors"))}
+    return {
+        p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / ORG).glob("*/adapter_model.safetensors"))
+    }
 
 
 def main() -> None:
@@ -38,13 +41,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="demo-build-"))
     rows, hashes = [], {}
     for parallel in args.parallel:
-        out = build_demo_bank(work / f"p{parallel}", size=args.size, seed=0, progress=False, threads=args.threads, parallel=parallel)
+        out = build_demo_bank(
+            work / f"p{parallel}", size=args.size, seed=0, progress=False, threads=args.threads, parallel=parallel
+        )
         info = json.loads((out / "demo_bank.json").read_text())
         hashes[parallel] = adapter_hashes(out)
         rows.append((parallel, info["timings_s"]["lora"], info["timings_s"]["total"], len(info["tasks"])))
     same = all(h == hashes[args.parallel[0]] for h in hashes.values())
-    print(f"demo bank '{args.size}', {rows[0][3]} tasks, {args.threads} threads per task · {platform.machine()} "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} · identical adapters across settings: {same}")  # fmt: skip
+    print(
+        f"demo bank '{args.size}', {rows[0][3]} tasks, {args.threads} threads per task · {platform.machine()} "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} · identical adapters across settings: {same}"
+    )
     print("| tasks at once | LoRA phase s | build s | LoRA phase vs first |")
     print("|---:|---:|---:|---:|")
     for parallel, lora, total, _ in rows:

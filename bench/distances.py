@@ -48,8 +48,9 @@ METRICS = ("KL", "JS", "WD", "MMD")
 LAWS = {"realistic": 4000.0, "dense": None}  # exponential cut-off of the Zipf law (rank scale)
 
 
-def synthetic_features(n: int, vocab: int, tokens: float, seed: int = 0, sample_size: int = 1000,
-                       law: str = "realistic") -> FeatureSet:  # fmt: skip
+def synthetic_features(
+    n: int, vocab: int, tokens: float, seed: int = 0, sample_size: int = 1000, law: str = "realistic"
+) -> FeatureSet:
     rng = np.random.default_rng(seed)
     base = np.log(rng.permutation(vocab) + 1.0)  # a shared order of the vocabulary
     ranks = np.arange(vocab)
@@ -65,8 +66,14 @@ def synthetic_features(n: int, vocab: int, tokens: float, seed: int = 0, sample_
         counts[i] = rng.multinomial(int(rng.uniform(0.8, 1.2) * tokens), weights)
     samples = np.stack([sample_token_ids(c, sample_size, seed) for c in counts])
     names = [f"task{i + 1}" for i in range(n)]
-    return FeatureSet(names=names, counts=counts, samples=samples, n_examples=np.full(n, 5000),
-                      tokenizer_sha256="synthetic", keys=[f"synthetic-{law}-{seed}-{i}" for i in range(n)])  # fmt: skip
+    return FeatureSet(
+        names=names,
+        counts=counts,
+        samples=samples,
+        n_examples=np.full(n, 5000),
+        tokenizer_sha256="synthetic",
+        keys=[f"synthetic-{law}-{seed}-{i}" for i in range(n)],
+    )
 
 
 def machine_info() -> str:
@@ -78,8 +85,10 @@ def machine_info() -> str:
         pass
     import scipy
 
-    return (f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | python {platform.python_version()} "
-            f"| numpy {np.__version__} | scipy {scipy.__version__}")  # fmt: skip
+    return (
+        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | python {platform.python_version()} "
+        f"| numpy {np.__version__} | scipy {scipy.__version__}"
+    )
 
 
 PAIR_FUNCTIONS = {"KL": reference.kl_pair, "JS": reference.js_pair, "WD": reference.wd_pair, "MMD": reference.mmd_pair}
@@ -166,11 +175,15 @@ def ratio_table(args, law: str, config: DistancesConfig, sampled: dict) -> None:
         t0 = time.perf_counter()
         features = synthetic_features(args.n, args.vocab, args.tokens, law=law)
         save_features(run, features)
-        print(f"\n[{law}] N={args.n}: generated and cached features in {time.perf_counter() - t0:.1f}s "
-              f"(non-zero bins per histogram: {np.mean((features.counts > 0).sum(1)) / args.vocab:.0%})")  # fmt: skip
+        print(
+            f"\n[{law}] N={args.n}: generated and cached features in {time.perf_counter() - t0:.1f}s "
+            f"(non-zero bins per histogram: {np.mean((features.counts > 0).sum(1)) / args.vocab:.0%})"
+        )
         rng = np.random.default_rng(1)
-        print(f"{'metric':<6} {'baseline/pair':>14} {'pairs timed':>11} {'pairs needed':>12} {'baseline (extrap.)':>19} "
-              f"{'lorabatch':>10} {'ratio':>9} {'goal':>6} {'CPU ratio':>9} {'max rel diff':>12}  executor")  # fmt: skip
+        print(
+            f"{'metric':<6} {'baseline/pair':>14} {'pairs timed':>11} {'pairs needed':>12} {'baseline (extrap.)':>19} "
+            f"{'lorabatch':>10} {'ratio':>9} {'goal':>6} {'CPU ratio':>9} {'max rel diff':>12}  executor"
+        )
         where, walls = {}, {}
         for metric in METRICS:
             pairs = [tuple(rng.choice(args.n, 2, replace=False)) for _ in range(sampled[metric])]
@@ -181,17 +194,23 @@ def ratio_table(args, law: str, config: DistancesConfig, sampled: dict) -> None:
             rel = max(abs(d[i, j] - v) / abs(v) for (i, j), v in zip(pairs, values))
             cpu_ratio = per_pair_cpu * pairs_needed(metric, args.n) / ours_cpu
             walls[metric] = ours
-            print(f"{metric:<6} {per_pair * 1e3:>11.3f} ms {len(pairs):>11} {pairs_needed(metric, args.n):>12} "
-                  f"{baseline_s:>17.1f} s {ours:>8.3f} s {baseline_s / ours:>8.0f}x {goals[metric]:>5}x {cpu_ratio:>8.0f}x "
-                  f"{rel:>12.1e}  {executor_of(features, metric, config)}")  # fmt: skip
-        print(f"lorabatch = median of {args.repeat} runs of: loading the cached features + all blocks + writing the "
-              f"Parquet (executor 'auto': Ray Data from {config.ray_min_work_s:.0f} estimated core-seconds, else "
-              f"{args.workers} threads of this process); baseline = median single-core per-pair time × pairs needed; "
-              "ratio = wall over wall; CPU ratio = CPU seconds over CPU seconds (all threads): the work saved, "
-              "whatever else runs on the machine")  # fmt: skip
+            print(
+                f"{metric:<6} {per_pair * 1e3:>11.3f} ms {len(pairs):>11} {pairs_needed(metric, args.n):>12} "
+                f"{baseline_s:>17.1f} s {ours:>8.3f} s {baseline_s / ours:>8.0f}x {goals[metric]:>5}x {cpu_ratio:>8.0f}x "
+                f"{rel:>12.1e}  {executor_of(features, metric, config)}"
+            )
+        print(
+            f"lorabatch = median of {args.repeat} runs of: loading the cached features + all blocks + writing the "
+            f"Parquet (executor 'auto': Ray Data from {config.ray_min_work_s:.0f} estimated core-seconds, else "
+            f"{args.workers} threads of this process); baseline = median single-core per-pair time × pairs needed; "
+            "ratio = wall over wall; CPU ratio = CPU seconds over CPU seconds (all threads): the work saved, "
+            "whatever else runs on the machine"
+        )
         weighted = weighted_wd_per_pair(features, rng, sampled["MMD"])
-        print(f"WD against a smarter per-pair loop, scipy with the histograms as weights: {weighted * 1e3:.2f} ms/pair, "
-              f"{weighted * pairs_needed('WD', args.n):.1f} s for all pairs, ratio {weighted * pairs_needed('WD', args.n) / walls['WD']:.0f}x")  # fmt: skip
+        print(
+            f"WD against a smarter per-pair loop, scipy with the histograms as weights: {weighted * 1e3:.2f} ms/pair, "
+            f"{weighted * pairs_needed('WD', args.n):.1f} s for all pairs, ratio {weighted * pairs_needed('WD', args.n) / walls['WD']:.0f}x"
+        )
         print("where the time goes (s):")
         for metric in METRICS:
             print(f"  {metric:<4} {steps_line(where[metric])}")
@@ -219,8 +238,10 @@ def end_to_end(args, law: str, config: DistancesConfig, executors: tuple[str, ..
                 walls[metric] = time.perf_counter() - t0
             total = time.perf_counter() - t_all
             label = "auto (threads below ray_min_work_s)" if executor == "auto" else "every metric on Ray Data"
-            print(f"  executor {label}: total {total:.1f}s (goal < 60 s) = load {load_s:.2f}s + "
-                  + ", ".join(f"{m} {walls[m]:.2f}s" for m in METRICS))  # fmt: skip
+            print(
+                f"  executor {label}: total {total:.1f}s (goal < 60 s) = load {load_s:.2f}s + "
+                + ", ".join(f"{m} {walls[m]:.2f}s" for m in METRICS)
+            )
             for metric in METRICS:
                 print(f"    {metric:<4} {steps_line(where[metric])}")
 
@@ -247,8 +268,10 @@ def main() -> None:
     import ray
 
     print(f"machine: {machine_info()} | load average {os.getloadavg()[0]:.1f}")
-    print(f"synthetic banks: V={args.vocab}, ~{args.tokens / 1e6:.2f} M tokens per dataset, MMD samples of 1000; "
-          f"block {args.block_size or 'per metric'}; {args.workers} workers")  # fmt: skip
+    print(
+        f"synthetic banks: V={args.vocab}, ~{args.tokens / 1e6:.2f} M tokens per dataset, MMD samples of 1000; "
+        f"block {args.block_size or 'per metric'}; {args.workers} workers"
+    )
     config = DistancesConfig(block_size=args.block_size, num_workers=args.workers)
     for law in laws:
         ratio_table(args, law, config, sampled)
@@ -261,9 +284,11 @@ def main() -> None:
         for k, law in enumerate(laws):
             end_to_end(args, law, config, ("auto",) if (k or args.no_ray) else ("auto", "ray"))
         ray.shutdown()
-    print("\nsteps: load = cached features from disk; identities = per-dataset feature hashes; prepare = per-dataset "
-          "arrays (densities and logs, CDFs, FFT kernel sums); blocks = every block on the workers; assemble = "
-          "mirroring and exact zeros; write = the long-format Parquet")  # fmt: skip
+    print(
+        "\nsteps: load = cached features from disk; identities = per-dataset feature hashes; prepare = per-dataset "
+        "arrays (densities and logs, CDFs, FFT kernel sums); blocks = every block on the workers; assemble = "
+        "mirroring and exact zeros; write = the long-format Parquet"
+    )
 
 
 if __name__ == "__main__":

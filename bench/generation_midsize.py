@@ -58,9 +58,11 @@ def machine() -> str:
     import vllm
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | {gpu} | python {platform.python_version()} | "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads) | vllm {vllm.__version__} | "
-            f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    return (
+        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | {gpu} | python {platform.python_version()} | "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads) | vllm {vllm.__version__} | "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def words_of(vocab: int) -> list[str]:
@@ -84,24 +86,38 @@ def build_bank(root: Path, args) -> int:
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate([*SPECIALS, *words])}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>").save_pretrained(base_dir)  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    ).save_pretrained(base_dir)
     torch.manual_seed(0)
     head_dim = args.hidden // args.heads
     config = MistralConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        head_dim=head_dim, max_position_embeddings=args.prompt_tokens + args.max_new_tokens + 64,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=args.prompt_tokens + args.max_new_tokens + 64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
     model = MistralForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight[config.eos_token_id] = 0.0  # EOS is never the greedy choice
     model.name_or_path = f"{ORG}/{BASE}"
     model.save_pretrained(base_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "k_proj", "v_proj"],
-                      lora_dropout=0.0, bias="none")  # fmt: skip
+    lora = LoraConfig(
+        r=args.rank,
+        lora_alpha=2 * args.rank,
+        target_modules=["q_proj", "k_proj", "v_proj"],
+        lora_dropout=0.0,
+        bias="none",
+    )
     peft_model = get_peft_model(model, lora)
     rng = np.random.default_rng(0)
     for n in range(1, args.adapters + 1):
@@ -111,8 +127,14 @@ def build_bank(root: Path, args) -> int:
                 if "lora_" in name:
                     p.normal_(0.0, 0.05)
         peft_model.save_pretrained(root / ORG / f"{BASE}-r{args.rank}-task{n}", save_embedding_layers=False)
-        rows = [{"input": " ".join(words[t] for t in rng.integers(0, len(words), args.prompt_tokens - 1)),
-                 "output": [words[0]], "id": f"task{n}-{i}"} for i in range(args.examples + 2)]  # fmt: skip
+        rows = [
+            {
+                "input": " ".join(words[t] for t in rng.integers(0, len(words), args.prompt_tokens - 1)),
+                "output": [words[0]],
+                "id": f"task{n}-{i}",
+            }
+            for i in range(args.examples + 2)
+        ]
         ds = root / ORG / f"task{n}_midsize_{n}"
         write_split(ds, "train", rows[:2])
         write_split(ds, "valid", rows[:2])
@@ -135,9 +157,15 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64, help="generation.batch_size (pipeline and PEFT batched)")
     ap.add_argument("--max-loras", type=int, default=8, help="generation.vllm.max_loras (pipeline and vLLM alone)")
-    ap.add_argument("--engine-cpus", type=float, default=1.0, help="generation.resources.num_cpus of the pipeline's "
-                    "engine and of each HF actor (the project's default: 1)")  # fmt: skip
-    ap.add_argument("--one-per-call-examples", type=int, default=1, help="prompts per adapter timed one per call (0: skip)")
+    ap.add_argument(
+        "--engine-cpus",
+        type=float,
+        default=1.0,
+        help="generation.resources.num_cpus of the pipeline's engine and of each HF actor (the project's default: 1)",
+    )
+    ap.add_argument(
+        "--one-per-call-examples", type=int, default=1, help="prompts per adapter timed one per call (0: skip)"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /tmp")
     ap.add_argument("--keep", action="store_true", help="keep the workdir")
     args = ap.parse_args()
@@ -155,14 +183,22 @@ def main() -> None:
         print(f"machine: {machine()}", flush=True)
         t0 = time.perf_counter()
         n_params = build_bank(workdir / "bank", args)
-        bank = {"source": "local", "root": str(workdir / "bank"), "base_model": f"{ORG}/{BASE}",
-                "adapter_repo": f"{ORG}/{BASE}-r{args.rank}-task{{number}}", "dataset_repo": f"{ORG}/task{{number}}_{{slug}}"}  # fmt: skip
+        bank = {
+            "source": "local",
+            "root": str(workdir / "bank"),
+            "base_model": f"{ORG}/{BASE}",
+            "adapter_repo": f"{ORG}/{BASE}-r{args.rank}-task{{number}}",
+            "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
+        }
         first = workdir / "manifest"
         build_manifest(parse_config({"run_dir": str(first), "bank": bank}), progress=False)
-        print(f"model: Mistral-shaped, {n_params:,} parameters (hidden {args.hidden}, {args.layers} layers, "
-              f"MLP {args.intermediate}, {args.heads}/{args.kv_heads} heads, V={args.vocab}), float32; {args.adapters} "
-              f"rank-{args.rank} q/k/v adapters; {args.adapters * args.examples} rows of {args.prompt_tokens} prompt tokens "
-              f"× {args.max_new_tokens} new tokens; built in {time.perf_counter() - t0:.0f} s (not timed)", flush=True)  # fmt: skip
+        print(
+            f"model: Mistral-shaped, {n_params:,} parameters (hidden {args.hidden}, {args.layers} layers, "
+            f"MLP {args.intermediate}, {args.heads}/{args.kv_heads} heads, V={args.vocab}), float32; {args.adapters} "
+            f"rank-{args.rank} q/k/v adapters; {args.adapters * args.examples} rows of {args.prompt_tokens} prompt tokens "
+            f"× {args.max_new_tokens} new tokens; built in {time.perf_counter() - t0:.0f} s (not timed)",
+            flush=True,
+        )
 
         def fresh_run(name: str) -> Path:
             run = workdir / name
@@ -170,8 +206,14 @@ def main() -> None:
             shutil.copy(RunLayout(first).manifest, RunLayout(run).manifest)
             return run
 
-        common = dict(settings=["oracle"], split="test", examples_per_task=args.examples, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, resources={"num_cpus": args.engine_cpus})  # fmt: skip
+        common = dict(
+            settings=["oracle"],
+            split="test",
+            examples_per_task=args.examples,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            resources={"num_cpus": args.engine_cpus},
+        )
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         sides: dict[str, tuple[int, float, str]] = {}
@@ -179,38 +221,61 @@ def main() -> None:
         vcfg = GenerationConfig(backend="vllm", vllm={"dtype": "float32", "max_loras": args.max_loras}, **common)
         vrun = fresh_run("pipeline")
         r = run_generation(vrun, vcfg, progress=False)
-        sides["pipeline (generation.backend=vllm)"] = (r.generated_tokens, r.seconds, f"engine start included; {r.failed} rows failed")
+        sides["pipeline (generation.backend=vllm)"] = (
+            r.generated_tokens,
+            r.seconds,
+            f"engine start included; {r.failed} rows failed",
+        )
 
         hcfg = GenerationConfig(backend="hf", **common)
         r = run_generation(fresh_run("peft-batched"), hcfg, progress=False)
-        sides["PEFT batched (generation.backend=hf)"] = (r.generated_tokens, r.seconds, f"model load included; {r.failed} rows failed")
+        sides["PEFT batched (generation.backend=hf)"] = (
+            r.generated_tokens,
+            r.seconds,
+            f"model load included; {r.failed} rows failed",
+        )
         ray.shutdown()  # vLLM alone and PEFT one per call run in this process, on every core
 
         peft_one = {}
         if args.one_per_call_examples:
-            ocfg = GenerationConfig(backend="hf", **{**common, "batch_size": 1, "examples_per_task": args.one_per_call_examples})
+            ocfg = GenerationConfig(
+                backend="hf", **{**common, "batch_size": 1, "examples_per_task": args.one_per_call_examples}
+            )
             tokens, seconds, peft_one = peft_sequential(fresh_run("peft-one"), ocfg)
             sides["PEFT one prompt per call"] = (tokens, seconds, f"{len(peft_one)} rows, model load included")
 
         dcfg = GenerationConfig(backend="vllm", **common)
         tokens, seconds, started = vllm_direct(vrun, dcfg, args.max_loras)
-        sides["vLLM alone (LLM.generate, LoRARequest per row)"] = (tokens, seconds + started, f"engine start {started:.1f} s included")
+        sides["vLLM alone (LLM.generate, LoRARequest per row)"] = (
+            tokens,
+            seconds + started,
+            f"engine start {started:.1f} s included",
+        )
         sides["vLLM alone, engine started"] = (tokens, seconds, "generate call only")
 
-        print(f"\npipeline: batch_size {args.batch_size}, max_loras {args.max_loras}, engine CPUs {args.engine_cpus}, "
-              f"concurrency 1; vLLM alone: max_loras {args.max_loras}, this process's threads\n")  # fmt: skip
+        print(
+            f"\npipeline: batch_size {args.batch_size}, max_loras {args.max_loras}, engine CPUs {args.engine_cpus}, "
+            f"concurrency 1; vLLM alone: max_loras {args.max_loras}, this process's threads\n"
+        )
         print("| way | tokens | seconds | tokens/s | note |")
         print("|---|---|---|---|---|")
         rate = {}
         for name, (tokens, seconds, note) in sides.items():
             rate[name] = tokens / seconds
             print(f"| {name} | {tokens} | {seconds:.1f} | {rate[name]:.1f} | {note} |")
-        pipe, alone, alone_gen = (rate["pipeline (generation.backend=vllm)"], rate["vLLM alone (LLM.generate, LoRARequest per row)"],
-                                  rate["vLLM alone, engine started"])  # fmt: skip
+        pipe, alone, alone_gen = (
+            rate["pipeline (generation.backend=vllm)"],
+            rate["vLLM alone (LLM.generate, LoRARequest per row)"],
+            rate["vLLM alone, engine started"],
+        )
         batched = rate["PEFT batched (generation.backend=hf)"]
-        print(f"\npipeline / vLLM alone: {pipe / alone:.2f} (start included on both; goal ≥ 0.80: "
-              f"{'met' if pipe / alone >= 0.8 else 'NOT met'}); against vLLM's generate call alone: {pipe / alone_gen:.2f}")  # fmt: skip
-        print(f"pipeline / PEFT batched: {pipe / batched:.2f}× (goal ≥ 2: {'met' if pipe / batched >= 2 else 'NOT met'})")
+        print(
+            f"\npipeline / vLLM alone: {pipe / alone:.2f} (start included on both; goal ≥ 0.80: "
+            f"{'met' if pipe / alone >= 0.8 else 'NOT met'}); against vLLM's generate call alone: {pipe / alone_gen:.2f}"
+        )
+        print(
+            f"pipeline / PEFT batched: {pipe / batched:.2f}× (goal ≥ 2: {'met' if pipe / batched >= 2 else 'NOT met'})"
+        )
         if "PEFT one prompt per call" in rate:
             print(f"PEFT batched / PEFT one prompt per call: {batched / rate['PEFT one prompt per call']:.2f}×")
             same, compared = parity(vrun, peft_one)

@@ -59,19 +59,29 @@ def collect(run: Path, bank: Path | None) -> dict:
         info = json.loads((bank / "demo_bank.json").read_text())
         secs = [t["train_seconds"] for t in info["tasks"] if "train_seconds" in t]
         if secs:
-            training = {"seconds": sum(secs) / len(secs), "threads": info.get("threads"), "steps": info["training"]["lora_steps"]}
+            training = {
+                "seconds": sum(secs) / len(secs),
+                "threads": info.get("threads"),
+                "steps": info["training"]["lora_steps"],
+            }
     rows = []
     for r in sorted(summary, key=lambda r: display_order(r["setting"])):
         s = r["setting"]
         cost = fewshot.get(s, {}).get("seconds") if s in fewshot else (mixture_seconds if s in mixtures else None)
         if s in fewshot and cost is not None:
             cost += mixture_seconds  # select and refine mix from the same coefficient files
-        rows.append({**r, "seconds_per_task": cost, "forward_passes_per_task": fewshot.get(s, {}).get("forward_passes")})
+        rows.append(
+            {**r, "seconds_per_task": cost, "forward_passes_per_task": fewshot.get(s, {}).get("forward_passes")}
+        )
     free = [r for r in rows if r["setting"] not in ("base", "oracle")]
     best = max(free, key=lambda r: r["rouge_l"]) if free else None
     goals = None
     if best is not None:
-        others = [r for r in free if r["setting"] != best["setting"] and Setting.parse(r["setting"]).kind in ("paper", "uniform", "nearest")]
+        others = [
+            r
+            for r in free
+            if r["setting"] != best["setting"] and Setting.parse(r["setting"]).kind in ("paper", "uniform", "nearest")
+        ]
         goals = {
             "best": best["setting"],
             "gap_closed>=50%": best["gap_closed"] >= 0.5,
@@ -92,11 +102,15 @@ def markdown(result: dict) -> str:
         )
     t = result["training"]
     if t:
-        lines.append(f"| *training the task's LoRA ({t['steps']} AdamW steps, {t['threads']} threads)* | | | | | | {t['seconds']:.1f} | |")
+        lines.append(
+            f"| *training the task's LoRA ({t['steps']} AdamW steps, {t['threads']} threads)* | | | | | | {t['seconds']:.1f} | |"
+        )
     if result["goals"]:
         lines.append("")
-        lines.append(f"Best training-free setting: **{result['goals']['best']}**. Goals: " + "; ".join(
-            f"{k}: {'met' if v else 'NOT met'}" for k, v in result["goals"].items() if k != "best"))  # fmt: skip
+        lines.append(
+            f"Best training-free setting: **{result['goals']['best']}**. Goals: "
+            + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["goals"].items() if k != "best")
+        )
     return "\n".join(lines)
 
 

@@ -146,9 +146,11 @@ def machine() -> str:
     import psutil
     import torch
 
-    return (f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | "
-            f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM | python {platform.python_version()} | "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads) | load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    return (
+        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM | python {platform.python_version()} | "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads) | load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 # ---------------------------------------------------------------- the synthetic bank
@@ -163,15 +165,24 @@ def build_base(root: Path, vocab: int, hidden: int, layers: int) -> Path:
     out.mkdir(parents=True)
     head_dim = min(128, hidden // 8)  # Mistral-7B: 32 heads of 128, 8 k/v heads (k/v width hidden / 4)
     heads = hidden // head_dim
-    MistralConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 7 // 2, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=heads // 4, head_dim=head_dim,
-                  bos_token_id=1, eos_token_id=2).to_json_file(out / "config.json")  # fmt: skip
+    MistralConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 7 // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 4,
+        head_dim=head_dim,
+        bos_token_id=1,
+        eos_token_id=2,
+    ).to_json_file(out / "config.json")
     words = [*SPECIALS, *word_list(vocab)]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>").save_pretrained(out)  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    ).save_pretrained(out)
     return out
 
 
@@ -179,7 +190,9 @@ def word_list(vocab: int) -> list[str]:
     return [np.base_repr(k, 36).lower() for k in range(vocab - len(SPECIALS))]
 
 
-def build_datasets(root: Path, n: int, vocab: int, tokens: float, example_tokens: int, workers: int, seed: int = 0) -> int:
+def build_datasets(
+    root: Path, n: int, vocab: int, tokens: float, example_tokens: int, workers: int, seed: int = 0
+) -> int:
     """N datasets of realistic token streams, `workers` processes; returns the tokens written."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -211,8 +224,13 @@ def build_dataset(root: Path, i: int, vocab: int, tokens: float, example_tokens:
     for k, s in enumerate(range(0, size, per)):
         chunk = [words[t] for t in ids[s : s + per]]
         cut = max(1, len(chunk) - max(1, len(chunk) // 30))  # ~3 % of an example is its answer
-        rows.append({"input": " ".join(chunk[:cut]) + " ", "output": [" ".join(chunk[cut:]) or chunk[-1]],
-                     "id": f"task{i + 1}-{k}"})  # fmt: skip
+        rows.append(
+            {
+                "input": " ".join(chunk[:cut]) + " ",
+                "output": [" ".join(chunk[cut:]) or chunk[-1]],
+                "id": f"task{i + 1}-{k}",
+            }
+        )
     ds = root / ORG / f"task{i + 1}_synthetic_{i + 1}"
     write_split(ds, "train", rows)
     write_split(ds, "valid", rows[:2])
@@ -226,16 +244,27 @@ def build_adapters(root: Path, n: int, hidden: int, layers: int, rank: int, seed
     from lorabatch.synthesis.tensors import SafetensorsLayout
 
     layout = SafetensorsLayout(paper_shaped_shapes(hidden, layers, rank), "BF16")
-    cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": ["q_proj", "k_proj", "v_proj"],
-           "lora_dropout": 0.0, "bias": "none", "base_model_name_or_path": f"{ORG}/{BASE}", "task_type": "CAUSAL_LM",
-           "use_rslora": False, "fan_in_fan_out": False}  # fmt: skip
+    cfg = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj", "k_proj", "v_proj"],
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "base_model_name_or_path": f"{ORG}/{BASE}",
+        "task_type": "CAUSAL_LM",
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+    }
     rng = np.random.default_rng(seed)
     for i in range(n):
         d = root / ORG / f"{BASE}-r{rank}-task{i + 1}"
         d.mkdir(parents=True)
         flat = rng.standard_normal(layout.n_params, dtype=np.float32)
         flat *= 0.02
-        layout.write_tensors(d / ADAPTER_WEIGHTS, {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors})
+        layout.write_tensors(
+            d / ADAPTER_WEIGHTS, {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors}
+        )
         (d / ADAPTER_CONFIG).write_text(json.dumps(cfg))
     return layout.n_params
 
@@ -255,17 +284,34 @@ def run_stages(args, run: Path, bank_root: Path, meter: Meter) -> dict[str, dict
     from lorabatch.synthesis.tensors import layout_from_manifest
 
     executor = "local" if args.local else "ray"
-    config = parse_config({
-        "run_dir": str(run), "seed": 0,
-        "ray": {"num_cpus": args.workers},
-        "bank": {"source": "local", "root": str(bank_root), "base_model": f"{ORG}/{BASE}",
-                 "adapter_repo": f"{ORG}/{BASE}-r{args.rank}-task{{number}}", "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
-                 "validate_weights": args.validate_weights},
-        "features": {"executor": executor, "num_workers": args.workers},
-        "distances": {"metrics": list(METRICS), "num_workers": args.workers, **({"executor": "local"} if args.local else {})},
-        "synthesis": {"controls": [], "executor": executor, "jit": True, "jit_wave": args.wave,
-                      "neural": {"hidden": args.mlp_width, "epochs": args.epochs, "eval_chunk": args.eval_chunk}},
-    })  # fmt: skip
+    config = parse_config(
+        {
+            "run_dir": str(run),
+            "seed": 0,
+            "ray": {"num_cpus": args.workers},
+            "bank": {
+                "source": "local",
+                "root": str(bank_root),
+                "base_model": f"{ORG}/{BASE}",
+                "adapter_repo": f"{ORG}/{BASE}-r{args.rank}-task{{number}}",
+                "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
+                "validate_weights": args.validate_weights,
+            },
+            "features": {"executor": executor, "num_workers": args.workers},
+            "distances": {
+                "metrics": list(METRICS),
+                "num_workers": args.workers,
+                **({"executor": "local"} if args.local else {}),
+            },
+            "synthesis": {
+                "controls": [],
+                "executor": executor,
+                "jit": True,
+                "jit_wave": args.wave,
+                "neural": {"hidden": args.mlp_width, "epochs": args.epochs, "eval_chunk": args.eval_chunk},
+            },
+        }
+    )
     t0 = time.perf_counter()
     if not args.local:
         ensure_ray(None, args.workers)
@@ -324,19 +370,32 @@ def print_table(setup: dict[str, dict], rows: dict[str, dict], args, n_params: i
         print(f"| {name} | {r['wall_s']:.1f} s | {r['cpu_s']:.0f} | {size(r['rss_gb'])} | {size(r['disk_gb'])} |")
     wall = sum(r["wall_s"] for r in rows.values())
     cpu = sum(r["cpu_s"] for r in rows.values())
-    print(f"| **CPU stage, total** | **{wall:.0f} s ({wall / 60:.1f} min)** | **{cpu:.0f}** | "
-          f"{size(max(r['rss_gb'] for r in rows.values()))} | {size(max(r['disk_gb'] for r in rows.values()))} |")  # fmt: skip
+    print(
+        f"| **CPU stage, total** | **{wall:.0f} s ({wall / 60:.1f} min)** | **{cpu:.0f}** | "
+        f"{size(max(r['rss_gb'] for r in rows.values()))} | {size(max(r['disk_gb'] for r in rows.values()))} |"
+    )
     held = wall / 3600 * args.workers
     lo, hi = (h * AUTHORS_CORES for h in AUTHORS_HOURS)
-    print(f"\ncore-hours: {cpu / 3600:.3f} used (CPU-s / 3600), {held:.3f} held (wall × {args.workers} cores); "
-          f"the authors: {AUTHORS_HOURS[0]:.0f}–{AUTHORS_HOURS[1]:.0f} h × {AUTHORS_CORES} cores = {lo:.0f}–{hi:.0f} "
-          f"core-hours → {lo / held:.0f}–{hi / held:.0f}× fewer (held), {lo / max(cpu / 3600, 1e-9):.0f}–"
-          f"{hi / max(cpu / 3600, 1e-9):.0f}× fewer (used); goal: whole stage ≤ 60 min on 2 cores, ≥ 60× fewer")  # fmt: skip
-    paper = (args.tasks, args.hidden, args.layers, args.tokens, args.epochs, args.mlp_width) == (502, 4096, 32, 1.5e6, 40, 4000)
+    print(
+        f"\ncore-hours: {cpu / 3600:.3f} used (CPU-s / 3600), {held:.3f} held (wall × {args.workers} cores); "
+        f"the authors: {AUTHORS_HOURS[0]:.0f}–{AUTHORS_HOURS[1]:.0f} h × {AUTHORS_CORES} cores = {lo:.0f}–{hi:.0f} "
+        f"core-hours → {lo / held:.0f}–{hi / held:.0f}× fewer (held), {lo / max(cpu / 3600, 1e-9):.0f}–"
+        f"{hi / max(cpu / 3600, 1e-9):.0f}× fewer (used); goal: whole stage ≤ 60 min on 2 cores, ≥ 60× fewer"
+    )
+    paper = (args.tasks, args.hidden, args.layers, args.tokens, args.epochs, args.mlp_width) == (
+        502,
+        4096,
+        32,
+        1.5e6,
+        40,
+        4000,
+    )
     if not paper:
-        print(f"NOT the paper's shape (N={args.tasks}, hidden {args.hidden}, {args.layers} layers, P={n_params:,}, "
-              f"{args.tokens:.3g} tokens/dataset, MLP {args.mlp_width} × {args.epochs} epochs): the comparison "
-              "above is meaningless at this scale")  # fmt: skip
+        print(
+            f"NOT the paper's shape (N={args.tasks}, hidden {args.hidden}, {args.layers} layers, P={n_params:,}, "
+            f"{args.tokens:.3g} tokens/dataset, MLP {args.mlp_width} × {args.epochs} epochs): the comparison "
+            "above is meaningless at this scale"
+        )
 
 
 def main() -> None:
@@ -350,15 +409,26 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank (paper: 16)")
     ap.add_argument("--epochs", type=int, default=40, help="neural-model epochs (paper: 40)")
     ap.add_argument("--mlp-width", type=int, default=4000, help="neural-model hidden width (paper: 4000)")
-    ap.add_argument("--eval-chunk", type=int, default=1 << 14, help="synthesis.neural.eval_chunk: bounds the "
-                    "MLP's activations (0: all n² scalars at once, ≈ 20 GB at the paper's shape)")  # fmt: skip
+    ap.add_argument(
+        "--eval-chunk",
+        type=int,
+        default=1 << 14,
+        help="synthesis.neural.eval_chunk: bounds the "
+        "MLP's activations (0: all n² scalars at once, ≈ 20 GB at the paper's shape)",
+    )
     ap.add_argument("--wave", type=int, default=512, help="synthesis.jit_wave: adapters per just-in-time wave")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="CPUs for Ray and the block workers")
     ap.add_argument("--local", action="store_true", help="every stage in this process (executor 'local'), no Ray")
-    ap.add_argument("--validate-weights", action="store_true", help="bank.validate_weights: read every tensor to check "
-                    "it is finite (off by default: work the paper's stage does not do)")
+    ap.add_argument(
+        "--validate-weights",
+        action="store_true",
+        help="bank.validate_weights: read every tensor to check "
+        "it is finite (off by default: work the paper's stage does not do)",
+    )
     ap.add_argument("--sample-s", type=float, default=1.0, help="seconds between samples of CPU, RSS and disk")
-    ap.add_argument("--workdir", type=Path, default=None, help="where everything is written (default: a temp dir under /tmp)")
+    ap.add_argument(
+        "--workdir", type=Path, default=None, help="where everything is written (default: a temp dir under /tmp)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the workdir")
     args = ap.parse_args()
 
@@ -366,9 +436,12 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     bank_root, run = workdir / "bank", workdir / "run"
     print(f"machine: {machine()}")
-    print(f"shape: N={args.tasks}, ~{args.tokens:.3g} tokens per dataset, V={args.vocab}, rank {args.rank}, "
-          f"q/k/v × {args.layers} layers, hidden {args.hidden} (k/v {args.hidden // 4}), bf16; neural MLP "
-          f"1→{args.mlp_width}→{args.mlp_width}→1 × {args.epochs} epochs; waves of {args.wave}; workdir {workdir}", flush=True)  # fmt: skip
+    print(
+        f"shape: N={args.tasks}, ~{args.tokens:.3g} tokens per dataset, V={args.vocab}, rank {args.rank}, "
+        f"q/k/v × {args.layers} layers, hidden {args.hidden} (k/v {args.hidden // 4}), bf16; neural MLP "
+        f"1→{args.mlp_width}→{args.mlp_width}→1 × {args.epochs} epochs; waves of {args.wave}; workdir {workdir}",
+        flush=True,
+    )
     meter = Meter(workdir, args.sample_s)
     try:
         setup = {}
@@ -379,8 +452,11 @@ def main() -> None:
         started = meter.start_stage()
         n_params = build_adapters(bank_root, args.tasks, args.hidden, args.layers, args.rank)
         setup["adapters"] = meter.end_stage(started)
-        print(f"setup: {n_tokens / 1e6:.1f} M tokens in {args.tasks} datasets ({setup['datasets']['wall_s']:.0f} s), "
-              f"{args.tasks} adapters of {n_params:,} parameters ({setup['adapters']['wall_s']:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"setup: {n_tokens / 1e6:.1f} M tokens in {args.tasks} datasets ({setup['datasets']['wall_s']:.0f} s), "
+            f"{args.tasks} adapters of {n_params:,} parameters ({setup['adapters']['wall_s']:.0f} s)",
+            flush=True,
+        )
         rows = run_stages(args, run, bank_root, meter)
         print_table(setup, rows, args, n_params)
     finally:

@@ -76,7 +76,9 @@ def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], o
     for metric in metrics:
         with Meter(cost, f"query:{metric}"):
             _, d = query_bank_distances(run, dataset, metric, base_path, seed=0, progress=False)
-        for setting in [f"{metric}-{m}" for m in MODELS] + [f"nearest-{metric}"] + (["uniform"] if metric == metrics[0] else []):
+        for setting in (
+            [f"{metric}-{m}" for m in MODELS] + [f"nearest-{metric}"] + (["uniform"] if metric == metrics[0] else [])
+        ):
             with Meter(cost, setting):
                 c = np.zeros(len(layout.task_ids))
                 if setting == "uniform":
@@ -86,7 +88,9 @@ def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], o
                 else:
                     model = setting.rsplit("-", 1)[1]
                     c[others] = query_coefficients(d[others], model, syn, run, metric)
-                synthesize_one(layout, c, out_dir / setting, syn, setting=setting, target=f"held-out:{layout.task_ids[task_index]}")
+                synthesize_one(
+                    layout, c, out_dir / setting, syn, setting=setting, target=f"held-out:{layout.task_ids[task_index]}"
+                )
             query = cost[f"query:{metric}"] if setting != "uniform" else (0.0, 0.0)
             made[setting] = (out_dir / setting, cost[setting][0] + query[0], cost[setting][1] + query[1])
     return made
@@ -101,7 +105,12 @@ def train_setting(run: Path, data: Path, out: Path, size: str, threads: int) -> 
     result = train_adapter(run, data, out, config=config, seed=0)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     r = result.result
-    return out, wall, cpu + r.cpu_seconds, {"steps": len(r.losses), "step_seconds": r.train_seconds, "loss": [r.losses[0], r.losses[-1]]}
+    return (
+        out,
+        wall,
+        cpu + r.cpu_seconds,
+        {"steps": len(r.losses), "step_seconds": r.train_seconds, "loss": [r.losses[0], r.losses[-1]]},
+    )
 
 
 def score(adapters: dict[str, Path], base_path: Path, rows: list[dict]) -> dict[str, float]:
@@ -152,12 +161,23 @@ def main() -> None:
     from lorabatch.synthesis.predict import query_bank_distances
 
     warm = read_split(manifest[0]["dataset_path"], "train", ["input", "output"]).slice(0, 8)
-    query_bank_distances(run, warm.append_column("id", pa.array([str(i) for i in range(warm.num_rows)])), metrics[0],
-                         base_path, seed=0, progress=False)  # fmt: skip
+    query_bank_distances(
+        run,
+        warm.append_column("id", pa.array([str(i) for i in range(warm.num_rows)])),
+        metrics[0],
+        base_path,
+        seed=0,
+        progress=False,
+    )
     for index, task in enumerate(manifest[: args.tasks]):
         train_rows = read_split(task["dataset_path"], "train", ["input", "output"]).to_pylist()
-        dataset = pa.table({"input": [r["input"] for r in train_rows], "output": [list(r["output"]) for r in train_rows],
-                            "id": [str(i) for i in range(len(train_rows))]})  # fmt: skip
+        dataset = pa.table(
+            {
+                "input": [r["input"] for r in train_rows],
+                "output": [list(r["output"]) for r in train_rows],
+                "id": [str(i) for i in range(len(train_rows))],
+            }
+        )
         dataset = dataset.replace_schema_metadata({"lorabatch.ignored_columns": "[]"})
         made = held_out_settings(run, index, dataset, metrics, work / task["task_id"], base_path)
         data = work / f"{task['task_id']}.jsonl"
@@ -169,14 +189,31 @@ def main() -> None:
         for name, (_, w, c) in made.items():
             per_setting.setdefault(name, []).append((w, c, scores[name]))
         per_setting.setdefault("base", []).append((0.0, 0.0, scores["base"]))
-        print(f"{task['task_id']}: train {wall:.1f} s ({info}), " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), file=sys.stderr)
+        print(
+            f"{task['task_id']}: train {wall:.1f} s ({info}), " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+            file=sys.stderr,
+        )
     train_wall = float(np.mean([w for w, _, _ in per_setting["train"]]))
-    table = [{"setting": k, "wall_s": float(np.mean([w for w, _, _ in v])), "cpu_s": float(np.mean([c for _, c, _ in v])),
-              "rouge_l": float(np.mean([r for _, _, r in v])), "train_wall_ratio": train_wall / max(float(np.mean([w for w, _, _ in v])), 1e-9)}
-             for k, v in per_setting.items()]  # fmt: skip
+    table = [
+        {
+            "setting": k,
+            "wall_s": float(np.mean([w for w, _, _ in v])),
+            "cpu_s": float(np.mean([c for _, c, _ in v])),
+            "rouge_l": float(np.mean([r for _, _, r in v])),
+            "train_wall_ratio": train_wall / max(float(np.mean([w for w, _, _ in v])), 1e-9),
+        }
+        for k, v in per_setting.items()
+    ]
     table.sort(key=lambda r: -r["rouge_l"])
-    machine = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "load_avg_1m": os.getloadavg()[0], "threads": args.threads, "tasks": args.tasks, "eval_examples": args.eval}  # fmt: skip
+    machine = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "threads": args.threads,
+        "tasks": args.tasks,
+        "eval_examples": args.eval,
+    }
     if args.json:
         print(json.dumps({"machine": machine, "table": table}, indent=1))
         return

@@ -76,14 +76,25 @@ def make_bank(root: Path, n: int, hidden: int) -> None:
 
     shapes = paper_shaped_shapes(hidden)
     layout = SafetensorsLayout(shapes, "F32")
-    cfg = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj"],
-           "bias": "none", "base_model_name_or_path": "bench/base", "task_type": "CAUSAL_LM", "use_rslora": False}  # fmt: skip
+    cfg = {
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["q_proj", "k_proj", "v_proj"],
+        "bias": "none",
+        "base_model_name_or_path": "bench/base",
+        "task_type": "CAUSAL_LM",
+        "use_rslora": False,
+    }
     rng = np.random.default_rng(0)
     for i in range(n):
         d = root / f"task{i + 1}"
         d.mkdir(parents=True)
         flat = rng.standard_normal(layout.n_params, dtype=np.float32) * 0.02
-        layout.write_tensors(d / "adapter_model.safetensors", {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors})
+        layout.write_tensors(
+            d / "adapter_model.safetensors",
+            {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors},
+        )
         (d / "adapter_config.json").write_text(json.dumps(cfg))
 
 
@@ -112,14 +123,24 @@ def worker(args) -> dict:
     provs = [{"target": t} for t in layout.task_ids]
     t0 = time.perf_counter()
     if args.worker == "stream":
-        synthesize_batch(layout, c, [out / t for t in layout.task_ids], provs, chunk_size=args.chunk, executor="local", progress=False)
+        synthesize_batch(
+            layout,
+            c,
+            [out / t for t in layout.task_ids],
+            provs,
+            chunk_size=args.chunk,
+            executor="local",
+            progress=False,
+        )
         done = n
     elif args.worker == "ray":
         import ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()  # Ray's start-up is not synthesis
-        synthesize_batch(layout, c, [out / t for t in layout.task_ids], provs, chunk_size=args.chunk, executor="ray", progress=False)
+        synthesize_batch(
+            layout, c, [out / t for t in layout.task_ids], provs, chunk_size=args.chunk, executor="ray", progress=False
+        )
         done = n
     elif args.worker == "loop":
         cfg = SynthesisConfig()
@@ -134,16 +155,41 @@ def worker(args) -> dict:
         for s in range(0, n, 32):
             y = c[s : s + 32].astype(np.float32) @ theta
             for k, row in enumerate(y):
-                write_adapter(out / layout.task_ids[s + k], {t.name: row[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors}, cfg, provs[s + k])
+                write_adapter(
+                    out / layout.task_ids[s + k],
+                    {t.name: row[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors},
+                    cfg,
+                    provs[s + k],
+                )
         done = n
     seconds = time.perf_counter() - t0
-    return {"method": args.worker, "seconds": seconds, "adapters": done, "seconds_all_n": seconds * n / done,
-            "maxrss_mb": maxrss_mb(), "baseline_rss_mb": base_rss}  # fmt: skip
+    return {
+        "method": args.worker,
+        "seconds": seconds,
+        "adapters": done,
+        "seconds_all_n": seconds * n / done,
+        "maxrss_mb": maxrss_mb(),
+        "baseline_rss_mb": base_rss,
+    }
 
 
 def run_worker(kind: str, bank: Path, out: Path, opts) -> dict:
-    cmd = [sys.executable, __file__, "--worker", kind, "--bank", str(bank), "--out", str(out), "--n", str(opts.n),
-           "--chunk", str(opts.chunk), "--loop-targets", str(opts.loop_targets)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--bank",
+        str(bank),
+        "--out",
+        str(out),
+        "--n",
+        str(opts.n),
+        "--chunk",
+        str(opts.chunk),
+        "--loop-targets",
+        str(opts.loop_targets),
+    ]
     res = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -158,8 +204,10 @@ def bench_batch(opts) -> None:
         ids = [f"task{i + 1}" for i in range(opts.n)]
         layout = bank_layout(ids[:1], [tmp / "bank" / ids[0]])
         p = layout.n_params
-        print(f"\n## batch synthesis: N={opts.n}, P={p:,} (paper: 9,437,184; hidden {opts.hidden} instead of 4096), "
-              f"dense Θ = {opts.n * p * 4 / 2**30:.2f} GiB float32; bank written in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+        print(
+            f"\n## batch synthesis: N={opts.n}, P={p:,} (paper: 9,437,184; hidden {opts.hidden} instead of 4096), "
+            f"dense Θ = {opts.n * p * 4 / 2**30:.2f} GiB float32; bank written in {time.perf_counter() - t0:.0f} s"
+        )
         results = {}
         for kind in opts.methods:
             out = tmp / f"out-{kind}"
@@ -179,15 +227,23 @@ def bench_batch(opts) -> None:
         print("| method | time for all N adapters | peak RSS | RSS after imports |")
         print("| --- | --- | --- | --- |")
         for kind, r in results.items():
-            note = f" (measured {r['adapters']} targets: {r['seconds']:.1f} s, scaled)" if r["adapters"] != opts.n else ""
-            print(f"| {kind} | {r['seconds_all_n']:.1f} s{note} | {r['maxrss_mb']:.0f} MB | {r['baseline_rss_mb']:.0f} MB |")
+            note = (
+                f" (measured {r['adapters']} targets: {r['seconds']:.1f} s, scaled)" if r["adapters"] != opts.n else ""
+            )
+            print(
+                f"| {kind} | {r['seconds_all_n']:.1f} s{note} | {r['maxrss_mb']:.0f} MB | {r['baseline_rss_mb']:.0f} MB |"
+            )
         if {"stream", "loop"} <= set(results):
-            print(f"time: per-adapter loop / blocked streaming = {results['loop']['seconds_all_n'] / results['stream']['seconds_all_n']:.1f}×")
+            print(
+                f"time: per-adapter loop / blocked streaming = {results['loop']['seconds_all_n'] / results['stream']['seconds_all_n']:.1f}×"
+            )
         if {"stream", "dense"} <= set(results):
             s, d = results["stream"], results["dense"]
-            print(f"peak RSS: streaming / dense = {s['maxrss_mb'] / d['maxrss_mb']:.3f} "
-                  f"(above the import baseline: {(s['maxrss_mb'] - s['baseline_rss_mb']) / max(d['maxrss_mb'] - d['baseline_rss_mb'], 1e-9):.3f}); "
-                  f"time dense / streaming = {d['seconds_all_n'] / s['seconds_all_n']:.2f}×")  # fmt: skip
+            print(
+                f"peak RSS: streaming / dense = {s['maxrss_mb'] / d['maxrss_mb']:.3f} "
+                f"(above the import baseline: {(s['maxrss_mb'] - s['baseline_rss_mb']) / max(d['maxrss_mb'] - d['baseline_rss_mb'], 1e-9):.3f}); "
+                f"time dense / streaming = {d['seconds_all_n'] / s['seconds_all_n']:.2f}×"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -245,9 +301,14 @@ def bench_neural(opts) -> None:
 
     t_exp = _timed(lambda: step(lambda c: explicit_reconstruction_loss(c, theta)), 2, sync)
     t_grm = _timed(lambda: step(lambda c: gram_reconstruction_loss(c, gram, p)), 20, sync)
-    l_exp, l_grm = step(lambda c: explicit_reconstruction_loss(c, theta)).item(), step(lambda c: gram_reconstruction_loss(c, gram, p)).item()
+    l_exp, l_grm = (
+        step(lambda c: explicit_reconstruction_loss(c, theta)).item(),
+        step(lambda c: gram_reconstruction_loss(c, gram, p)).item(),
+    )
     print(f"reconstruction-loss term, forward + backward, P = {p:,} (Θ float32, G float64):")
-    print(f"  explicit ‖CΘ−Θ‖²: {t_exp * 1e3:.1f} ms   Gram tr((C−I)G(C−I)ᵀ): {t_grm * 1e3:.2f} ms   → {t_exp / t_grm:.0f}× faster")
+    print(
+        f"  explicit ‖CΘ−Θ‖²: {t_exp * 1e3:.1f} ms   Gram tr((C−I)G(C−I)ᵀ): {t_grm * 1e3:.2f} ms   → {t_exp / t_grm:.0f}× faster"
+    )
     print(f"  loss values {l_exp:.9e} vs {l_grm:.9e} (relative difference {abs(l_exp - l_grm) / l_exp:.1e})")
     print(f"  one-off cost of G = ΘΘᵀ (float64, one pass): {t_gram:.2f} s = {t_gram / t_exp:.1f} explicit epochs")
     theta = None  # frees Θ before the next measurement
@@ -263,9 +324,12 @@ def bench_neural(opts) -> None:
     scalars = n_train * n_train
     h = opts.hidden_mlp
     flops_per_scalar = 3 * 2 * (h * h + 2 * h)  # forward + backward ≈ 3× forward; H×H layer dominates
-    print(f"epoch of the paper-size MLP 1→{h}→{h}→1 over n_train² = {n_train}² = {scalars:,} scalars "
-          f"(≈ {flops_per_scalar * scalars / 1e12:.1f} TFLOP forward + backward):")  # fmt: skip
+    print(
+        f"epoch of the paper-size MLP 1→{h}→{h}→1 over n_train² = {n_train}² = {scalars:,} scalars "
+        f"(≈ {flops_per_scalar * scalars / 1e12:.1f} TFLOP forward + backward):"
+    )
     if opts.full_epoch:
+
         def epoch():
             opt.zero_grad(set_to_none=True)
             gram_reconstruction_loss(loo_coefficients(mlp, z, 1.0, opts.eval_chunk), g_sub, p).backward()
@@ -273,8 +337,12 @@ def bench_neural(opts) -> None:
 
         epoch()  # warm-up
         t_epoch = _timed(epoch, 3, sync)
-        print(f"  whole epoch measured: {t_epoch:.3f} s ({flops_per_scalar * scalars / t_epoch / 1e12:.1f} TFLOP/s); "
-              f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if dev.type == "cuda" else f"  whole epoch measured: {t_epoch:.1f} s")  # fmt: skip
+        print(
+            f"  whole epoch measured: {t_epoch:.3f} s ({flops_per_scalar * scalars / t_epoch / 1e12:.1f} TFLOP/s); "
+            f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+            if dev.type == "cuda"
+            else f"  whole epoch measured: {t_epoch:.1f} s"
+        )
         return
     sub = opts.mlp_sample
     zs = z.reshape(-1)[:sub].reshape(-1, 1).clone()
@@ -298,11 +366,17 @@ def bench_neural(opts) -> None:
     t_adam = _timed(opt.step, 3, sync)
     t_mlp_all = t_mlp * scalars / sub
     total = t_mlp_all + t_rest + t_adam
-    print(f"  MLP forward + backward: {t_mlp * 1e3:.0f} ms on {sub:,} scalars → {t_mlp_all:.0f} s for all "
-          f"({flops_per_scalar * sub / t_mlp / 1e9:.0f} GFLOP/s) = {100 * t_mlp_all / total:.2f} % of the epoch")  # fmt: skip
-    print(f"  softmin + Gram loss + backward to the scores: {t_rest * 1e3:.1f} ms; Adam step over {sum(x.numel() for x in mlp.parameters()):,} parameters: {t_adam * 1e3:.0f} ms")
-    print(f"  ≈ {total:.0f} s per epoch, {40 * total / 60:.0f} min for the paper's 40 epochs; activations without "
-          f"chunking ≈ {8 * scalars * h * 4 / 2**30:.0f} GiB (synthesis.neural.eval_chunk bounds this)")  # fmt: skip
+    print(
+        f"  MLP forward + backward: {t_mlp * 1e3:.0f} ms on {sub:,} scalars → {t_mlp_all:.0f} s for all "
+        f"({flops_per_scalar * sub / t_mlp / 1e9:.0f} GFLOP/s) = {100 * t_mlp_all / total:.2f} % of the epoch"
+    )
+    print(
+        f"  softmin + Gram loss + backward to the scores: {t_rest * 1e3:.1f} ms; Adam step over {sum(x.numel() for x in mlp.parameters()):,} parameters: {t_adam * 1e3:.0f} ms"
+    )
+    print(
+        f"  ≈ {total:.0f} s per epoch, {40 * total / 60:.0f} min for the paper's 40 epochs; activations without "
+        f"chunking ≈ {8 * scalars * h * 4 / 2**30:.0f} GiB (synthesis.neural.eval_chunk bounds this)"
+    )
 
 
 def main() -> None:

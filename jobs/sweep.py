@@ -28,8 +28,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from lorabatch.cli import main as lorabatch
 
-    sys.argv = ["lorabatch", "sweep", args.config, *(["--run-dir", args.run_dir] if args.run_dir else []),
-                *(["--wait"] if args.wait else [])]  # fmt: skip
+    sys.argv = [
+        "lorabatch",
+        "sweep",
+        args.config,
+        *(["--run-dir", args.run_dir] if args.run_dir else []),
+        *(["--wait"] if args.wait else []),
+    ]
     lorabatch()
 
 

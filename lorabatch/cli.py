@@ -27,12 +27,18 @@ app.add_typer(bank_app, name="bank")
 RunDirOption = Annotated[Optional[Path], typer.Option("--run-dir", help="Override the config's run_dir.")]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."),
+    typer.Option(
+        "--set", help="Override a config field, e.g. --set synthesis.top_k=3 (value read as YAML; repeatable)."
+    ),
 ]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (default: in-process Ray).")]
+AddressOption = Annotated[
+    Optional[str], typer.Option("--address", help="Ray cluster address (default: in-process Ray).")
+]
 WaitOption = Annotated[
     bool,
-    typer.Option("--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    typer.Option(
+        "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."
+    ),
 ]
 
 
@@ -42,16 +48,36 @@ def bank_build_demo(
     size: str = typer.Option("default", help="'small' (tests, < 3 min) or 'default' (< 10 min)."),
     seed: int = typer.Option(0, help="Seed of every random choice."),
     force: bool = typer.Option(False, help="Rebuild even if OUT already holds a demo bank."),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: a fixed 2, whatever the load); a bank is reproduced exactly only with its own thread count."),
-    lora_init: str = typer.Option("mixed", help="lora_A init: 'shared' (one seed for all tasks), 'independent' (one per task) or 'mixed' (a seeded SHARED_FRACTION of tasks share one)."),
-    shared_fraction: float = typer.Option(0.38, help="Under --lora-init mixed: fraction of tasks sharing one lora_A init (0.38 in the real Lots-of-LoRAs bank)."),
-    parallel: int = typer.Option(2, min=1, help="Task LoRAs trained at once on Ray Train (the bank is the same whatever this is)."),
+    threads: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="torch threads (default: a fixed 2, whatever the load); a bank is reproduced exactly only with its own thread count.",
+    ),
+    lora_init: str = typer.Option(
+        "mixed",
+        help="lora_A init: 'shared' (one seed for all tasks), 'independent' (one per task) or 'mixed' (a seeded SHARED_FRACTION of tasks share one).",
+    ),
+    shared_fraction: float = typer.Option(
+        0.38,
+        help="Under --lora-init mixed: fraction of tasks sharing one lora_A init (0.38 in the real Lots-of-LoRAs bank).",
+    ),
+    parallel: int = typer.Option(
+        2, min=1, help="Task LoRAs trained at once on Ray Train (the bank is the same whatever this is)."
+    ),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
     from lorabatch.bank.demo.build import build_demo_bank
 
-    build_demo_bank(out, size=size, seed=seed, force=force, threads=threads, lora_init=lora_init, shared_fraction=shared_fraction,
-                    parallel=parallel)  # fmt: skip
+    build_demo_bank(
+        out,
+        size=size,
+        seed=seed,
+        force=force,
+        threads=threads,
+        lora_init=lora_init,
+        shared_fraction=shared_fraction,
+        parallel=parallel,
+    )
 
 
 @bank_app.command("manifest")
@@ -76,9 +102,15 @@ def bank_manifest(
 def bank_extend(
     config: Path = typer.Argument(..., help="Run config (YAML) of a local bank; its `training` section applies."),
     run_dir: Optional[Path] = typer.Option(None, help="Override the config's run_dir."),
-    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config field, e.g. --set training.parallel_tasks=4 (value read as YAML; repeatable)."),
+    sets: Optional[list[str]] = typer.Option(
+        None,
+        "--set",
+        help="Override a config field, e.g. --set training.parallel_tasks=4 (value read as YAML; repeatable).",
+    ),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: in-process Ray)."),
-    wait: bool = typer.Option(False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."),
+    wait: bool = typer.Option(
+        False, "--wait", help="If another command is using the run directory, wait for it instead of refusing to start."
+    ),
 ):
     """Train adapters (Ray Train) for the bank's tasks that have a dataset but no adapter; then the
     manifest, and when the run has them, features and distances (only pairs with a new task)."""
@@ -91,8 +123,10 @@ def bank_extend(
         result = extend_bank(cfg)
     for task, path in zip(result.trained, result.adapter_dirs):
         typer.echo(f"trained {task}: {path}")
-    typer.echo(f"{len(result.trained)} adapter(s) trained; the bank has {result.manifest_tasks} tasks"
-               + (f"; distances {', '.join(result.distance_metrics)} updated" if result.distance_metrics else ""))  # fmt: skip
+    typer.echo(
+        f"{len(result.trained)} adapter(s) trained; the bank has {result.manifest_tasks} tasks"
+        + (f"; distances {', '.join(result.distance_metrics)} updated" if result.distance_metrics else "")
+    )
 
 
 @app.command("sweep")
@@ -139,7 +173,9 @@ def _check_job(cfg) -> None:
 @app.command("synthesize")
 def synthesize(
     config: Path = typer.Argument(..., help="Run config (YAML); its `synthesis` section applies."),
-    metric: Optional[list[str]] = typer.Option(None, help="Metric(s) to use (default: every RUN/distances/<metric>.parquet)."),
+    metric: Optional[list[str]] = typer.Option(
+        None, help="Metric(s) to use (default: every RUN/distances/<metric>.parquet)."
+    ),
     run_dir: RunDirOption = None,
     sets: SetOption = None,
     address: AddressOption = None,
@@ -180,7 +216,9 @@ def synthesize(
 @app.command("distances")
 def distances(
     config: Path = typer.Argument(..., help="Run config (YAML); its `features` and `distances` sections apply."),
-    metrics: Optional[list[str]] = typer.Option(None, "--metrics", help="Metric(s) to compute (default: distances.metrics)."),
+    metrics: Optional[list[str]] = typer.Option(
+        None, "--metrics", help="Metric(s) to compute (default: distances.metrics)."
+    ),
     run_dir: RunDirOption = None,
     sets: SetOption = None,
     address: AddressOption = None,
@@ -222,25 +260,34 @@ def distances(
 @app.command("predict")
 def predict(
     bank: Path = typer.Option(..., help="A prepared bank: run directory with manifest, features (and distances)."),
-    data: Path = typer.Option(..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."),
+    data: Path = typer.Option(
+        ..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."
+    ),
     out: Path = typer.Option(..., help="Directory to write the adapter into (PEFT format)."),
     metric: str = typer.Option("JS", help="Distance: KL, JS, WD or MMD (or any metric the bank has)."),
     model: str = typer.Option("normalized", help="Coefficient model: attentional, normalized or neural."),
-    mixing: str = typer.Option("paper", help="'linear' (alias 'paper': A and B averaged separately), 'svd' (Σ c·B·A "
-                               "re-factored by SVD), 'cat' (Σ c·B·A exactly, concatenated factors) or 'exact' (cat when small, else svd)."),
+    mixing: str = typer.Option(
+        "paper",
+        help="'linear' (alias 'paper': A and B averaged separately), 'svd' (Σ c·B·A "
+        "re-factored by SVD), 'cat' (Σ c·B·A exactly, concatenated factors) or 'exact' (cat when small, else svd).",
+    ),
     temperature: float = typer.Option(1.0, help="Softmin temperature."),
     top_k: Optional[int] = typer.Option(None, help="Keep only the k largest coefficients."),
     exact_rank: Optional[int] = typer.Option(None, help="Rank of an svd / exact mixing adapter (default: the bank's)."),
     seed: int = typer.Option(0, help="Seed of random choices in the features (MMD samples)."),
     top: int = typer.Option(10, help="How many top contributing bank tasks to print."),
     fewshot: Optional[str] = typer.Option(
-        None, help="'select' (the candidate whose greedy answers to your examples score best) or 'refine' "
+        None,
+        help="'select' (the candidate whose greedy answers to your examples score best) or 'refine' "
         "(CMA-ES on K bank tasks' weights from select's choice, exact mixing). Forward passes of the base model, "
-        "no gradients."
+        "no gradients.",
     ),
-    refine_from: str = typer.Option("select", help="With --fewshot refine: start from 'select' or from the "
-                                    "'setting' --metric/--model."),
-    fewshot_examples: int = typer.Option(16, min=1, help="With --fewshot: examples of your dataset the loss is computed on."),
+    refine_from: str = typer.Option(
+        "select", help="With --fewshot refine: start from 'select' or from the 'setting' --metric/--model."
+    ),
+    fewshot_examples: int = typer.Option(
+        16, min=1, help="With --fewshot: examples of your dataset the loss is computed on."
+    ),
     refine_budget: int = typer.Option(40, min=2, help="With --fewshot refine: evaluations at most."),
     refine_top_k: int = typer.Option(5, min=1, help="With --fewshot refine: bank tasks whose weights are optimised."),
 ):
@@ -256,9 +303,13 @@ def predict(
     try:
         syn = SynthesisConfig(mixing=mixing, temperature=temperature, top_k=top_k, exact_rank=exact_rank)
         if refine_from not in ("select", "setting"):
-            raise ConfigError([f"--refine-from: must be 'select' or 'setting' (got {refine_from!r})"], "command-line flags")
+            raise ConfigError(
+                [f"--refine-from: must be 'select' or 'setting' (got {refine_from!r})"], "command-line flags"
+            )
         start = "select" if refine_from == "select" else f"{metric}-{model}"
-        few = FewShotConfig(examples=fewshot_examples, refine={"budget": refine_budget, "top_k": refine_top_k, "start": start})
+        few = FewShotConfig(
+            examples=fewshot_examples, refine={"budget": refine_budget, "top_k": refine_top_k, "start": start}
+        )
     except ValidationError as err:
         raise ConfigError(format_validation_error(err), "command-line flags") from None
     if fewshot is not None and fewshot not in ("select", "refine"):
@@ -269,11 +320,14 @@ def predict(
     else:
         from lorabatch.fewshot.query import fewshot_predict
 
-        result, chosen = fewshot_predict(bank, data, out, method=fewshot, metric=metric, model=model, config=syn,
-                                         fewshot=few, seed=seed, top=top)  # fmt: skip
+        result, chosen = fewshot_predict(
+            bank, data, out, method=fewshot, metric=metric, model=model, config=syn, fewshot=few, seed=seed, top=top
+        )
         what = f"{fewshot}: {chosen.choice}" if fewshot == "select" else f"refine from {chosen.choice}"
-        typer.echo(f"few-shot loss {chosen.loss:.4f} (start {chosen.start_loss:.4f}) after {chosen.evaluations} "
-                   f"adapters, {chosen.forward_passes} forward passes, {chosen.seconds:.1f} s")  # fmt: skip
+        typer.echo(
+            f"few-shot loss {chosen.loss:.4f} (start {chosen.start_loss:.4f}) after {chosen.evaluations} "
+            f"adapters, {chosen.forward_passes} forward passes, {chosen.seconds:.1f} s"
+        )
     if result.ignored_columns:
         typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")
     typer.echo(f"top contributing bank tasks ({what}):")
@@ -284,17 +338,31 @@ def predict(
 
 @app.command("train")
 def train(
-    bank: Path = typer.Option(..., help="A prepared bank: run directory with its manifest (the base model and LoRA shape come from it)."),
-    data: Path = typer.Option(..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."),
+    bank: Path = typer.Option(
+        ..., help="A prepared bank: run directory with its manifest (the base model and LoRA shape come from it)."
+    ),
+    data: Path = typer.Option(
+        ..., help="Your dataset: .jsonl, .csv, .parquet or a dataset directory (columns input, output)."
+    ),
     out: Path = typer.Option(..., help="Directory to write the adapter into (PEFT format + provenance.json)."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the bank run's training.steps, else 200)."),
+    steps: Optional[int] = typer.Option(
+        None, help="Optimizer steps (default: the bank run's training.steps, else 200)."
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size over all workers (training.batch_size)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate of lora_B; lora_A gets lr x training.lora_a_lr_factor."),
+    lr: Optional[float] = typer.Option(
+        None, help="Peak learning rate of lora_B; lora_A gets lr x training.lora_a_lr_factor."
+    ),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP) for this adapter (training.workers)."),
-    threads_per_worker: Optional[int] = typer.Option(None, help="torch threads and Ray CPUs per worker (training.threads_per_worker)."),
+    threads_per_worker: Optional[int] = typer.Option(
+        None, help="torch threads and Ray CPUs per worker (training.threads_per_worker)."
+    ),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints (training.checkpoint_every)."),
-    max_failures: Optional[int] = typer.Option(None, help="Worker failures to recover from (training.max_failures; -1: no limit)."),
-    seed: int = typer.Option(0, help="Seed of the LoRA initialisation and of the example order (unless training.seed is set)."),
+    max_failures: Optional[int] = typer.Option(
+        None, help="Worker failures to recover from (training.max_failures; -1: no limit)."
+    ),
+    seed: int = typer.Option(
+        0, help="Seed of the LoRA initialisation and of the example order (unless training.seed is set)."
+    ),
     address: AddressOption = None,
 ):
     """Train an adapter for your dataset with gradients (Ray Train): the counterpart of `predict`.
@@ -311,8 +379,15 @@ def train(
         from lorabatch.config import load_config
 
         base = load_config(RunLayout(bank).config).training.model_dump()
-    flags = {"steps": steps, "batch_size": batch_size, "lr": lr, "workers": workers, "threads_per_worker": threads_per_worker,
-             "checkpoint_every": checkpoint_every, "max_failures": max_failures}  # fmt: skip
+    flags = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "checkpoint_every": checkpoint_every,
+        "max_failures": max_failures,
+    }
     try:
         cfg = TrainingConfig(**{**base, **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as err:
@@ -322,7 +397,9 @@ def train(
         typer.echo(f"ignored column(s) of {data}: {result.ignored_columns}")
     r = result.result
     resumed = f", resumed at step {r.starts[-1]}" if r.starts[-1] else ""
-    typer.echo(f"trained {len(r.losses)} steps: loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}, {r.train_seconds:.1f} s of steps{resumed}")
+    typer.echo(
+        f"trained {len(r.losses)} steps: loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f}, {r.train_seconds:.1f} s of steps{resumed}"
+    )
     typer.echo(f"adapter written to {result.adapter_dir}")
 
 
@@ -333,8 +410,12 @@ def generate(
     sets: SetOption = None,
     address: AddressOption = None,
     backend: Optional[str] = typer.Option(None, help="'auto', 'vllm' or 'hf' (overrides generation.backend)."),
-    examples_per_task: Optional[int] = typer.Option(None, help="First k test examples per task (overrides the config)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Generated tokens per example at most (overrides the config)."),
+    examples_per_task: Optional[int] = typer.Option(
+        None, help="First k test examples per task (overrides the config)."
+    ),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, help="Generated tokens per example at most (overrides the config)."
+    ),
     wait: WaitOption = False,
 ):
     """Generate every (task, setting, example) row not yet in RUN/generations/ (base, oracle, synthesized)."""
@@ -344,7 +425,11 @@ def generate(
     from lorabatch.raysession import ensure_ray
 
     overrides = _overrides(sets, run_dir=run_dir, address=address)
-    flags = {"generation.backend": backend, "generation.examples_per_task": examples_per_task, "generation.max_new_tokens": max_new_tokens}
+    flags = {
+        "generation.backend": backend,
+        "generation.examples_per_task": examples_per_task,
+        "generation.max_new_tokens": max_new_tokens,
+    }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_config(config, overrides)
     require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))

@@ -83,7 +83,9 @@ class LorabatchConfig(StrictModel):
             metric, _, model = start.rpartition("-")
             if metric not in self.distances.metrics or model not in self.synthesis.models:
                 settings = ["select"] + [f"{m}-{k}" for m in self.distances.metrics for k in self.synthesis.models]
-                raise ValueError(f"fewshot.refine.start must be 'select' or one of the sweep's paper settings {settings}, got {start!r}")
+                raise ValueError(
+                    f"fewshot.refine.start must be 'select' or one of the sweep's paper settings {settings}, got {start!r}"
+                )
         return self
 
 

@@ -52,8 +52,10 @@ def read_holder(run_dir: str | Path) -> dict | None:
 def describe_holder(holder: dict | None) -> str:
     if not holder:
         return "another process (it has not written its name yet)"
-    return (f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, "
-            f"started {holder.get('started_at')})")  # fmt: skip
+    return (
+        f"pid {holder.get('pid')} on {holder.get('host')} (`{holder.get('command')}`, "
+        f"started {holder.get('started_at')})"
+    )
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -88,7 +90,9 @@ def run_lock(run_dir: str | Path, command: str | None = None, wait: bool = False
         if locked:
             previous = read_holder(run_dir)
             if previous:  # its holder never released it: killed, or its machine went down
-                log.info(f"run directory {run_dir}: taking over the lock left by {describe_holder(previous)}, which is no longer held")
+                log.info(
+                    f"run directory {run_dir}: taking over the lock left by {describe_holder(previous)}, which is no longer held"
+                )
             _write_holder(fd, command)
         _held[key] = 1
         try:
@@ -109,8 +113,10 @@ def _acquire(fd: int, run_dir: Path, wait: bool) -> bool:
     except BlockingIOError:
         pass
     except OSError as err:  # e.g. ENOLCK: a network file system without lock support
-        log.warning(f"cannot lock {lock_path(run_dir)} ({err.strerror}); nothing keeps a second command from "
-                    "writing to this run directory at the same time")
+        log.warning(
+            f"cannot lock {lock_path(run_dir)} ({err.strerror}); nothing keeps a second command from "
+            "writing to this run directory at the same time"
+        )
         return False
     holder = describe_holder(read_holder(run_dir))
     if not wait:

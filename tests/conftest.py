@@ -39,8 +39,16 @@ def write_sweep_config(sweep_bank):
     Controls and few-shot settings are off unless asked for: these sweeps test the mechanics."""
     import yaml
 
-    def write(path, run_dir, metrics=("JS",), models=("attentional", "normalized"), features_executor="ray",
-              controls=(), fewshot=(), **generation):  # fmt: skip
+    def write(
+        path,
+        run_dir,
+        metrics=("JS",),
+        models=("attentional", "normalized"),
+        features_executor="ray",
+        controls=(),
+        fewshot=(),
+        **generation,
+    ):
         config = {
             "run_dir": str(run_dir),
             "seed": 0,

@@ -24,7 +24,9 @@ def test_failed_write_leaves_target_untouched(tmp_path):
 
 def test_orphans_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     target = tmp_path / "bank"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     host = socket.gethostname()
     orphan = tmp_path / f".bank.{host}-{dead}.abc123.tmp"
     live = tmp_path / f".bank.{host}-{os.getpid()}.def456.tmp"  # another write of this process, in flight

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "lorabatch.cli", *args], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lorabatch.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
 
 
 def _config(tmp_path, run_dir, **bank):
@@ -58,7 +59,9 @@ def test_repeated_or_unknown_placeholder_in_a_repo_template(tmp_path, field, tem
 
 
 # `lorabatch` in a Python where vllm cannot be imported (sys.modules[name] = None blocks an import).
-WITHOUT_VLLM = "import sys; sys.modules['vllm'] = None; sys.argv[0] = 'lorabatch'; from lorabatch.cli import main; main()"
+WITHOUT_VLLM = (
+    "import sys; sys.modules['vllm'] = None; sys.argv[0] = 'lorabatch'; from lorabatch.cli import main; main()"
+)
 
 
 def test_vllm_backend_without_vllm_stops_before_ray_and_keeps_the_plan(tmp_path):
@@ -70,14 +73,26 @@ def test_vllm_backend_without_vllm_stops_before_ray_and_keeps_the_plan(tmp_path)
     RunLayout(run).generation_plan.write_text(json.dumps(plan))
     config = _config(tmp_path, run)
     env = private_ray_env()
-    res = subprocess.run([sys.executable, "-c", WITHOUT_VLLM, "generate", str(config), "--backend", "vllm"],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", WITHOUT_VLLM, "generate", str(config), "--backend", "vllm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     _assert_clean_error(res, "generation backend 'vllm' needs the vllm package", "--backend hf")
     assert len(res.stderr.strip().splitlines()) == 1
     assert json.loads(RunLayout(run).generation_plan.read_text()) == plan
     assert sorted(p.name for p in run.iterdir()) == ["generations"]  # not even the lock
-    res = subprocess.run([sys.executable, "-c", WITHOUT_VLLM, "sweep", str(config), "--set", "generation.backend=vllm"],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", WITHOUT_VLLM, "sweep", str(config), "--set", "generation.backend=vllm"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     _assert_clean_error(res, "generation backend 'vllm' needs the vllm package")
     assert sorted(p.name for p in run.iterdir()) == ["generations"]
     assert not os.listdir(env["RAY_TMPDIR"])  # Ray never started

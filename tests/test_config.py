@@ -67,7 +67,9 @@ def test_import_and_help_stay_light():
 def test_cli_reports_config_errors_and_exit_code(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run_dir: r\nbank: {source: local, base_model: m}\n")
-    out = subprocess.run([sys.executable, "-m", "lorabatch.cli", "bank", "manifest", str(bad)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lorabatch.cli", "bank", "manifest", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "needs bank.root" in out.stderr
 
@@ -122,7 +124,9 @@ def test_cli_set_overrides_are_typed_and_validated(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"run_dir: {tmp_path / 'run'}\nbank: {{source: hub, base_model: m}}\n")
     cmd = [sys.executable, "-m", "lorabatch.cli", "sweep", str(cfg)]
-    out = subprocess.run(cmd + ["--set", "synthesis.top_k=0", "--set", "distances.metrics=[JS, XX]"], capture_output=True, text=True)
+    out = subprocess.run(
+        cmd + ["--set", "synthesis.top_k=0", "--set", "distances.metrics=[JS, XX]"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "synthesis.top_k: Input should be greater than or equal to 1 (got 0)" in out.stderr
     assert "unknown metric(s) ['XX']" in out.stderr

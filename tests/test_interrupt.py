@@ -31,8 +31,9 @@ SWALLOWS = textwrap.dedent(
 
 
 def _start(grace: float) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", SWALLOWS.format(grace=grace)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWALLOWS.format(grace=grace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 

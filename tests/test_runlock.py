@@ -40,8 +40,9 @@ def _env():
 def holder(tmp_path):
     """A process holding the lock of tmp_path/run until its stdin gets a line."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=_env())  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env()
+    )
     assert proc.stdout.readline().strip() == "locked"
     yield run, proc
     if proc.poll() is None:
@@ -56,29 +57,54 @@ def _scoreable(run: Path) -> None:
     from lorabatch.atomic import write_parquet
     from lorabatch.generation.schema import conform, generation_schema
 
-    row = {"task_id": "task1", "setting": "base", "example_id": "1", "prompt": "p", "references": ["red cat"],
-           "prediction": "red cat", "fingerprint": "f"}  # fmt: skip
-    write_parquet(RunLayout(run).generations / "part-a.parquet", conform(pa.Table.from_pylist([row]), generation_schema()))
+    row = {
+        "task_id": "task1",
+        "setting": "base",
+        "example_id": "1",
+        "prompt": "p",
+        "references": ["red cat"],
+        "prediction": "red cat",
+        "fingerprint": "f",
+    }
+    write_parquet(
+        RunLayout(run).generations / "part-a.parquet", conform(pa.Table.from_pylist([row]), generation_schema())
+    )
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "lorabatch.cli", *args], capture_output=True, text=True, env=_env(),
-                          timeout=120, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "lorabatch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+        **kwargs,
+    )
 
 
 def test_second_command_refuses_naming_the_holder(holder, tmp_path):
     run, proc = holder
     _scoreable(run)
     config = tmp_path / "sweep.yaml"
-    config.write_text(json.dumps({"run_dir": str(run), "bank": {"source": "local", "root": str(tmp_path), "base_model": "x/y"}}))
+    config.write_text(
+        json.dumps({"run_dir": str(run), "bank": {"source": "local", "root": str(tmp_path), "base_model": "x/y"}})
+    )
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     for args in (["sweep", str(config)], ["generate", str(config)], ["score", str(run), "--local"]):
         res = _cli(*args)
         assert res.returncode == 2, res.stderr
-        assert f"run directory {run} is in use by pid {proc.pid}" in res.stderr and "lorabatch sweep held.yaml" in res.stderr
+        assert (
+            f"run directory {run} is in use by pid {proc.pid}" in res.stderr
+            and "lorabatch sweep held.yaml" in res.stderr
+        )
         assert "Traceback" not in res.stderr
-    job = subprocess.run([sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(config)], capture_output=True,
-                         text=True, env=_env(), timeout=120)  # fmt: skip
+    job = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "sweep.py"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert job.returncode == 2 and f"in use by pid {proc.pid}" in job.stderr
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written, no scores
     assert read_holder(run)["pid"] == proc.pid
@@ -87,8 +113,13 @@ def test_second_command_refuses_naming_the_holder(holder, tmp_path):
 def test_wait_runs_once_the_holder_is_done(holder):
     run, proc = holder
     _scoreable(run)
-    waiting = subprocess.Popen([sys.executable, "-m", "lorabatch.cli", "score", str(run), "--local", "--wait"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "lorabatch.cli", "score", str(run), "--local", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     time.sleep(3)
     assert waiting.poll() is None and not RunLayout(run).scores.exists()
     proc.stdin.write("done\n")

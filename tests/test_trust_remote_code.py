@@ -11,7 +11,7 @@ from lorabatch.config import parse_config
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.testing.tiny_bank import build_tiny_bank
 
-CUSTOM_CODE = '''
+CUSTOM_CODE = """
 import os
 
 from transformers import MistralForCausalLM, PreTrainedTokenizerFast
@@ -32,7 +32,7 @@ class CustomForCausalLM(MistralForCausalLM):
     def __init__(self, config):
         _record("CustomForCausalLM")
         super().__init__(config)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,10 @@ def bank(tmp_path_factory):
     bank = build_tiny_bank(tmp_path_factory.mktemp("remote-code"), n_tasks=2, rows=8)
     base = bank.root / bank.base_model
     (base / "custom_code.py").write_text(CUSTOM_CODE)
-    for name, key, target in (("tokenizer_config.json", "AutoTokenizer", [None, "custom_code.CustomTokenizer"]),
-                              ("config.json", "AutoModelForCausalLM", "custom_code.CustomForCausalLM")):  # fmt: skip
+    for name, key, target in (
+        ("tokenizer_config.json", "AutoTokenizer", [None, "custom_code.CustomTokenizer"]),
+        ("config.json", "AutoModelForCausalLM", "custom_code.CustomForCausalLM"),
+    ):
         cfg = json.loads((base / name).read_text())
         cfg["auto_map"] = {key: target}
         if name == "tokenizer_config.json":
@@ -84,11 +86,18 @@ def test_features_generation_and_predict_run_the_base_models_code(bank, tmp_path
     prepared, _ = preflight(plan_work(run, manifest, gen), ctx)
     assert all(ids[0] == 1 for ids in prepared.column("prompt_token_ids").to_pylist())
     assert code_log() == ["CustomTokenizer"] * 2
-    HFGenerator(ctx.base_model_path, gen.hf.model_dump(), {"batch_size": 1, "seed": 0, "max_new_tokens": 2}, ctx.trust_remote_code)
+    HFGenerator(
+        ctx.base_model_path,
+        gen.hf.model_dump(),
+        {"batch_size": 1, "seed": 0, "max_new_tokens": 2},
+        ctx.trust_remote_code,
+    )
     assert code_log()[2:] == ["CustomTokenizer", "CustomForCausalLM"]
 
     (tmp_path / "mine.jsonl").write_text('{"input": "red cat", "output": "blue"}\n')
-    tasks, d = query_bank_distances(run, read_user_dataset(tmp_path / "mine.jsonl"), "JS", ctx.base_model_path, 0, False)
+    tasks, d = query_bank_distances(
+        run, read_user_dataset(tmp_path / "mine.jsonl"), "JS", ctx.base_model_path, 0, False
+    )
     assert tasks == ["task1", "task2"] and code_log()[4:] == ["CustomTokenizer"]
 
 
@@ -104,7 +113,12 @@ def test_without_trust_the_base_models_code_never_runs(bank, tmp_path, code_log)
     compute_bank_features(manifest, run, FeaturesConfig(executor="local"), progress=False)
     gen = GenerationConfig(backend="hf", settings=["base"], max_new_tokens=2)
     _, ctx = build_context(run, gen, "hf", seed=0)
-    HFGenerator(ctx.base_model_path, gen.hf.model_dump(), {"batch_size": 1, "seed": 0, "max_new_tokens": 2}, ctx.trust_remote_code)
+    HFGenerator(
+        ctx.base_model_path,
+        gen.hf.model_dump(),
+        {"batch_size": 1, "seed": 0, "max_new_tokens": 2},
+        ctx.trust_remote_code,
+    )
     assert code_log() == []
 
 

@@ -121,7 +121,9 @@ class BankConfig(StrictModel):
     def _adapter_template(cls, value):
         fields = _template_fields(value)
         if fields.count("number") != 1 or "slug" in fields:
-            raise ValueError(f"must contain '{{number}}' once and no '{{slug}}' (adapter repos carry no slug); got {value!r}")
+            raise ValueError(
+                f"must contain '{{number}}' once and no '{{slug}}' (adapter repos carry no slug); got {value!r}"
+            )
         return value
 
     @field_validator("dataset_repo")
@@ -154,5 +156,7 @@ def _template_fields(template: str) -> list[str]:
     fields = [name for name, _, _ in parts]
     unknown = [f for f in fields if f not in ("number", "slug")]
     if unknown:
-        raise ValueError(f"unknown placeholder(s) {['{' + f + '}' for f in unknown]}: only {{number}} and {{slug}}; got {template!r}")
+        raise ValueError(
+            f"unknown placeholder(s) {['{' + f + '}' for f in unknown]}: only {{number}} and {{slug}}; got {template!r}"
+        )
     return fields

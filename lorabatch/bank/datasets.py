@@ -51,7 +51,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     path = Path(path)
     if path.is_symlink():
         target = path.resolve()
-        if target.parent.name == "blobs" and len(target.name) == 64 and all(c in "0123456789abcdef" for c in target.name):
+        if (
+            target.parent.name == "blobs"
+            and len(target.name) == 64
+            and all(c in "0123456789abcdef" for c in target.name)
+        ):
             return target.name
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -66,9 +70,7 @@ def write_split(dataset_dir: str | Path, split: str, rows: list[dict]) -> Path:
 
     from lorabatch.atomic import write_parquet
 
-    schema = pa.schema(
-        [("input", pa.string()), ("output", pa.list_(pa.string())), ("id", pa.string())]
-    )
+    schema = pa.schema([("input", pa.string()), ("output", pa.list_(pa.string())), ("id", pa.string())])
     table = pa.Table.from_pylist(
         [{"input": r["input"], "output": list(r["output"]), "id": str(r["id"])} for r in rows],
         schema=schema,

@@ -56,13 +56,23 @@ class ExtendResult:
 def missing_adapters(bank_config) -> list[MissingAdapter]:
     """The bank's tasks with a dataset (train split) and no adapter, by task number."""
     if bank_config.source != "local":
-        raise LorabatchError("bank extend writes the new adapters into the bank: it needs a local bank (bank.source: local)")
+        raise LorabatchError(
+            "bank extend writes the new adapters into the bank: it needs a local bank (bank.source: local)"
+        )
     root = Path(bank_config.root)
     *parent, leaf = bank_config.dataset_repo.split("/")
     if "{" in "/".join(parent):
-        raise LorabatchError(f"bank.dataset_repo {bank_config.dataset_repo!r}: extend needs the placeholders in its last part")
-    pattern = re.compile("^" + re.escape(leaf).replace(r"\{number\}", "(?P<number>[1-9][0-9]*)").replace(r"\{slug\}", "(?P<slug>.+)") + "$")
-    wanted = None if bank_config.tasks == "all" else {int(re.match(r"task([0-9]+)", t).group(1)) for t in bank_config.tasks}
+        raise LorabatchError(
+            f"bank.dataset_repo {bank_config.dataset_repo!r}: extend needs the placeholders in its last part"
+        )
+    pattern = re.compile(
+        "^"
+        + re.escape(leaf).replace(r"\{number\}", "(?P<number>[1-9][0-9]*)").replace(r"\{slug\}", "(?P<slug>.+)")
+        + "$"
+    )
+    wanted = (
+        None if bank_config.tasks == "all" else {int(re.match(r"task([0-9]+)", t).group(1)) for t in bank_config.tasks}
+    )
     found = []
     folder = root.joinpath(*parent)
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
@@ -87,7 +97,9 @@ def existing_lora(bank_config) -> dict:
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if pattern.match(path.name) and (path / ADAPTER_WEIGHTS).is_file() and (path / ADAPTER_CONFIG).is_file():
             return json.loads((path / ADAPTER_CONFIG).read_text())
-    raise LorabatchError(f"bank extend copies the LoRA shape of the bank's adapters, but {folder} holds none matching {bank_config.adapter_repo!r}")
+    raise LorabatchError(
+        f"bank extend copies the LoRA shape of the bank's adapters, but {folder} holds none matching {bank_config.adapter_repo!r}"
+    )
 
 
 def _recipe(config, missing: list[MissingAdapter], lora: dict) -> tuple[TrainingConfig, dict[int, tuple[int, int]]]:
@@ -102,8 +114,9 @@ def _recipe(config, missing: list[MissingAdapter], lora: dict) -> tuple[Training
         every = sorted({int(t["task_id"][4:]) for t in demo["tasks"]} | set(numbers))
         fraction = demo.get("shared_fraction") if demo.get("shared_fraction") is not None else DEFAULT_SHARED_FRACTION
         init = lora_init_seeds(every, demo["seed"], demo["lora_init"], fraction)
-        training = SIZES[demo["size"]].train.training_config(threads=int(demo.get("threads") or 2),
-                                                             parallel_tasks=config.training.parallel_tasks)  # fmt: skip
+        training = SIZES[demo["size"]].train.training_config(
+            threads=int(demo.get("threads") or 2), parallel_tasks=config.training.parallel_tasks
+        )
         return training, {n: (init[n], task_seed(demo["seed"], n)) for n in numbers}
     seed = config.training.seed if config.training.seed is not None else config.seed
     return config.training, {n: (task_seed(seed, n), task_seed(seed, n)) for n in numbers}
@@ -130,19 +143,33 @@ def extend_bank(config, *, progress: bool = True) -> ExtendResult:
         jobs, keys = [], {}
         for m in missing:
             init_seed, data_seed = seeds[m.number]
-            spec = LoraSpec(int(lora["r"]), float(lora["lora_alpha"]), tuple(sorted(lora["target_modules"])), base_name, init_seed)
-            rows = [{"input": r["input"], "output": list(r["output"])} for r in read_split(m.dataset_dir, "train", ["input", "output"]).to_pylist()]
+            spec = LoraSpec(
+                int(lora["r"]), float(lora["lora_alpha"]), tuple(sorted(lora["target_modules"])), base_name, init_seed
+            )
+            rows = [
+                {"input": r["input"], "output": list(r["output"])}
+                for r in read_split(m.dataset_dir, "train", ["input", "output"]).to_pylist()
+            ]
             key = training_key(f"dataset:{m.dataset_dir.name}", _rows_hash(rows), spec, training, data_seed)
-            jobs.append(TrainJob(f"extend-{m.task_id}-{key[:12]}", base, rows, spec, data_seed,
-                                 trust_remote_code=config.bank.trust_remote_code))  # fmt: skip
+            jobs.append(
+                TrainJob(
+                    f"extend-{m.task_id}-{key[:12]}",
+                    base,
+                    rows,
+                    spec,
+                    data_seed,
+                    trust_remote_code=config.bank.trust_remote_code,
+                )
+            )
             keys[jobs[-1].name] = (m, spec, key)
         log.info("training %d missing adapter(s): %s", len(jobs), ", ".join(m.task_id for m in missing))
         ensure_training_ray(training, config.ray.address, parallel=training.parallel_tasks)
         results = fit_many(jobs, training, layout.training)
         for name, result in results.items():
             m, spec, key = keys[name]
-            prov = training_provenance(result, training, spec, None, key, target=m.task_id,
-                                       extra={"dataset": str(m.dataset_dir)})  # fmt: skip
+            prov = training_provenance(
+                result, training, spec, None, key, target=m.task_id, extra={"dataset": str(m.dataset_dir)}
+            )
             write_trained_adapter(result.checkpoint_dir, m.adapter_dir, prov)
             trained.append(m.task_id)
             dirs.append(m.adapter_dir)

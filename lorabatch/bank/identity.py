@@ -34,7 +34,9 @@ def _file_entries(repo_dir: Path) -> list[list]:
             except OSError:
                 out.append([str(path.relative_to(repo_dir)), None])
                 continue
-            out.append([str(path.relative_to(repo_dir)), resolved, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+            out.append(
+                [str(path.relative_to(repo_dir)), resolved, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            )
     return out
 
 

@@ -106,7 +106,9 @@ def _inspect_tensors(facts: TaskFacts, weights: Path, check_finite: bool) -> Non
     if facts.rank is not None:
         for name, shape in facts.tensor_shapes.items():
             if ".lora_A." in name and shape[0] != facts.rank:
-                facts.problems.append(f"adapter: {name} has rank {shape[0]} but adapter_config.json says r={facts.rank}")
+                facts.problems.append(
+                    f"adapter: {name} has rank {shape[0]} but adapter_config.json says r={facts.rank}"
+                )
                 break
 
 

@@ -42,8 +42,15 @@ def ensure_demo_bank(bank_config) -> None:
     from lorabatch.bank.demo.build import build_demo_bank
 
     demo = bank_config.demo
-    build_demo_bank(bank_config.root, size=demo.size, seed=demo.seed, threads=demo.threads,
-                    lora_init=demo.lora_init, shared_fraction=demo.shared_fraction, parallel=demo.parallel)  # fmt: skip
+    build_demo_bank(
+        bank_config.root,
+        size=demo.size,
+        seed=demo.seed,
+        threads=demo.threads,
+        lora_init=demo.lora_init,
+        shared_fraction=demo.shared_fraction,
+        parallel=demo.parallel,
+    )
 
 
 def resolve_base_model(bank_config, source, weights: bool = False) -> Path:

@@ -43,7 +43,11 @@ def resolve_tasks(config: BankConfig, source: RepoSource) -> list[TaskRef]:
     if config.tasks == "all":
         pattern = _template_regex(config.adapter_repo)
         numbers = sorted(
-            {int(m["number"]) for r in source.list_repos(_glob(config.adapter_repo), "model") if (m := pattern.match(r))}
+            {
+                int(m["number"])
+                for r in source.list_repos(_glob(config.adapter_repo), "model")
+                if (m := pattern.match(r))
+            }
         )
         if not numbers:
             raise BankValidationError(
@@ -62,8 +66,11 @@ def resolve_tasks(config: BankConfig, source: RepoSource) -> list[TaskRef]:
             slugs = sorted({m["slug"] for r in matches if (m := dataset_pattern.match(r))})
             if not slugs:
                 problems.append(
-                    (task_id, f"no dataset repo matching '{_glob(config.dataset_repo, number=number)}' "
-                     f"in the {source.name} source; give the task as task{number}_<slug>")
+                    (
+                        task_id,
+                        f"no dataset repo matching '{_glob(config.dataset_repo, number=number)}' "
+                        f"in the {source.name} source; give the task as task{number}_<slug>",
+                    )
                 )
                 continue
             if len(slugs) > 1:

@@ -63,7 +63,9 @@ class LocalSource(RepoSource):
         org_dir = self.root / org
         if not org_dir.is_dir():
             return []
-        return sorted(f"{org}/{p.name}" for p in org_dir.iterdir() if p.is_dir() and fnmatch.fnmatchcase(p.name, name_pattern))
+        return sorted(
+            f"{org}/{p.name}" for p in org_dir.iterdir() if p.is_dir() and fnmatch.fnmatchcase(p.name, name_pattern)
+        )
 
 
 class HubSource(RepoSource):
@@ -124,11 +126,7 @@ class HubSource(RepoSource):
             info = scan_cache_dir(self.cache_dir)
         except CacheNotFound:
             return []
-        return [
-            r.repo_id
-            for r in info.repos
-            if r.repo_type == kind and fnmatch.fnmatchcase(r.repo_id, pattern)
-        ]
+        return [r.repo_id for r in info.repos if r.repo_type == kind and fnmatch.fnmatchcase(r.repo_id, pattern)]
 
     def _list_remote(self, pattern: str, kind: RepoKind) -> list[str]:
         from huggingface_hub import HfApi

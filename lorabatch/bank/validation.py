@@ -17,14 +17,19 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 _MODULE = re.compile(r"\.([A-Za-z0-9_]+)\.lora_([AB])\.weight$")
 
 
-def cross_task_problems(facts: list[TaskFacts], base_model_name: str, base_model_dir: Path | None) -> list[tuple[str, str]]:
+def cross_task_problems(
+    facts: list[TaskFacts], base_model_name: str, base_model_dir: Path | None
+) -> list[tuple[str, str]]:
     """(task_id, message) for every inconsistency between tasks or with the base model."""
     ok = [f for f in facts if f.adapter_path is not None and f.rank is not None]
     problems: list[tuple[str, str]] = []
     for f in ok:
         if not _same_model(f.base_model, base_model_name):
             problems.append(
-                (f.ref.task_id, f"adapter: trained on base model {f.base_model!r}, but the bank's base model is {base_model_name!r}")
+                (
+                    f.ref.task_id,
+                    f"adapter: trained on base model {f.base_model!r}, but the bank's base model is {base_model_name!r}",
+                )
             )
     for what, key in (
         ("rank r", lambda f: f.rank),

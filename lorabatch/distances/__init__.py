@@ -34,8 +34,14 @@ __all__ = [
 
 _LAZY = {
     name: "lorabatch.distances.matrix"
-    for name in ("compute_distance_matrix", "compute_distances", "distance_path", "load_distance_matrix",
-                 "pairwise_distances", "query_distances")  # fmt: skip
+    for name in (
+        "compute_distance_matrix",
+        "compute_distances",
+        "distance_path",
+        "load_distance_matrix",
+        "pairwise_distances",
+        "query_distances",
+    )
 }
 
 

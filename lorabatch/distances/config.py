@@ -34,14 +34,18 @@ class DistancesConfig(StrictModel):
         10.0, ge=0, description="'auto' executor: estimated single-core seconds from which Ray Data is used."
     )
     num_workers: int | None = RuntimeField(
-        None, ge=1, description="Parallel block workers: Ray tasks or local threads; also the threads that prepare "
+        None,
+        ge=1,
+        description="Parallel block workers: Ray tasks or local threads; also the threads that prepare "
         "the per-dataset arrays (None: the CPUs available).",
     )
     ot_sample_size: int = Field(
         128, ge=1, description="OT_EMD: example embeddings per dataset (seeded subsample) in the exact EMD."
     )
     ot_seed: int = Field(0, description="OT_EMD: seed of the subsamples (combined with each dataset's content).")
-    sliced_projections: int = Field(128, ge=1, description="OT_SLICED: random directions of the sliced Wasserstein distance.")
+    sliced_projections: int = Field(
+        128, ge=1, description="OT_SLICED: random directions of the sliced Wasserstein distance."
+    )
     sliced_seed: int = Field(0, description="OT_SLICED: seed of the random directions.")
     rbf_bandwidth: float = Field(
         1.0, gt=0, description="MMD_RBF: σ of k(x, y) = exp(-‖x - y‖² / (2σ²)) on the embeddings."

@@ -56,6 +56,7 @@ class ExactOT(Metric):
 
     def estimate_seconds(self, n_pairs, features):
         return n_pairs * 0.02
+
     definition = "exact EMD (POT ot.emd2), Euclidean cost, uniform weights, seeded subsamples"
 
     def params(self):
@@ -89,6 +90,7 @@ class SlicedOT(Metric):
 
     def estimate_seconds(self, n_pairs, features):
         return n_pairs * 0.002
+
     definition = "sliced Wasserstein-2 (POT), uniform weights, seeded random directions shared by the bank"
 
     def params(self):
@@ -123,6 +125,7 @@ class RBFMMD(Metric):
 
     def estimate_seconds(self, n_pairs, features):
         return n_pairs * 0.002
+
     definition = "biased MMD² with the Gaussian kernel exp(-‖x−y‖²/(2σ²)) on example embeddings"
 
     def params(self):

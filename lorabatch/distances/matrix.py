@@ -44,7 +44,9 @@ def distance_path(run_dir, metric: str) -> Path:
     return RunLayout(run_dir).distances(metric)
 
 
-def block_grid(rows: np.ndarray, cols: np.ndarray, block_size: int, upper_only: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def block_grid(
+    rows: np.ndarray, cols: np.ndarray, block_size: int, upper_only: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(row indices, column indices) per block; `upper_only` keeps blocks that hold a pair i <= j."""
     rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     blocks = []
@@ -93,7 +95,14 @@ def use_ray(config: DistancesConfig, estimate_s: float) -> bool:
 
 
 def compute_blocks(
-    metric, state: dict, blocks, config: DistancesConfig, out: np.ndarray, *, estimate_s: float = 0.0, progress: bool = False
+    metric,
+    state: dict,
+    blocks,
+    config: DistancesConfig,
+    out: np.ndarray,
+    *,
+    estimate_s: float = 0.0,
+    progress: bool = False,
 ) -> None:
     """Fill out[i, j] for every pair of every block: Ray Data tasks, or threads of this process
     (numpy releases the GIL inside its array operations, so threads do run in parallel)."""
@@ -126,10 +135,13 @@ def compute_blocks(
         refs = [ray.put(state), ray.put(blocks)]
         ds = ray.data.from_items([{"block": k} for k in range(len(blocks))], override_num_blocks=len(blocks))
         ds = ds.map_batches(
-            block_task, fn_kwargs={"metric": metric.name, "config": config.model_dump(mode="json"), "refs": refs},
-            batch_size=1, num_cpus=1, batch_format="numpy",
+            block_task,
+            fn_kwargs={"metric": metric.name, "config": config.model_dump(mode="json"), "refs": refs},
+            batch_size=1,
+            num_cpus=1,
+            batch_format="numpy",
             compute=ray.data.TaskPoolStrategy(size=min(workers, len(blocks))),
-        )  # fmt: skip
+        )
         total, done = sum(len(r) * len(c) for r, c in blocks), 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             out[batch["i"], batch["j"]] = batch["d"]
@@ -184,7 +196,11 @@ def _read_previous(path: Path, m, tokenizer_sha: str):
         return None
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
-    if (meta.get("version"), meta.get("params"), meta.get("tokenizer_sha256")) != (m.version, m.params(), tokenizer_sha):
+    if (meta.get("version"), meta.get("params"), meta.get("tokenizer_sha256")) != (
+        m.version,
+        m.params(),
+        tokenizer_sha,
+    ):
         return None
     tasks = meta["tasks"]
     return tasks, meta["identities"], _dense(table, tasks, path)
@@ -215,7 +231,12 @@ def _dense(table, tasks: list[str], path) -> np.ndarray:
 
 
 def compute_distance_matrix(
-    run_dir, metric: str, config: DistancesConfig | None = None, *, features=None, progress: bool = True,
+    run_dir,
+    metric: str,
+    config: DistancesConfig | None = None,
+    *,
+    features=None,
+    progress: bool = True,
     timings: dict | None = None,
 ):
     """(task ids, D [N, N]) of the bank for `metric`, written to RUN/distances/<metric>.parquet.
@@ -307,11 +328,16 @@ def distance_table(tasks: list[str], d: np.ndarray, metric, identities, tokenize
     names = pa.array(tasks, pa.string())
     index = np.arange(n, dtype=np.int32)
     meta = {
-        "metric": metric.name, "version": metric.version, "definition": metric.definition,
-        "symmetric": metric.symmetric, "params": metric.params(), "tasks": list(tasks),
-        "identities": list(identities), "tokenizer_sha256": tokenizer_sha,
+        "metric": metric.name,
+        "version": metric.version,
+        "definition": metric.definition,
+        "symmetric": metric.symmetric,
+        "params": metric.params(),
+        "tasks": list(tasks),
+        "identities": list(identities),
+        "tokenizer_sha256": tokenizer_sha,
         "layout": "d = d(target, source); row i of the matrix is the target",
-    }  # fmt: skip
+    }
     table = pa.table(
         {
             "target": pc.take(names, np.repeat(index, n)),
@@ -339,7 +365,9 @@ def load_distance_matrix(run_dir, metric: str, task_ids: list[str] | None = None
     index = {t: k for k, t in enumerate(tasks)}
     missing = [t for t in task_ids if t not in index]
     if missing:
-        raise DistancesError(f"{path} lacks {len(missing)} task(s) of the bank, e.g. {missing[0]}: compute the {metric} distances again")
+        raise DistancesError(
+            f"{path} lacks {len(missing)} task(s) of the bank, e.g. {missing[0]}: compute the {metric} distances again"
+        )
     order = [index[t] for t in task_ids]
     return list(task_ids), d[np.ix_(order, order)]
 
@@ -394,5 +422,7 @@ def compute_distances(
         tasks, d = compute_distance_matrix(run_dir, name, config, features=cache[emb], progress=progress)
         out[name] = d
         if progress:
-            log.info(f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}")
+            log.info(
+                f"{name}: {len(tasks)}×{len(tasks)} in {time.perf_counter() - t0:.1f}s -> {distance_path(run_dir, name)}"
+            )
     return out

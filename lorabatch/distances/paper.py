@@ -158,8 +158,8 @@ class MultiscaleMMD(Metric):
 
     def estimate_seconds(self, n_pairs, features):
         return n_pairs * features.samples.shape[1] * 0.5e-9 + len(features) * 2e-3
-    definition = ("biased MMD² of seeded token-id samples, k = Σ_{a∈{0.2,0.5,0.9,1.3}} a²/(a²+(x−y)²), "
-                  "(x−y)² exact")  # fmt: skip
+
+    definition = "biased MMD² of seeded token-id samples, k = Σ_{a∈{0.2,0.5,0.9,1.3}} a²/(a²+(x−y)²), (x−y)² exact"
 
     def prepare(self, features) -> dict:
         samples = np.asarray(features.samples, dtype=np.int64)
@@ -167,8 +167,13 @@ class MultiscaleMMD(Metric):
         ids, weights = zip(*(np.unique(x, return_counts=True) for x in samples)) if len(samples) else ((), ())
         size = samples.shape[1]
         self_term = np.array([z[i, u] @ w for i, (u, w) in enumerate(zip(ids, weights))]) / (size * size)
-        return {"z": z, "ids": list(ids), "weights": [w.astype(np.float64) for w in weights], "self": self_term,
-                "size": size}  # fmt: skip
+        return {
+            "z": z,
+            "ids": list(ids),
+            "weights": [w.astype(np.float64) for w in weights],
+            "self": self_term,
+            "size": size,
+        }
 
     def block(self, rows, cols):
         # Σ_{x ∈ X_r, y ∈ X_c} k(x − y) = Σ_y count_c(y) z_r[y] over the ids U the column samples

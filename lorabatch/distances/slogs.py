@@ -41,8 +41,9 @@ def smoothed_log_terms(p: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     return np.einsum("nv,nv->n", p, logs)
 
 
-def support_slogs(p_rows: np.ndarray, p_cols: np.ndarray, g_cols: np.ndarray, gsum_cols: np.ndarray,
-                  upper: bool = False) -> np.ndarray:  # fmt: skip
+def support_slogs(
+    p_rows: np.ndarray, p_cols: np.ndarray, g_cols: np.ndarray, gsum_cols: np.ndarray, upper: bool = False
+) -> np.ndarray:
     """T [R, C] as above from smoothed densities p_rows [R, V], p_cols [C, V], G of the columns
     [C, V] and its row sums [C]. `upper`: rows and columns are the same datasets and only
     T[r, c] with r <= c is wanted (entries below the diagonal are left undefined)."""

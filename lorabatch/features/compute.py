@@ -43,8 +43,17 @@ class FeatureWorker:
     mode 'embeddings': mean-pooled embeddings -> RUN/features/datasets/<key>/embeddings-<ekey>.npy
     """
 
-    def __init__(self, mode: str, run_dir: str, config: dict, tokenizer_path: str, tokenizer_sha256: str,
-                 embed_model: str | None = None, embedding_key: str | None = None, trust_remote_code: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        mode: str,
+        run_dir: str,
+        config: dict,
+        tokenizer_path: str,
+        tokenizer_sha256: str,
+        embed_model: str | None = None,
+        embedding_key: str | None = None,
+        trust_remote_code: bool = False,
+    ):
         self.mode, self.run_dir = mode, run_dir
         self.config = FeaturesConfig.model_validate(config)
         self.tokenizer_sha256, self.embedding_key = tokenizer_sha256, embedding_key
@@ -84,10 +93,14 @@ class FeatureWorker:
         if self.mode == "counts":
             counts = tokenize_counts(self.tokenizer, texts, self.vocab_size, label, self.config.tokenize_batch_size)
             meta = {
-                "task_id": task_id, "dataset_path": path, "tokenizer_sha256": self.tokenizer_sha256,
-                "vocab_size": self.vocab_size, "max_examples": self.config.max_examples,
-                "n_examples": len(texts), "n_tokens": int(counts.sum()),
-            }  # fmt: skip
+                "task_id": task_id,
+                "dataset_path": path,
+                "tokenizer_sha256": self.tokenizer_sha256,
+                "vocab_size": self.vocab_size,
+                "max_examples": self.config.max_examples,
+                "n_examples": len(texts),
+                "n_tokens": int(counts.sum()),
+            }
             store.write_entry(self.run_dir, key, counts, meta)
             return len(texts), int(counts.sum())
         from lorabatch.atomic import write_npy
@@ -121,9 +134,13 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     workers = min(workers, len(items))
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
-        FeatureWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1, num_cpus=1, batch_format="numpy",
+        FeatureWorker,
+        fn_constructor_kwargs=worker_kwargs,
+        batch_size=1,
+        num_cpus=1,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
-    )  # fmt: skip
+    )
     rows = []
     for row in ds.iter_rows():
         rows.append({c: v.item() if hasattr(v, "item") else v for c, v in row.items()})
@@ -175,13 +192,18 @@ def compute_bank_features(
         raise FeaturesError(f"the base model directory {tokenizer_path} holds no tokenizer files")
     keys = [store.dataset_key(d, tok_sha, config) for d in cols["dataset_sha256"]]
     items = [
-        {"task_id": t, "dataset_path": p, "key": k}
-        for t, p, k in zip(cols["task_id"], cols["dataset_path"], keys)
+        {"task_id": t, "dataset_path": p, "key": k} for t, p, k in zip(cols["task_id"], cols["dataset_path"], keys)
     ]
     todo = [it for it in items if store.read_meta(run_dir, it["key"]) is None]
     todo = _first_per_key(todo)  # identical datasets are tokenized once
-    kwargs = dict(mode="counts", run_dir=str(run_dir), config=config.model_dump(mode="json"),
-                  tokenizer_path=tokenizer_path, tokenizer_sha256=tok_sha, trust_remote_code=trusts_remote_code(manifest))  # fmt: skip
+    kwargs = dict(
+        mode="counts",
+        run_dir=str(run_dir),
+        config=config.model_dump(mode="json"),
+        tokenizer_path=tokenizer_path,
+        tokenizer_sha256=tok_sha,
+        trust_remote_code=trusts_remote_code(manifest),
+    )
     errors = [(r["task_id"], r["error"]) for r in _run_workers(todo, kwargs, config, progress) if r["error"]]
     _raise_errors(errors)
 
@@ -202,9 +224,14 @@ def compute_bank_features(
     samples = np.stack([store.load_or_make_sample(run_dir, k, counts[i], config) for i, k in enumerate(keys)])
     emb = None if ekey is None else [np.load(store.embeddings_path(run_dir, k, ekey), allow_pickle=False) for k in keys]
     features = FeatureSet(
-        names=cols["task_id"], counts=counts, samples=samples, n_examples=[m["n_examples"] for m in metas],
-        tokenizer_sha256=tok_sha, embeddings=emb, keys=keys,
-    )  # fmt: skip
+        names=cols["task_id"],
+        counts=counts,
+        samples=samples,
+        n_examples=[m["n_examples"] for m in metas],
+        tokenizer_sha256=tok_sha,
+        embeddings=emb,
+        keys=keys,
+    )
     store.write_index(run_dir, features, cols["dataset_sha256"], ekey, tokenizer_path, config)
     return features
 
@@ -222,9 +249,16 @@ def _raise_errors(errors: list[tuple[str, str]]) -> None:
         raise FeaturesError(f"features failed for {len(errors)} dataset(s):\n{lines}")
 
 
-def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesConfig | None = None, *,
-                             seed: int | None = None, name: str = "query", progress: bool = False,
-                             trust_remote_code: bool = False) -> FeatureSet:  # fmt: skip
+def compute_dataset_features(
+    dataset,
+    tokenizer: str | Path,
+    config: FeaturesConfig | None = None,
+    *,
+    seed: int | None = None,
+    name: str = "query",
+    progress: bool = False,
+    trust_remote_code: bool = False,
+) -> FeatureSet:
     """Features of one dataset (query mode): a pyarrow Table or list of rows with `input` and
     `output`, or a dataset directory (its train split). `tokenizer` is the bank's base model
     directory; `seed` overrides config.mmd_seed; `trust_remote_code` is the bank's (for the base
@@ -240,7 +274,11 @@ def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesCon
         name = f"{name} ({dataset})"
         dataset = read_split(dataset, "train", columns=["input", "output"])
     elif isinstance(dataset, list):
-        dataset = pa.Table.from_pylist(dataset) if dataset else pa.table({"input": pa.array([], pa.string()), "output": pa.array([], pa.list_(pa.string()))})
+        dataset = (
+            pa.Table.from_pylist(dataset)
+            if dataset
+            else pa.table({"input": pa.array([], pa.string()), "output": pa.array([], pa.list_(pa.string()))})
+        )
     tok_sha = tokenizer_fingerprint(tokenizer)
     if tok_sha is None:
         raise FeaturesError(f"{tokenizer} holds no tokenizer files")
@@ -257,6 +295,14 @@ def compute_dataset_features(dataset, tokenizer: str | Path, config: FeaturesCon
         trusted = trust_remote_code and config.embedding.model is None
         emb = [Embedder(config.embedding.model or tokenizer, config.embedding, trusted).embed([texts[i] for i in pick])]
     if progress:
-        log.info(f"features of {name}: {len(texts)} examples, {int(counts.sum())} tokens in {time.perf_counter() - t0:.1f}s")
-    return FeatureSet(names=[name], counts=counts[None], samples=sample[None], n_examples=[len(texts)],
-                      tokenizer_sha256=tok_sha, embeddings=emb)  # fmt: skip
+        log.info(
+            f"features of {name}: {len(texts)} examples, {int(counts.sum())} tokens in {time.perf_counter() - t0:.1f}s"
+        )
+    return FeatureSet(
+        names=[name],
+        counts=counts[None],
+        samples=sample[None],
+        n_examples=[len(texts)],
+        tokenizer_sha256=tok_sha,
+        embeddings=emb,
+    )

@@ -56,7 +56,9 @@ class FeaturesConfig(StrictModel):
         "'local': in this process (small banks, tests).",
     )
     num_workers: int | None = RuntimeField(
-        None, ge=1, description="Ray actors tokenizing in parallel (None: the CPUs Ray offers, at most one per dataset)."
+        None,
+        ge=1,
+        description="Ray actors tokenizing in parallel (None: the CPUs Ray offers, at most one per dataset).",
     )
     embedding: EmbeddingConfig = Field(
         default_factory=EmbeddingConfig, description="Mean-pooled example embeddings (beyond paper mode)."

@@ -46,9 +46,13 @@ class Embedder:
         self.config = config
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-            self.model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
+            self.model = AutoModel.from_pretrained(
+                str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as err:
-            raise FeaturesError(f"cannot load the embedding model from {model_dir}: {str(err).splitlines()[0]}") from None
+            raise FeaturesError(
+                f"cannot load the embedding model from {model_dir}: {str(err).splitlines()[0]}"
+            ) from None
         self.model.eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -62,9 +66,12 @@ class Embedder:
         with torch.inference_mode():
             for start in range(0, len(texts), cfg.batch_size):
                 enc = self.tokenizer(
-                    texts[start : start + cfg.batch_size], padding=True, truncation=True,
-                    max_length=cfg.max_length, return_tensors="pt",
-                )  # fmt: skip
+                    texts[start : start + cfg.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=cfg.max_length,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**enc, output_hidden_states=True).hidden_states[cfg.layer]
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)

@@ -41,7 +41,9 @@ class FeatureSet:
         self.n_examples = np.asarray(self.n_examples, dtype=np.int64)
         n = len(self.names)
         if self.counts.ndim != 2 or self.counts.shape[0] != n or self.samples.shape[0] != n:
-            raise ValueError(f"features of {n} datasets need counts [N, V] and samples [N, S]; got {self.counts.shape}, {self.samples.shape}")
+            raise ValueError(
+                f"features of {n} datasets need counts [N, V] and samples [N, S]; got {self.counts.shape}, {self.samples.shape}"
+            )
         if self.embeddings is not None and len(self.embeddings) != n:
             raise ValueError(f"{len(self.embeddings)} embedding matrices for {n} datasets")
         if self.known_token_sha256 is not None and len(self.known_token_sha256) != n:
@@ -106,7 +108,8 @@ class FeatureSet:
             embeddings=emb,
             keys=[k for p in parts for k in p.keys],
             # a bank with known hashes plus a query: hash only the parts that need it
-            known_token_sha256=None if all(p.known_token_sha256 is None for p in parts)
+            known_token_sha256=None
+            if all(p.known_token_sha256 is None for p in parts)
             else [h for p in parts for h in p.token_sha256],
         )
 

@@ -101,8 +101,14 @@ def load_or_make_sample(run_dir, key: str, counts: np.ndarray, config: FeaturesC
     return sample
 
 
-def write_index(run_dir, features: FeatureSet, dataset_sha256: list[str], embedding_key: str | None,
-                tokenizer_path: str, config: FeaturesConfig) -> None:  # fmt: skip
+def write_index(
+    run_dir,
+    features: FeatureSet,
+    dataset_sha256: list[str],
+    embedding_key: str | None,
+    tokenizer_path: str,
+    config: FeaturesConfig,
+) -> None:
     import pyarrow as pa
 
     table = pa.table(
@@ -136,35 +142,55 @@ def load_bank_features(run_dir: str | Path, embeddings: bool = False) -> Feature
     layout = RunLayout(run_dir)
     folder, index_path, meta_path = layout.features, layout.features_index, layout.features_meta
     if not index_path.is_file() or not meta_path.is_file():
-        raise FeaturesError(f"{folder} holds no bank features (index.parquet / features.json): run the features stage first")
+        raise FeaturesError(
+            f"{folder} holds no bank features (index.parquet / features.json): run the features stage first"
+        )
     meta = json.loads(meta_path.read_text())
     config = FeaturesConfig.model_validate(meta["config"])
     index = pq.read_table(index_path).to_pydict()
     keys = index["key"]
     entries = str(layout.feature_entries)  # plain strings: pathlib costs ~60 µs a path here
     sample_name = sample_path(run_dir, "", config).name
-    counts = _load_rows([os.path.join(entries, k, "counts.npy") for k in keys], lambda i: load_counts(run_dir, keys[i]),
-                        (0, meta["vocab_size"]))  # fmt: skip
-    samples = _load_rows([os.path.join(entries, k, sample_name) for k in keys],
-                         lambda i: load_or_make_sample(run_dir, keys[i], counts[i], config), (0, config.mmd_sample_size))  # fmt: skip
+    counts = _load_rows(
+        [os.path.join(entries, k, "counts.npy") for k in keys],
+        lambda i: load_counts(run_dir, keys[i]),
+        (0, meta["vocab_size"]),
+    )
+    samples = _load_rows(
+        [os.path.join(entries, k, sample_name) for k in keys],
+        lambda i: load_or_make_sample(run_dir, keys[i], counts[i], config),
+        (0, config.mmd_sample_size),
+    )
     hashes = index.get("token_sha256")
     emb = None
     if embeddings:
         ekeys = index["embedding_key"]
         missing = [t for t, e in zip(index["task_id"], ekeys) if e is None]
         if missing:
-            raise FeaturesError(f"the bank's features in {folder} have no embeddings (e.g. {missing[0]}): "
-                                "recompute them with features.embedding.enabled")  # fmt: skip
+            raise FeaturesError(
+                f"the bank's features in {folder} have no embeddings (e.g. {missing[0]}): "
+                "recompute them with features.embedding.enabled"
+            )
         emb = [np.load(embeddings_path(run_dir, k, e), allow_pickle=False) for k, e in zip(keys, ekeys)]
     return FeatureSet(
-        names=list(index["task_id"]), counts=counts, samples=samples, n_examples=index["n_examples"],
-        tokenizer_sha256=meta["tokenizer_sha256"], embeddings=emb, keys=list(keys),
+        names=list(index["task_id"]),
+        counts=counts,
+        samples=samples,
+        n_examples=index["n_examples"],
+        tokenizer_sha256=meta["tokenizer_sha256"],
+        embeddings=emb,
+        keys=list(keys),
         known_token_sha256=list(hashes) if hashes and None not in hashes else None,
-    )  # fmt: skip
+    )
 
 
-def save_features(run_dir, features: FeatureSet, config: FeaturesConfig | None = None,
-                  dataset_sha256: list[str] | None = None, tokenizer_path: str = "") -> None:  # fmt: skip
+def save_features(
+    run_dir,
+    features: FeatureSet,
+    config: FeaturesConfig | None = None,
+    dataset_sha256: list[str] | None = None,
+    tokenizer_path: str = "",
+) -> None:
     """Write a FeatureSet as the bank's cached features (entries keyed by `features.keys`).
 
     For features made elsewhere (tests, benchmarks with synthetic histograms); the features
@@ -173,9 +199,13 @@ def save_features(run_dir, features: FeatureSet, config: FeaturesConfig | None =
     config = config or FeaturesConfig()
     dataset_sha256 = dataset_sha256 or list(features.keys)
     for i, key in enumerate(features.keys):
-        meta = {"task_id": features.names[i], "tokenizer_sha256": features.tokenizer_sha256,
-                "vocab_size": features.vocab_size, "n_examples": int(features.n_examples[i]),
-                "n_tokens": int(features.counts[i].sum())}  # fmt: skip
+        meta = {
+            "task_id": features.names[i],
+            "tokenizer_sha256": features.tokenizer_sha256,
+            "vocab_size": features.vocab_size,
+            "n_examples": int(features.n_examples[i]),
+            "n_tokens": int(features.counts[i].sum()),
+        }
         write_entry(run_dir, key, features.counts[i], meta)
         write_npy(sample_path(run_dir, key, config), features.samples[i])
     write_index(run_dir, features, dataset_sha256, None, tokenizer_path, config)

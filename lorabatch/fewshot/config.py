@@ -108,7 +108,9 @@ class FewShotConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base model dtype for the loss.")
     concurrency: int = RuntimeField(1, ge=1, description="Loss workers (Ray actors, each holding the base model).")
     num_cpus: float = RuntimeField(1.0, gt=0, description="CPUs per loss worker.")
-    num_gpus: float | None = RuntimeField(None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs).")
+    num_gpus: float | None = RuntimeField(
+        None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs)."
+    )
 
     @field_validator("methods")
     @classmethod

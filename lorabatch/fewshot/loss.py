@@ -37,9 +37,14 @@ class FewShotLoss:
     """The loss of in-memory adapters on a fixed set of examples, with the base model loaded once."""
 
     def __init__(
-        self, base_model_path: str, adapter_config: dict, device: str = "auto", dtype: str = "float32", batch_size: int = 16,
+        self,
+        base_model_path: str,
+        adapter_config: dict,
+        device: str = "auto",
+        dtype: str = "float32",
+        batch_size: int = 16,
         trust_remote_code: bool = False,
-    ):  # fmt: skip
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -47,7 +52,9 @@ class FewShotLoss:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(base_model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
         model = model.to(self.device)
         model.eval()
         self.base = model
@@ -82,10 +89,15 @@ class FewShotLoss:
         cfg = self.adapter_config
         alpha = scaling_of(cfg) * (rank**0.5 if cfg.get("use_rslora") else rank)
         config = LoraConfig(
-            r=rank, lora_alpha=alpha, target_modules=cfg.get("target_modules"),
-            use_rslora=bool(cfg.get("use_rslora", False)), fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
-            lora_dropout=0.0, bias="none", task_type=cfg.get("task_type", "CAUSAL_LM"),
-        )  # fmt: skip
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=cfg.get("target_modules"),
+            use_rslora=bool(cfg.get("use_rslora", False)),
+            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+            lora_dropout=0.0,
+            bias="none",
+            task_type=cfg.get("task_type", "CAUSAL_LM"),
+        )
         name = f"r{rank}"
         if self.peft is None:
             self.peft = get_peft_model(self.base, config, adapter_name=name)
@@ -141,10 +153,15 @@ class FewShotLoss:
                     input_ids[row, width - len(p) :] = torch.tensor(p)
                     mask[row, width - len(p) :] = 1
                 out = model.generate(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
                     max_new_tokens=min(max_new_tokens, self.decode_budget),
-                    do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=self.pad_id,
-                )[:, width:].tolist()  # fmt: skip
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=self.pad_id,
+                )[:, width:].tolist()
                 self.forward_passes += max((len(o) for o in out), default=0)
                 for o, ref in zip(out, self.references[start : start + len(batch)]):
                     tokens = o[: o.index(eos) + 1] if eos in o else o

@@ -56,13 +56,24 @@ class FewShotResult:
             rouge, start = rouges.get(self.choice), None
         else:
             rouge, start = self.details.get("final_rouge_l"), self.details.get("start_rouge_l")
-        return {"method": method, "choice": self.choice, "loss": self.loss, "start_loss": self.start_loss,
-                "rouge_l": rouge, "start_rouge_l": start, "kept_select": self.details.get("kept") == "select",
-                "evaluations": self.evaluations,
-                "forward_passes": self.forward_passes, "seconds": round(self.seconds, 4), "examples": examples}  # fmt: skip
+        return {
+            "method": method,
+            "choice": self.choice,
+            "loss": self.loss,
+            "start_loss": self.start_loss,
+            "rouge_l": rouge,
+            "start_rouge_l": start,
+            "kept_select": self.details.get("kept") == "select",
+            "evaluations": self.evaluations,
+            "forward_passes": self.forward_passes,
+            "seconds": round(self.seconds, 4),
+            "examples": examples,
+        }
 
 
-def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks, exclude_self: bool = True) -> dict[str, np.ndarray]:
+def grid_candidates(
+    distances: dict[str, np.ndarray], temperatures, top_ks, exclude_self: bool = True
+) -> dict[str, np.ndarray]:
     """{name: C [M, N]}: normalized (z-score softmin) coefficients per metric on a T × top-k grid
     (leave-one-out rows, or query rows with `exclude_self=False`)."""
     from lorabatch.synthesis.coefficients import normalized_coefficients
@@ -76,7 +87,9 @@ def grid_candidates(distances: dict[str, np.ndarray], temperatures, top_ks, excl
     return out
 
 
-def candidate_rows(i: int, matrices: dict[str, np.ndarray], rows: dict[str, np.ndarray] | None = None) -> list[tuple[str, np.ndarray]]:
+def candidate_rows(
+    i: int, matrices: dict[str, np.ndarray], rows: dict[str, np.ndarray] | None = None
+) -> list[tuple[str, np.ndarray]]:
     """Row i of every candidate matrix, then the extra `rows` ([N] each); duplicates (same weights
     to 1e-12) kept once, the first name wins."""
     seen: list[np.ndarray] = []
@@ -92,9 +105,14 @@ def candidate_rows(i: int, matrices: dict[str, np.ndarray], rows: dict[str, np.n
 
 
 def select(
-    evaluator, layout, candidates: list[tuple[str, np.ndarray]], synthesis_config, paper_names=(),
-    criterion: str = "loss", max_new_tokens: int = 256,
-) -> FewShotResult:  # fmt: skip
+    evaluator,
+    layout,
+    candidates: list[tuple[str, np.ndarray]],
+    synthesis_config,
+    paper_names=(),
+    criterion: str = "loss",
+    max_new_tokens: int = 256,
+) -> FewShotResult:
     """The candidate whose adapter (mixed as `synthesis_config` says) does best on the examples:
     lowest few-shot loss (`criterion` 'loss'), or highest Rouge-L of its greedy generations with
     the loss breaking ties ('rouge')."""
@@ -116,11 +134,15 @@ def select(
     if rouges:
         details["candidate_rouge_l"] = rouges
     return FewShotResult(
-        coefficients=dict(candidates)[best], choice=best, loss=losses[best],
-        start_loss=min(paper) if paper else float("nan"), evaluations=len(losses),
-        forward_passes=evaluator.forward_passes - passes, seconds=time.perf_counter() - started,
+        coefficients=dict(candidates)[best],
+        choice=best,
+        loss=losses[best],
+        start_loss=min(paper) if paper else float("nan"),
+        evaluations=len(losses),
+        forward_passes=evaluator.forward_passes - passes,
+        seconds=time.perf_counter() - started,
         details=details,
-    )  # fmt: skip
+    )
 
 
 class StackedAdapter:
@@ -129,7 +151,9 @@ class StackedAdapter:
     def __init__(self, layout, sources: np.ndarray):
         self.sources = np.asarray(sources)
         self.prefixes = lora_modules(layout)
-        self.a = {p: np.concatenate([layout.read_tensor(int(j), p + _A) for j in self.sources], axis=0) for p in self.prefixes}
+        self.a = {
+            p: np.concatenate([layout.read_tensor(int(j), p + _A) for j in self.sources], axis=0) for p in self.prefixes
+        }
         self.b = {p: [layout.read_tensor(int(j), p + _B) for j in self.sources] for p in self.prefixes}
 
     def tensors(self, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -140,7 +164,9 @@ class StackedAdapter:
         return out
 
 
-def rank_pool(evaluator, layout, pool: list[int], criterion: str = "loss", max_new_tokens: int = 256) -> tuple[list[int], dict]:
+def rank_pool(
+    evaluator, layout, pool: list[int], criterion: str = "loss", max_new_tokens: int = 256
+) -> tuple[list[int], dict]:
     """The pool's bank indices, best own adapter first (lowest loss; or highest few-shot Rouge-L,
     the loss breaking ties), and {task id: {"loss", "rouge_l"}} of each."""
     scores = {}
@@ -154,9 +180,16 @@ def rank_pool(evaluator, layout, pool: list[int], criterion: str = "loss", max_n
 
 
 def refine(
-    evaluator, layout, start_row: np.ndarray, config, seed: int, start_name: str, sources: list[int] | None = None,
-    criterion: str = "loss", max_new_tokens: int = 256,
-) -> FewShotResult:  # fmt: skip
+    evaluator,
+    layout,
+    start_row: np.ndarray,
+    config,
+    seed: int,
+    start_name: str,
+    sources: list[int] | None = None,
+    criterion: str = "loss",
+    max_new_tokens: int = 256,
+) -> FewShotResult:
     """CMA-ES on the weights of K bank tasks (see the module docstring): `sources`, or the top-K
     of `start_row`; the search starts at `start_row` on them, renormalised (uniform if it gives
     them no weight), and minimises the criterion plus the L1 penalty."""
@@ -179,7 +212,9 @@ def refine(
     def evaluate(w: np.ndarray) -> float:
         w = np.clip(np.asarray(w, dtype=np.float64), -config.bound, config.bound)
         tensors = stacked.tensors(w)
-        point = Point(w, evaluator.loss(tensors), evaluator.rouge(tensors, max_new_tokens) if criterion == "rouge" else None)
+        point = Point(
+            w, evaluator.loss(tensors), evaluator.rouge(tensors, max_new_tokens) if criterion == "rouge" else None
+        )
         point.objective = point.quality(criterion) + config.l1 * float(np.abs(w).sum())
         points.append(point)
         return point.objective
@@ -206,12 +241,24 @@ def refine(
     full = np.zeros(layout.n_tasks)
     full[top] = best.w
     return FewShotResult(
-        coefficients=full, choice=start_name, loss=best.loss, start_loss=start.loss, evaluations=len(points),
-        forward_passes=evaluator.forward_passes - passes, seconds=time.perf_counter() - started,
-        details={"sources": [layout.task_ids[int(j)] for j in top], "start_weights": w0.tolist(),
-                 "weights": best.w.tolist(), "objective": best.objective, "l1": config.l1, "criterion": criterion,
-                 "start_rouge_l": start.rouge, "final_rouge_l": best.rouge},
-    )  # fmt: skip
+        coefficients=full,
+        choice=start_name,
+        loss=best.loss,
+        start_loss=start.loss,
+        evaluations=len(points),
+        forward_passes=evaluator.forward_passes - passes,
+        seconds=time.perf_counter() - started,
+        details={
+            "sources": [layout.task_ids[int(j)] for j in top],
+            "start_weights": w0.tolist(),
+            "weights": best.w.tolist(),
+            "objective": best.objective,
+            "l1": config.l1,
+            "criterion": criterion,
+            "start_rouge_l": start.rouge,
+            "final_rouge_l": best.rouge,
+        },
+    )
 
 
 @dataclass
@@ -251,9 +298,18 @@ def order_by_scores(scores: dict[int, dict]) -> list[int]:
 
 
 def run_methods(
-    evaluator, layout, methods, config, synthesis_config, candidates: list[tuple[str, np.ndarray]], pool: list[int],
-    paper_rows: dict[str, np.ndarray], paper_names, seed: int, max_new_tokens: int,
-) -> dict:  # fmt: skip
+    evaluator,
+    layout,
+    methods,
+    config,
+    synthesis_config,
+    candidates: list[tuple[str, np.ndarray]],
+    pool: list[int],
+    paper_rows: dict[str, np.ndarray],
+    paper_names,
+    seed: int,
+    max_new_tokens: int,
+) -> dict:
     """{method: (FewShotResult, the SynthesisConfig its coefficients are mixed with), or the
     exception that method failed with} for one task whose examples are set on `evaluator`: select
     over `candidates`; refine from select's choice or from `paper_rows[config.refine.start]`, its K
@@ -265,21 +321,35 @@ def run_methods(
     from_select = REFINE in methods and config.refine.start == SELECT
     if SELECT in methods or from_select:
         try:
-            chosen = select(evaluator, layout, candidates, synthesis_config, paper_names, config.criterion, max_new_tokens)
+            chosen = select(
+                evaluator, layout, candidates, synthesis_config, paper_names, config.criterion, max_new_tokens
+            )
         except Exception as err:  # noqa: BLE001 - the caller records it; refine from select fails with it
             return {m: err for m in methods if m == SELECT or from_select}
         if SELECT in methods:
             out[SELECT] = (chosen, synthesis_config)
     if REFINE in methods:
         try:
-            out[REFINE] = refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows,
-                                      chosen if from_select else None, seed, max_new_tokens)  # fmt: skip
+            out[REFINE] = refine_task(
+                evaluator,
+                layout,
+                config,
+                synthesis_config,
+                candidates,
+                pool,
+                paper_rows,
+                chosen if from_select else None,
+                seed,
+                max_new_tokens,
+            )
         except Exception as err:  # noqa: BLE001 - the caller records it, select's result stands
             out[REFINE] = err
     return out
 
 
-def refine_task(evaluator, layout, config, synthesis_config, candidates, pool, paper_rows, chosen, seed, max_new_tokens):
+def refine_task(
+    evaluator, layout, config, synthesis_config, candidates, pool, paper_rows, chosen, seed, max_new_tokens
+):
     """(refine's FewShotResult, its SynthesisConfig): from select's `chosen`, or from the configured paper setting."""
     from_select = chosen is not None
     exact = synthesis_config.model_copy(update={"mixing": "exact"})
@@ -298,12 +368,22 @@ def refine_task(evaluator, layout, config, synthesis_config, candidates, pool, p
             started, passes = time.perf_counter(), evaluator.forward_passes
             _, screened = rank_pool(evaluator, layout, missing, config.criterion, max_new_tokens)
             scores.update({layout.task_ids.index(t): v for t, v in screened.items()})
-            cost = [cost[0] + time.perf_counter() - started, cost[1] + evaluator.forward_passes - passes, cost[2] + len(missing)]
+            cost = [
+                cost[0] + time.perf_counter() - started,
+                cost[1] + evaluator.forward_passes - passes,
+                cost[2] + len(missing),
+            ]
         ranked = order_by_scores({j: scores[j] for j in pool})
         # Refining select's choice keeps its own tasks, so the search starts exactly there.
-        own = [int(j) for j in np.argsort(-start_row, kind="stable")[: config.refine.top_k] if start_row[j] > 0] if from_select else []
+        own = (
+            [int(j) for j in np.argsort(-start_row, kind="stable")[: config.refine.top_k] if start_row[j] > 0]
+            if from_select
+            else []
+        )
         sources = own + [j for j in ranked if j not in own]
-    result = refine(evaluator, layout, start_row, config.refine, seed, start_name, sources, config.criterion, max_new_tokens)
+    result = refine(
+        evaluator, layout, start_row, config.refine, seed, start_name, sources, config.criterion, max_new_tokens
+    )
     result.seconds += cost[0]
     result.forward_passes += cost[1]
     result.evaluations += cost[2]
@@ -314,10 +394,21 @@ def refine_task(evaluator, layout, config, synthesis_config, candidates, pool, p
     # search started from, and may stay better.
     dense = np.count_nonzero(chosen.coefficients) > 1 if from_select else False
     if dense and _worse(result, chosen, config.criterion):
-        kept = FewShotResult(**{**chosen.__dict__, "choice": start_name, "seconds": result.seconds, "forward_passes": result.forward_passes,
-                                "evaluations": result.evaluations, "start_loss": result.start_loss,
-                                "details": {**result.details, "kept": "select",
-                                            "final_rouge_l": chosen.details.get("candidate_rouge_l", {}).get(chosen.choice)}})  # fmt: skip
+        kept = FewShotResult(
+            **{
+                **chosen.__dict__,
+                "choice": start_name,
+                "seconds": result.seconds,
+                "forward_passes": result.forward_passes,
+                "evaluations": result.evaluations,
+                "start_loss": result.start_loss,
+                "details": {
+                    **result.details,
+                    "kept": "select",
+                    "final_rouge_l": chosen.details.get("candidate_rouge_l", {}).get(chosen.choice),
+                },
+            }
+        )
         return kept, synthesis_config
     return result, exact
 

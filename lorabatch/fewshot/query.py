@@ -27,7 +27,9 @@ def sample_rows(dataset, k: int, seed: int, salt: str) -> list[dict]:
     return [rows[int(i)] for i in picked]
 
 
-def query_candidates(q, bank_run: Path, metric: str, config: SynthesisConfig, fewshot: FewShotConfig) -> dict[str, np.ndarray]:
+def query_candidates(
+    q, bank_run: Path, metric: str, config: SynthesisConfig, fewshot: FewShotConfig
+) -> dict[str, np.ndarray]:
     """{name: C [1, N]}: the select candidates of a query row."""
     from lorabatch.fewshot.methods import grid_candidates
     from lorabatch.synthesis.predict import query_coefficients
@@ -43,7 +45,11 @@ def query_candidates(q, bank_run: Path, metric: str, config: SynthesisConfig, fe
     nearest = np.zeros((1, n))
     nearest[0, int(np.argmin(q.distances))] = 1.0
     out[f"nearest-{metric}"] = nearest
-    out.update(grid_candidates({metric: q.distances[None, :]}, fewshot.select.temperatures, fewshot.select.top_k, exclude_self=False))
+    out.update(
+        grid_candidates(
+            {metric: q.distances[None, :]}, fewshot.select.temperatures, fewshot.select.top_k, exclude_self=False
+        )
+    )
     return out
 
 
@@ -55,10 +61,19 @@ def query_pool(q, fewshot: FewShotConfig) -> list[int]:
 
 
 def fewshot_predict(
-    bank_run: str | Path, data: str | Path, out: str | Path, *, method: str, metric: str = "JS", model: str = "normalized",
-    config: SynthesisConfig | None = None, fewshot: FewShotConfig | None = None, seed: int = 0, progress: bool = True,
+    bank_run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    method: str,
+    metric: str = "JS",
+    model: str = "normalized",
+    config: SynthesisConfig | None = None,
+    fewshot: FewShotConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
     top: int = 10,
-):  # fmt: skip
+):
     """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
     `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
@@ -76,21 +91,50 @@ def fewshot_predict(
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
     if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model
-        fewshot = fewshot.model_copy(update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})})
+        fewshot = fewshot.model_copy(
+            update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})}
+        )
     trust = trusts_remote_code(load_manifest(bank_run))
-    evaluator = FewShotLoss(str(q.base_model_path), q.layout.adapter_config, fewshot.device, fewshot.dtype, fewshot.batch_size,
-                            trust_remote_code=trust)  # fmt: skip
+    evaluator = FewShotLoss(
+        str(q.base_model_path),
+        q.layout.adapter_config,
+        fewshot.device,
+        fewshot.dtype,
+        fewshot.batch_size,
+        trust_remote_code=trust,
+    )
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
     matrices = query_candidates(q, bank_run, metric, config, fewshot)
     paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
     pool = query_pool(q, fewshot)
-    results = run_methods(evaluator, q.layout, [method], fewshot, config, candidate_rows(0, matrices, singles(pool, q.layout.task_ids)),
-                          pool, {f"{metric}-{model}": q.coefficients}, paper, seed, fewshot.max_new_tokens or 256)  # fmt: skip
+    results = run_methods(
+        evaluator,
+        q.layout,
+        [method],
+        fewshot,
+        config,
+        candidate_rows(0, matrices, singles(pool, q.layout.task_ids)),
+        pool,
+        {f"{metric}-{model}": q.coefficients},
+        paper,
+        seed,
+        fewshot.max_new_tokens or 256,
+    )
     if isinstance(results[method], Exception):
         raise results[method]
     result, syn = results[method]
     record = result.record(method, len(evaluator.items))
-    synthesize_one(q.layout, result.coefficients, out, syn, setting=method, target=f"query:{q.data_hash[:16]}",
-                   extra={**q.provenance(data), "fewshot": record}, progress=progress)  # fmt: skip
+    synthesize_one(
+        q.layout,
+        result.coefficients,
+        out,
+        syn,
+        setting=method,
+        target=f"query:{q.data_hash[:16]}",
+        extra={**q.provenance(data), "fewshot": record},
+        progress=progress,
+    )
     ids = q.layout.task_ids
-    return PredictResult(out, ids, q.distances, result.coefficients, contributors(ids, result.coefficients, top), q.ignored_columns), result
+    return PredictResult(
+        out, ids, q.distances, result.coefficients, contributors(ids, result.coefficients, top), q.ignored_columns
+    ), result

@@ -51,17 +51,30 @@ def few_shot_examples(dataset_path: str, split: str, k: int, seed: int, task_id:
 def _result_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("method", pa.string()), ("task_id", pa.string()), ("choice", pa.string()), ("loss", pa.float64()),
-        ("start_loss", pa.float64()), ("rouge_l", pa.float64()), ("start_rouge_l", pa.float64()), ("evaluations", pa.int32()), ("forward_passes", pa.int32()),
-        ("seconds", pa.float64()), ("details", pa.string()), ("error", pa.string()),
-    ])  # fmt: skip
+    return pa.schema(
+        [
+            ("method", pa.string()),
+            ("task_id", pa.string()),
+            ("choice", pa.string()),
+            ("loss", pa.float64()),
+            ("start_loss", pa.float64()),
+            ("rouge_l", pa.float64()),
+            ("start_rouge_l", pa.float64()),
+            ("evaluations", pa.int32()),
+            ("forward_passes", pa.int32()),
+            ("seconds", pa.float64()),
+            ("details", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
 
 
 class FewShotWorker:
     """Ray Data callable class: a batch of task rows → one result row per (method, task)."""
 
-    def __init__(self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int, max_new_tokens: int = 256):
+    def __init__(
+        self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int, max_new_tokens: int = 256
+    ):
         from lorabatch.bank.manifest import load_manifest, trusts_remote_code
         from lorabatch.fewshot.config import FewShotConfig
         from lorabatch.fewshot.loss import FewShotLoss
@@ -83,8 +96,14 @@ class FewShotWorker:
         self.layout = layout_from_manifest(run_dir)
         manifest = load_manifest(run_dir)
         base = manifest.column("base_model_path")[0].as_py()
-        self.evaluator = FewShotLoss(base, self.layout.adapter_config, self.config.device, self.config.dtype, self.config.batch_size,
-                                     trust_remote_code=trusts_remote_code(manifest))  # fmt: skip
+        self.evaluator = FewShotLoss(
+            base,
+            self.layout.adapter_config,
+            self.config.device,
+            self.config.dtype,
+            self.config.batch_size,
+            trust_remote_code=trusts_remote_code(manifest),
+        )
         ids = self.layout.task_ids
         self.matrices: dict[str, np.ndarray] = {}
         for setting in mixture_settings(metrics, self.synthesis):
@@ -95,7 +114,9 @@ class FewShotWorker:
         self.paper_names = [s.name for s in mixture_settings(metrics, self.synthesis) if s.kind == "paper"]
         self.distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
         if SELECT in self.config.methods or (REFINE in self.config.methods and self.config.refine.start == SELECT):
-            self.matrices.update(grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k))
+            self.matrices.update(
+                grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k)
+            )
 
     def pool(self, i: int) -> list[int]:
         """The few-shot pool of task i (see `pool_of`)."""
@@ -116,12 +137,24 @@ class FewShotWorker:
         i = self.layout.task_ids.index(task_id)
         methods = self.config.methods
         try:
-            self.evaluator.set_examples(few_shot_examples(dataset_path, self.config.split, self.config.examples, self.seed, task_id))
+            self.evaluator.set_examples(
+                few_shot_examples(dataset_path, self.config.split, self.config.examples, self.seed, task_id)
+            )
             pool = self.pool(i)
             candidates = candidate_rows(i, self.matrices, singles(pool, self.layout.task_ids))
-            results = run_methods(self.evaluator, self.layout, methods, self.config, self.synthesis, candidates, pool,
-                                  {n: c[i] for n, c in self.matrices.items()}, self.paper_names, self.seed + i,
-                                  self.max_new_tokens)  # fmt: skip
+            results = run_methods(
+                self.evaluator,
+                self.layout,
+                methods,
+                self.config,
+                self.synthesis,
+                candidates,
+                pool,
+                {n: c[i] for n, c in self.matrices.items()},
+                self.paper_names,
+                self.seed + i,
+                self.max_new_tokens,
+            )
         except Exception as err:  # noqa: BLE001 - recorded on the task's rows, the other tasks go on
             return [_failed(m, task_id, err) for m in methods]
         rows = []
@@ -132,8 +165,15 @@ class FewShotWorker:
             result, syn = results[method]
             try:
                 record = result.record(method, len(self.evaluator.items))
-                synthesize_one(self.layout, result.coefficients, RunLayout(self.run_dir).adapter(method, task_id), syn,
-                               setting=method, target=task_id, extra={"fewshot": record})  # fmt: skip
+                synthesize_one(
+                    self.layout,
+                    result.coefficients,
+                    RunLayout(self.run_dir).adapter(method, task_id),
+                    syn,
+                    setting=method,
+                    target=task_id,
+                    extra={"fewshot": record},
+                )
                 rows.append({**record, "task_id": task_id, "details": json.dumps(result.details), "error": None})
             except Exception as err:  # noqa: BLE001 - recorded, the other tasks go on
                 rows.append(_failed(method, task_id, err))
@@ -164,13 +204,23 @@ def singles(pool: list[int], task_ids: list[str]) -> dict[str, np.ndarray]:
 
 def _failed(method: str, task_id: str, err: Exception) -> dict:
     nan = float("nan")
-    return {"method": method, "task_id": task_id, "choice": None, "loss": nan, "start_loss": nan, "evaluations": 0,
-            "forward_passes": 0, "seconds": 0.0, "details": "{}", "error": f"{type(err).__name__}: {err}"}  # fmt: skip
+    return {
+        "method": method,
+        "task_id": task_id,
+        "choice": None,
+        "loss": nan,
+        "start_loss": nan,
+        "evaluations": 0,
+        "forward_passes": 0,
+        "seconds": 0.0,
+        "details": "{}",
+        "error": f"{type(err).__name__}: {err}",
+    }
 
 
 def run_fewshot(
     run_dir, fewshot, synthesis, metrics: list[str], seed: int = 0, progress: bool = True, max_new_tokens: int = 256
-) -> dict[str, list[dict]]:  # fmt: skip
+) -> dict[str, list[dict]]:
     """select / refine for every task of the run (Ray must be initialised); returns {method: rows}.
     `max_new_tokens`: the sweep's generation budget (select's 'rouge' criterion decodes as much)."""
     import pyarrow as pa
@@ -193,14 +243,20 @@ def run_fewshot(
     DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         FewShotWorker,
-        fn_constructor_args=(str(Path(run_dir).resolve()), fewshot.model_dump(mode="json"), synthesis.model_dump(mode="json"),
-                             list(metrics), seed, max_new_tokens),
+        fn_constructor_args=(
+            str(Path(run_dir).resolve()),
+            fewshot.model_dump(mode="json"),
+            synthesis.model_dump(mode="json"),
+            list(metrics),
+            seed,
+            max_new_tokens,
+        ),
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=fewshot.concurrency),
         num_cpus=fewshot.num_cpus,
         num_gpus=num_gpus,
-    )  # fmt: skip
+    )
     parts = ray.get(ds.to_arrow_refs())
     table = pa.concat_tables(parts) if parts else _result_schema().empty_table()
     by_method: dict[str, list[dict]] = {}

@@ -38,7 +38,9 @@ class VLLMSettings(StrictModel):
     enforce_eager: bool | None = Field(None, description="Disable CUDA graphs / compilation (None: True on CPU).")
     dtype: str = Field("auto", description="Model dtype for vLLM ('auto', 'float32', 'bfloat16', 'float16').")
     max_model_len: int | None = Field(
-        None, ge=1, description="Context length of the engine (None: input limit + max_new_tokens, capped by the model)."
+        None,
+        ge=1,
+        description="Context length of the engine (None: input limit + max_new_tokens, capped by the model).",
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, passed through unchanged."
@@ -84,7 +86,9 @@ class HFSettings(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype the base model is loaded in ('auto': the checkpoint's)."
     )
-    device: str = Field("auto", description="torch device of each actor ('auto': cuda if the actor has a GPU, else cpu).")
+    device: str = Field(
+        "auto", description="torch device of each actor ('auto': cuda if the actor has a GPU, else cpu)."
+    )
     max_resident_adapters: int = Field(
         16, ge=1, description="Adapters kept loaded per actor; the least recently used is unloaded beyond this."
     )
@@ -106,8 +110,9 @@ class WorkerResources(StrictModel):
 
 class GenerationConfig(StrictModel):
     backend: str = Field(
-        "auto", description="'vllm' (multi-LoRA through ray.data.llm), 'hf' (transformers + PEFT) or 'auto' "
-        "(vllm when the vllm package is importable, else hf)."
+        "auto",
+        description="'vllm' (multi-LoRA through ray.data.llm), 'hf' (transformers + PEFT) or 'auto' "
+        "(vllm when the vllm package is importable, else hf).",
     )
     tasks: list[str] | Literal["all"] = Field("all", description="Task ids of the manifest to evaluate, or 'all'.")
     settings: list[str] | None = Field(
@@ -139,7 +144,8 @@ class GenerationConfig(StrictModel):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="vLLM engine settings.")
     hf: HFSettings = Field(default_factory=HFSettings, description="transformers + PEFT settings.")
     retry_failed: bool = Field(
-        False, description="On a re-run, generate again the rows recorded with an error (rows that succeeded are always skipped)."
+        False,
+        description="On a re-run, generate again the rows recorded with an error (rows that succeeded are always skipped).",
     )
 
     @field_validator("backend")

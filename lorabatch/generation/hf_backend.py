@@ -33,7 +33,9 @@ class HFGenerator:
         dtype = settings["dtype"]
         self.tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(
-            base_model_path, dtype=(dtype if dtype == "auto" else getattr(torch, dtype)), trust_remote_code=trust_remote_code
+            base_model_path,
+            dtype=(dtype if dtype == "auto" else getattr(torch, dtype)),
+            trust_remote_code=trust_remote_code,
         ).to(self.device)
         self.model.eval()
         self.peft = None
@@ -112,7 +114,9 @@ class HFGenerator:
         """Row indices in generation batches: at most `batch_size` rows and at most
         `max_resident` distinct adapters each, so no adapter of a batch is unloaded before the
         batch runs. Rows sharing an adapter are kept together."""
-        order = sorted(range(len(rows)), key=lambda i: (rows[i].get("adapter_path") or "", len(rows[i]["prompt_token_ids"])))
+        order = sorted(
+            range(len(rows)), key=lambda i: (rows[i].get("adapter_path") or "", len(rows[i]["prompt_token_ids"]))
+        )
         chunks, current, adapters = [], [], set()
         for i in order:
             path = rows[i].get("adapter_path")
@@ -187,7 +191,10 @@ class HFBackend:
         cfg, ctx = self.config, self.context
         num_gpus = cfg.resources.num_gpus if cfg.resources.num_gpus is not None else (1 if ctx.has_gpu else 0)
         decoding = dict(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=cfg.batch_size,
             seed=ctx.seed,
         )
         return rows.map_batches(

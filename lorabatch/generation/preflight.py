@@ -70,7 +70,9 @@ def _lora_module(tensor_name: str) -> tuple[str, str] | None:
     return None
 
 
-def check_adapter(path: str | None, modules: dict[str, tuple[int, int]], max_rank: int | None = None) -> tuple[int | None, str | None]:
+def check_adapter(
+    path: str | None, modules: dict[str, tuple[int, int]], max_rank: int | None = None
+) -> tuple[int | None, str | None]:
     """(rank, None) for a usable LoRA adapter directory, else (None, a message saying what is wrong)."""
     rank, error, _ = inspect_adapter(path, modules, max_rank)
     return rank, error
@@ -91,7 +93,11 @@ def inspect_adapter(path, modules, max_rank=None) -> tuple[int | None, str | Non
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         return None, f"adapter {d}: {ADAPTER_CONFIG} is not valid JSON ({err})", []
     if not isinstance(cfg, dict) or cfg.get("peft_type", "LORA") != "LORA":
-        return None, f"adapter {d}: not a LoRA adapter (peft_type={cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r})", []
+        return (
+            None,
+            f"adapter {d}: not a LoRA adapter (peft_type={cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r})",
+            [],
+        )
     weights = d / ADAPTER_WEIGHTS
     if not weights.is_file():
         other = [p.name for p in d.glob("adapter_model.*")]
@@ -110,10 +116,14 @@ def inspect_adapter(path, modules, max_rank=None) -> tuple[int | None, str | Non
         return None, f"adapter {d} holds no LoRA weights (no lora_A / lora_B tensors)", []
     unknown = sorted(m for m in adapted if m not in modules)
     if len(unknown) == len(adapted):
-        return None, (
-            f"adapter {d} targets no module of the base model (target_modules="
-            f"{cfg.get('target_modules')!r}; e.g. {unknown[0]!r} does not exist)"
-        ), []
+        return (
+            None,
+            (
+                f"adapter {d} targets no module of the base model (target_modules="
+                f"{cfg.get('target_modules')!r}; e.g. {unknown[0]!r} does not exist)"
+            ),
+            [],
+        )
     if unknown:
         return None, f"adapter {d} adapts modules the base model does not have: {unknown[:3]}", []
     rank = None
@@ -123,10 +133,14 @@ def inspect_adapter(path, modules, max_rank=None) -> tuple[int | None, str | Non
         (r, n_in), (n_out, r_b) = parts["A"], parts["B"]
         out_features, in_features = modules[module]
         if r != r_b or n_in != in_features or n_out != out_features:
-            return None, (
-                f"adapter {d}: {module} has A {parts['A']} and B {parts['B']}, which do not fit "
-                f"the base model's [{out_features}, {in_features}] weight"
-            ), []
+            return (
+                None,
+                (
+                    f"adapter {d}: {module} has A {parts['A']} and B {parts['B']}, which do not fit "
+                    f"the base model's [{out_features}, {in_features}] weight"
+                ),
+                [],
+            )
         rank = max(rank or 0, r)
     if max_rank is not None and rank > max_rank:
         return None, f"adapter {d} has rank {rank} > max_lora_rank {max_rank}", []
@@ -146,8 +160,10 @@ def input_limit(max_positions: int | None, max_new_tokens: int, max_input_tokens
     room = math.inf if max_positions is None else max_positions - max_new_tokens
     if room < 1:
         raise ConfigError(
-            [f"generation.max_new_tokens: {max_new_tokens} leaves no room for a prompt in the model's "
-             f"{max_positions}-token context (got {max_new_tokens})"]
+            [
+                f"generation.max_new_tokens: {max_new_tokens} leaves no room for a prompt in the model's "
+                f"{max_positions}-token context (got {max_new_tokens})"
+            ]
         )
     limit = min(room, max_input_tokens if max_input_tokens is not None else math.inf)
     return int(limit) if limit != math.inf else 1 << 30
@@ -156,7 +172,11 @@ def input_limit(max_positions: int | None, max_new_tokens: int, max_input_tokens
 def tokenize_prompts(tokenizer, prompts: list[str], chat_template: bool) -> list[list[int]]:
     if chat_template:
         return [
-            list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
+            list(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
+                )
+            )
             for p in prompts
         ]
     return [list(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]

@@ -70,9 +70,14 @@ def build_context(run_dir, config, backend: str, seed: int):
 
 
 def run_generation(
-    run_dir, config, seed: int = 0, progress: bool = True, write_plan: bool = True, adapter_ids: dict | None = None,
+    run_dir,
+    config,
+    seed: int = 0,
+    progress: bool = True,
+    write_plan: bool = True,
+    adapter_ids: dict | None = None,
     plan=None,
-) -> GenerationResult:  # fmt: skip
+) -> GenerationResult:
     """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
 
     Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
@@ -120,7 +125,9 @@ def run_generation(
         rows = failed.drop_columns(["prompt_token_ids"]).append_column(
             "backend", _constant_strings(backend, failed.num_rows)
         )
-        write_parquet(generations_dir(run_dir) / f"part-{_stamp()}-preflight.parquet", conform(rows, generation_schema()))
+        write_parquet(
+            generations_dir(run_dir) / f"part-{_stamp()}-preflight.parquet", conform(rows, generation_schema())
+        )
         for setting, n in rows_per_setting(failed).items():
             telemetry.rows_generated(setting, n, n)
 

@@ -98,7 +98,9 @@ def _finish(batch):
     from lorabatch.generation.schema import conform
 
     n = batch.num_rows
-    errors = batch.column("__inference_error__").to_pylist() if "__inference_error__" in batch.column_names else [""] * n
+    errors = (
+        batch.column("__inference_error__").to_pylist() if "__inference_error__" in batch.column_names else [""] * n
+    )
     errors = [e or None for e in errors]
     texts = batch.column("generated_text").to_pylist() if "generated_text" in batch.column_names else [None] * n
     tokens = batch.column("generated_tokens").to_pylist() if "generated_tokens" in batch.column_names else [[]] * n

@@ -155,8 +155,10 @@ def _versus_uniform(setting: str, s: dict, uniform: dict) -> dict:
 
 def format_summary(rows: list[dict]) -> str:
     """The summary as a text table (rows = settings), as the paper reports it."""
-    head = (f"{'setting':<24} {'Rouge-L':>8} {'Δ base':>8} {'Δ% base':>8} {'improved':>9} {'gap closed':>11} "
-            f"{'Δ uniform':>10} {'EM':>6} {'tasks':>6} {'errors':>7}")  # fmt: skip
+    head = (
+        f"{'setting':<24} {'Rouge-L':>8} {'Δ base':>8} {'Δ% base':>8} {'improved':>9} {'gap closed':>11} "
+        f"{'Δ uniform':>10} {'EM':>6} {'tasks':>6} {'errors':>7}"
+    )
     lines = [head, "-" * len(head)]
 
     def f(v, spec):

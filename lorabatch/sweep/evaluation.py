@@ -23,12 +23,17 @@ def fewshot_key(config) -> str:
     metrics = list(config.distances.metrics)
     files = [distance_path(run_dir, m) for m in metrics]
     files += [setting_coefficients_path(run_dir, s) for s in mixture_settings(metrics, config.synthesis)]
-    syn = config.synthesis.model_dump(mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"})
+    syn = config.synthesis.model_dump(
+        mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"}
+    )
     return content_key(
-        config.fewshot.results(), syn, config.seed,
+        config.fewshot.results(),
+        syn,
+        config.seed,
         config.generation.max_new_tokens,
-        manifest_hash(load_manifest(run_dir)), {str(f.relative_to(run_dir)): file_sha256(f) for f in files},
-    )  # fmt: skip
+        manifest_hash(load_manifest(run_dir)),
+        {str(f.relative_to(run_dir)): file_sha256(f) for f in files},
+    )
 
 
 def stage_fewshot(config, progress: bool) -> None:
@@ -46,24 +51,37 @@ def stage_fewshot(config, progress: bool) -> None:
     if is_done(run_dir, "fewshot", key) and all(layout.fewshot(m).is_file() for m in methods):
         intact = all(
             (layout.adapter(m, r["task_id"]) / "adapter_model.safetensors").is_file()
-            for m in methods for r in read_results(run_dir, m) if not r["error"]
-        )  # fmt: skip
+            for m in methods
+            for r in read_results(run_dir, m)
+            if not r["error"]
+        )
         if intact:
             print("[lorabatch] few-shot: select/refine cached", flush=True)
             return
     started = time.time()
-    results = run_fewshot(run_dir, config.fewshot, config.synthesis, list(config.distances.metrics), config.seed, progress,
-                          config.generation.max_new_tokens)  # fmt: skip
+    results = run_fewshot(
+        run_dir,
+        config.fewshot,
+        config.synthesis,
+        list(config.distances.metrics),
+        config.seed,
+        progress,
+        config.generation.max_new_tokens,
+    )
     info = {}
     for method, rows in results.items():
         ok = [r for r in rows if not r["error"]]
         info[method] = {
-            "tasks": len(rows), "failed": len(rows) - len(ok),
+            "tasks": len(rows),
+            "failed": len(rows) - len(ok),
             "forward_passes_per_task": sum(r["forward_passes"] for r in ok) / max(1, len(ok)),
             "seconds_per_task": sum(r["seconds"] for r in ok) / max(1, len(ok)),
-        }  # fmt: skip
-        print(f"[lorabatch] few-shot {method}: {len(ok)}/{len(rows)} tasks, "
-              f"{info[method]['forward_passes_per_task']:.0f} forward passes and {info[method]['seconds_per_task']:.2f} s per task", flush=True)  # fmt: skip
+        }
+        print(
+            f"[lorabatch] few-shot {method}: {len(ok)}/{len(rows)} tasks, "
+            f"{info[method]['forward_passes_per_task']:.0f} forward passes and {info[method]['seconds_per_task']:.2f} s per task",
+            flush=True,
+        )
         for r in rows:
             if r["error"]:
                 print(f"[lorabatch]   {method} failed for {r['task_id']}: {r['error']}", flush=True)
@@ -87,7 +105,9 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
     else:
         result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
     print(f"[lorabatch] {result.describe()}", flush=True)
-    mark_done(run_dir, "generation", content_key(gen.results()), started, {"planned": result.planned, "failed": result.failed})
+    mark_done(
+        run_dir, "generation", content_key(gen.results()), started, {"planned": result.planned, "failed": result.failed}
+    )
     telemetry.stage_done("generation")
 
 

@@ -91,12 +91,15 @@ def generate_just_in_time(config, gen, progress: bool = True):
     tasks = select_tasks(manifest, gen.tasks)
     ids = {
         (setting, task): identity
-        for setting in gen.settings if _mixture(setting)
+        for setting in gen.settings
+        if _mixture(setting)
         for task, identity in expected_identities(run_dir, setting, [t["task_id"] for t in tasks], syn, layout).items()
-    }  # fmt: skip
+    }
     work = plan_work(run_dir, manifest, gen, ids)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
-    total = GenerationResult(resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
+    total = GenerationResult(
+        resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0
+    )
 
     pending_pairs = pending_tasks_by_setting(pending)
     if syn.jit_delete:
@@ -113,13 +116,17 @@ def generate_just_in_time(config, gen, progress: bool = True):
         write_plan_file(run_dir, work)
     for i, (wave, wave_gen) in enumerate(calls):
         if wave is not None:
-            log.info(f"just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
-                     f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)")
+            log.info(
+                f"just-in-time wave {i + 1}/{len(calls)}: {len(wave)} adapters "
+                f"({', '.join(wave.settings)} × {len(wave.tasks)} tasks)"
+            )
             for setting in wave.settings:
                 synthesize_setting(run_dir, setting, syn, tasks=list(wave.tasks), layout=layout, progress=False)
                 adapters_synthesized(setting, len(wave.tasks))
         # The first call records the whole plan, once its generation starts.
-        result = run_generation(run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=i == 0, adapter_ids=ids, plan=work)
+        result = run_generation(
+            run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=i == 0, adapter_ids=ids, plan=work
+        )
         if wave is not None and syn.jit_delete:
             for setting in wave.settings:
                 for task in wave.tasks:

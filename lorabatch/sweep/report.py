@@ -99,8 +99,9 @@ def _summary_table(run_dir: Path) -> str:
     note = (
         "<p class='meta'>Rows in grey with ✗ do not beat <code>uniform</code>, the plain mean of the other "
         "tasks' adapters (no task information).</p>"
-        if any(r.get("beats_uniform") is False for r in rows) else ""
-    )  # fmt: skip
+        if any(r.get("beats_uniform") is False for r in rows)
+        else ""
+    )
     return f"<table id='results'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
@@ -115,17 +116,27 @@ def _fewshot_table(run_dir: Path) -> str:
             continue
         ok = [r for r in pq.read_table(path).to_pylist() if not r["error"]]
         n = max(1, len(ok))
-        rows.append((method, len(ok), sum(r["loss"] for r in ok) / n, sum(r["start_loss"] for r in ok) / n,
-                     sum(r["evaluations"] for r in ok) / n, sum(r["forward_passes"] for r in ok) / n,
-                     sum(r["seconds"] for r in ok) / n))  # fmt: skip
+        rows.append(
+            (
+                method,
+                len(ok),
+                sum(r["loss"] for r in ok) / n,
+                sum(r["start_loss"] for r in ok) / n,
+                sum(r["evaluations"] for r in ok) / n,
+                sum(r["forward_passes"] for r in ok) / n,
+                sum(r["seconds"] for r in ok) / n,
+            )
+        )
     if not rows:
         return "<p class='pending'>No few-shot settings (select / refine) in this run yet.</p>"
     body = "".join(
         f"<tr><td>{m}</td><td>{k}</td><td>{loss:.3f}</td><td>{start:.3f}</td><td>{ev:.0f}</td><td>{fp:.0f}</td><td>{sec:.2f}</td></tr>"
         for m, k, loss, start, ev, fp, sec in rows
     )
-    head = ("<th>method</th><th>tasks</th><th>few-shot loss</th><th>reference loss (select: best paper setting; "
-            "refine: start)</th><th>adapters tried / task</th><th>forward passes / task</th><th>seconds / task</th>")  # fmt: skip
+    head = (
+        "<th>method</th><th>tasks</th><th>few-shot loss</th><th>reference loss (select: best paper setting; "
+        "refine: start)</th><th>adapters tried / task</th><th>forward passes / task</th><th>seconds / task</th>"
+    )
     return f"<table id='fewshot'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -149,7 +160,10 @@ def _improvement_plot(run_dir: Path) -> str:
     if not base or not settings:
         return "<p class='pending'>Per-task improvements need base and at least one other setting.</p>"
     fig, ax = plt.subplots(figsize=(10, 4))
-    data = [[r["rouge_l"] - base[r["task_id"]] for r in rows if r["setting"] == s and r["task_id"] in base] for s in settings]
+    data = [
+        [r["rouge_l"] - base[r["task_id"]] for r in rows if r["setting"] == s and r["task_id"] in base]
+        for s in settings
+    ]
     ax.boxplot(data, tick_labels=settings, showmeans=True)
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_ylabel("Rouge-L − base (per task)")
@@ -188,7 +202,6 @@ tr.below-uniform td{color:#999}tr.below-uniform td:first-child::after{content:" 
 """
 
 
-
 def _stage_order(name: str) -> tuple:
     """Pipeline order; a stage's parts (`coefficients-JS`) right after it; unknown stages last."""
     stem = name.split("-", 1)[0]
@@ -206,12 +219,12 @@ def write_report(run_dir: str | Path, stages: dict | None = None) -> Path:
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>lorabatch report — {html.escape(run_dir.name)}</title>
 <style>{STYLE}</style></head><body>
 <h1>lorabatch report</h1>
-<p class='meta'>run directory {html.escape(str(run_dir.resolve()))} · written {datetime.now(timezone.utc).isoformat(timespec='seconds')}</p>
+<p class='meta'>run directory {html.escape(str(run_dir.resolve()))} · written {datetime.now(timezone.utc).isoformat(timespec="seconds")}</p>
 <h2>Results (Rouge-L, test splits)</h2>{_summary_table(run_dir)}
 <h2>Few-shot settings: what they cost</h2>{_fewshot_table(run_dir)}
 <h2>Per-task improvement over base</h2>{_improvement_plot(run_dir)}
-<h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(layout.coefficients_dir, 'c', 'viridis', 'coefficient heatmaps', coefficients=True)}
-<h2>Distances</h2>{_matrix_section(layout.distances_dir, 'd', 'magma_r', 'distance heatmaps')}
+<h2>Coefficients (rows: target task, columns: bank task)</h2>{_matrix_section(layout.coefficients_dir, "c", "viridis", "coefficient heatmaps", coefficients=True)}
+<h2>Distances</h2>{_matrix_section(layout.distances_dir, "d", "magma_r", "distance heatmaps")}
 <h2>Stages</h2><table id='stages'><thead><tr><th>stage</th><th>finished</th><th>seconds</th></tr></thead><tbody>{stage_rows}</tbody></table>
 </body></html>"""
     target = layout.report_index

@@ -73,11 +73,23 @@ def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bo
     feats = features_config_for(config.distances.metrics, config.features)
     started = time.time()
     features = compute_bank_features(manifest, run_dir, feats, progress=progress)
-    mark_done(run_dir, "features", content_key(feats.results(), _manifest_hash(manifest)), started, {"datasets": len(features)})
+    mark_done(
+        run_dir,
+        "features",
+        content_key(feats.results(), _manifest_hash(manifest)),
+        started,
+        {"datasets": len(features)},
+    )
     telemetry.stage_done("features")
     started = time.time()
     compute_distances(run_dir, config.distances, progress=progress)
-    mark_done(run_dir, "distances", _distances_key(run_dir, config.distances.metrics), started, {"metrics": list(config.distances.metrics)})
+    mark_done(
+        run_dir,
+        "distances",
+        _distances_key(run_dir, config.distances.metrics),
+        started,
+        {"metrics": list(config.distances.metrics)},
+    )
     telemetry.stage_done("distances")
     _say(f"distances: {', '.join(config.distances.metrics)}")
 
@@ -136,7 +148,13 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
     wave by wave, so this stage only records that)."""
     run_dir = Path(config.run_dir)
     if config.synthesis.jit:
-        mark_done(run_dir, "synthesis", content_key(settings_of(config), "jit"), time.time(), {"mode": "just-in-time, with generation"})
+        mark_done(
+            run_dir,
+            "synthesis",
+            content_key(settings_of(config), "jit"),
+            time.time(),
+            {"mode": "just-in-time, with generation"},
+        )
         return
     from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
     from lorabatch.telemetry import adapters_synthesized

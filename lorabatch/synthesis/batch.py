@@ -36,7 +36,9 @@ def _read_block(layout: BankLayout, rows: np.ndarray, start: int, stop: int) -> 
     return block
 
 
-def mix_chunk(layout: BankLayout, coefficients: np.ndarray, start: int, stop: int, out_paths: list[str], out_dtype: str) -> int:
+def mix_chunk(
+    layout: BankLayout, coefficients: np.ndarray, start: int, stop: int, out_paths: list[str], out_dtype: str
+) -> int:
     """Y = C Θ[:, start:stop], written into each target's file; returns the chunk length.
 
     Only bank adapters with a non-zero coefficient in some row are read (top-k makes C sparse).
@@ -123,7 +125,9 @@ def bank_gram(layout: BankLayout, chunk_size: int = 1 << 16, progress: bool = Tr
     n = layout.n_tasks
     gram = np.zeros((n, n), dtype=np.float64)
     rows = np.arange(n)
-    for start, stop in tqdm(layout.chunks(chunk_size), desc="bank Gram matrix", unit="chunk", disable=not progress or None):
+    for start, stop in tqdm(
+        layout.chunks(chunk_size), desc="bank Gram matrix", unit="chunk", disable=not progress or None
+    ):
         block = _read_block(layout, rows, start, stop).astype(np.float64)
         gram += block @ block.T
     return gram

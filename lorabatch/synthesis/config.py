@@ -59,9 +59,7 @@ class SynthesisConfig(StrictModel):
         "other task weighted equally) and 'nearest' (nearest-<metric>: the closest other task by each "
         "metric). Mixed like the paper settings.",
     )
-    temperature: float = Field(
-        1.0, gt=0, description="Softmin temperature T: c ∝ exp(−s/T). The paper uses 1."
-    )
+    temperature: float = Field(1.0, gt=0, description="Softmin temperature T: c ∝ exp(−s/T). The paper uses 1.")
     top_k: int | None = Field(
         None,
         ge=1,
@@ -101,9 +99,7 @@ class SynthesisConfig(StrictModel):
         description="Synthesize a (setting, task) adapter only when generation needs it, instead of "
         "all leave-one-out adapters up front.",
     )
-    jit_delete: bool = RuntimeField(
-        True, description="With `jit`: delete an adapter once its generations are written."
-    )
+    jit_delete: bool = RuntimeField(True, description="With `jit`: delete an adapter once its generations are written.")
     jit_wave: int = RuntimeField(
         512,
         ge=1,

@@ -73,7 +73,9 @@ def choose_exact_strategy(
         return "svd", rank
     if mode == "cat":
         if padded is None:
-            raise ValueError(f"cat mixing needs rank {needed} (K={n_nonzero} × {bank_rank}), above vLLM's largest {VLLM_LORA_RANKS[-1]}")
+            raise ValueError(
+                f"cat mixing needs rank {needed} (K={n_nonzero} × {bank_rank}), above vLLM's largest {VLLM_LORA_RANKS[-1]}"
+            )
         return "cat", max(rank, padded)
     if needed <= rank:
         return "cat", rank
@@ -83,7 +85,11 @@ def choose_exact_strategy(
 
 
 def mix_exact(
-    layout: BankLayout, coefficients: np.ndarray, rank: int | None = None, cat_max_rank: int = 64, seed: int = 0,
+    layout: BankLayout,
+    coefficients: np.ndarray,
+    rank: int | None = None,
+    cat_max_rank: int = 64,
+    seed: int = 0,
     mode: str = "exact",
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Tensors of the rank-r adapter whose B·A approximates Σ c_j B_j A_j (`mode` cat, svd or exact:

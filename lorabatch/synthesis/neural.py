@@ -37,10 +37,14 @@ def build_mlp(hidden: int, seed: int = 0):
 
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Linear(1, hidden), nn.LayerNorm(hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+        nn.Linear(1, hidden),
+        nn.LayerNorm(hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.LayerNorm(hidden),
+        nn.ReLU(),
         nn.Linear(hidden, 1),
-    )  # fmt: skip
+    )
 
 
 def apply_scalar_mlp(mlp, z, chunk: int = 0):
@@ -179,7 +183,9 @@ def load_neural_model(directory: str | Path):
     directory = Path(directory)
     cfg_path, weights = directory / MODEL_CONFIG, directory / MODEL_WEIGHTS
     if not cfg_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"no trained neural coefficient model in {directory} (expected {MODEL_CONFIG} and {MODEL_WEIGHTS})")
+        raise FileNotFoundError(
+            f"no trained neural coefficient model in {directory} (expected {MODEL_CONFIG} and {MODEL_WEIGHTS})"
+        )
     meta = json.loads(cfg_path.read_text())
     mlp = build_mlp(int(meta["hidden"]))
     mlp.load_state_dict(load_file(str(weights)))

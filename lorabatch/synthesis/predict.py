@@ -64,12 +64,26 @@ def read_user_dataset(path: str | Path):
         raise DatasetError(f"{path}: the dataset has no rows")
     inputs = table.column("input").to_pylist()
     outputs = [o if isinstance(o, list) else [o] for o in table.column("output").to_pylist()]
-    bad = [i for i, (x, o) in enumerate(zip(inputs, outputs)) if not isinstance(x, str) or not o or not all(isinstance(s, str) for s in o)]
+    bad = [
+        i
+        for i, (x, o) in enumerate(zip(inputs, outputs))
+        if not isinstance(x, str) or not o or not all(isinstance(s, str) for s in o)
+    ]
     if bad:
-        raise DatasetError(f"{path}: row {bad[0]} (and {len(bad) - 1} more) lacks a text 'input' or a non-empty text 'output'")
+        raise DatasetError(
+            f"{path}: row {bad[0]} (and {len(bad) - 1} more) lacks a text 'input' or a non-empty text 'output'"
+        )
     ids = [str(i) for i in table.column("id").to_pylist()] if "id" in names else [str(i) for i in range(len(inputs))]
-    out = pa.table({"input": pa.array(inputs, pa.string()), "output": pa.array(outputs, pa.list_(pa.string())), "id": pa.array(ids, pa.string())})
-    return out.replace_schema_metadata({"lorabatch.ignored_columns": json.dumps([c for c in names if c not in REQUIRED + OPTIONAL])})
+    out = pa.table(
+        {
+            "input": pa.array(inputs, pa.string()),
+            "output": pa.array(outputs, pa.list_(pa.string())),
+            "id": pa.array(ids, pa.string()),
+        }
+    )
+    return out.replace_schema_metadata(
+        {"lorabatch.ignored_columns": json.dumps([c for c in names if c not in REQUIRED + OPTIONAL])}
+    )
 
 
 def _read_any(path: Path):
@@ -251,7 +265,9 @@ def check_metric(bank_run: Path, metric: str) -> None:
     usable, computed = bank_metrics(bank_run)
     if metric in usable:
         return
-    what = "unknown metric" if metric not in registered_metrics() else "metric needing embedding features the bank lacks:"
+    what = (
+        "unknown metric" if metric not in registered_metrics() else "metric needing embedding features the bank lacks:"
+    )
     raise SynthesisError(
         f"--metric: {what} {metric!r}; the bank at {bank_run} has features for {', '.join(usable)} "
         f"(distance matrices computed: {', '.join(computed) or 'none'})"
@@ -269,16 +285,25 @@ def query_bank_distances(bank_run: Path, dataset, metric: str, base_model_path: 
         from lorabatch.distances import query_distances
         from lorabatch.features import compute_dataset_features
     except ImportError as err:
-        raise SynthesisError(f"predict needs the features and distances stages, which are not installed ({err})") from None
+        raise SynthesisError(
+            f"predict needs the features and distances stages, which are not installed ({err})"
+        ) from None
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
 
-    features = compute_dataset_features(dataset, tokenizer=base_model_path, seed=seed, progress=progress,
-                                        trust_remote_code=trusts_remote_code(load_manifest(bank_run)))  # fmt: skip
+    features = compute_dataset_features(
+        dataset,
+        tokenizer=base_model_path,
+        seed=seed,
+        progress=progress,
+        trust_remote_code=trusts_remote_code(load_manifest(bank_run)),
+    )
     task_ids, d = query_distances(bank_run, features, metric=metric, progress=progress)
     return list(task_ids), np.asarray(d, dtype=np.float64).reshape(-1)
 
 
-def query_coefficients(distances: np.ndarray, model: str, config: SynthesisConfig, bank_run: Path, metric: str) -> np.ndarray:
+def query_coefficients(
+    distances: np.ndarray, model: str, config: SynthesisConfig, bank_run: Path, metric: str
+) -> np.ndarray:
     """c [N] for a query row (no self entry to exclude)."""
     from lorabatch.synthesis import coefficients as coef
 
@@ -321,7 +346,9 @@ def _check_out_outside_bank(out: Path, bank_run: Path, manifest) -> None:
     for root in sorted(roots):
         root = root.expanduser().resolve()
         if target == root or root in target.parents:
-            raise SynthesisError(f"--out {out} lies inside the bank ({root}): write the adapter outside the bank's directories")
+            raise SynthesisError(
+                f"--out {out} lies inside the bank ({root}): write the adapter outside the bank's directories"
+            )
 
 
 def _bank_root(bank_run: Path) -> Path | None:
@@ -353,8 +380,16 @@ class Query:
 
 
 def prepare_query(
-    bank_run: Path, data: Path, out: Path, *, metric: str, model: str, config: SynthesisConfig, seed: int, progress: bool
-) -> Query:  # fmt: skip
+    bank_run: Path,
+    data: Path,
+    out: Path,
+    *,
+    metric: str,
+    model: str,
+    config: SynthesisConfig,
+    seed: int,
+    progress: bool,
+) -> Query:
     """Every check before work (output directory, dataset, bank, tokenizers), then the distances
     from the dataset to the bank and the coefficients of `model`."""
     from lorabatch.synthesis.tensors import layout_from_manifest
@@ -396,11 +431,19 @@ def predict_adapter(
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
     synthesize_one(
-        q.layout, q.coefficients, out, config, setting=f"{metric}-{model}", target=f"query:{q.data_hash[:16]}",
-        extra=q.provenance(data), progress=progress,
-    )  # fmt: skip
+        q.layout,
+        q.coefficients,
+        out,
+        config,
+        setting=f"{metric}-{model}",
+        target=f"query:{q.data_hash[:16]}",
+        extra=q.provenance(data),
+        progress=progress,
+    )
     task_ids = q.layout.task_ids
-    return PredictResult(out, task_ids, q.distances, q.coefficients, contributors(task_ids, q.coefficients, top), q.ignored_columns)
+    return PredictResult(
+        out, task_ids, q.distances, q.coefficients, contributors(task_ids, q.coefficients, top), q.ignored_columns
+    )
 
 
 def _dataset_hash(table) -> str:

@@ -70,7 +70,9 @@ def load_distance_matrix(run_dir, metric: str, task_ids: list[str]) -> np.ndarra
         raise SynthesisError(str(err)) from None
 
 
-def write_coefficients(path, task_ids: list[str], coefficients: np.ndarray, meta: dict, targets: list[str] | None = None) -> Path:
+def write_coefficients(
+    path, task_ids: list[str], coefficients: np.ndarray, meta: dict, targets: list[str] | None = None
+) -> Path:
     """Long-format Parquet of the non-zero weights, with `meta` + task order in the schema metadata."""
     import pyarrow as pa
 
@@ -134,7 +136,12 @@ def bank_gram_cached(run_dir, layout: BankLayout, chunk_size: int, progress: boo
 
 
 def compute_coefficients(
-    run_dir, metric: str, config: SynthesisConfig, seed: int = 0, layout: BankLayout | None = None, progress: bool = True
+    run_dir,
+    metric: str,
+    config: SynthesisConfig,
+    seed: int = 0,
+    layout: BankLayout | None = None,
+    progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Every configured model's leave-one-out C [N, N] for one metric (returned), written to Parquet
     with the nearest-<metric> control's when `config.controls` asks for it."""
@@ -158,12 +165,18 @@ def compute_coefficients(
             c = coef.neural_coefficients(d, mlp_scalar_fn(mlp), **common)
             extra = {"train_tasks": [layout.task_ids[i] for i in info["train_indices"]]}
         coef.check_coefficients(c)
-        write_coefficients(coefficients_path(run_dir, metric, model), layout.task_ids, c, {**meta, "model": model, **extra})
+        write_coefficients(
+            coefficients_path(run_dir, metric, model), layout.task_ids, c, {**meta, "model": model, **extra}
+        )
         out[model] = c
     if NEAREST in config.controls:
         c = coef.nearest_coefficients(d)
-        write_coefficients(setting_coefficients_path(run_dir, Setting.nearest(metric)), layout.task_ids, c,
-                           {"metric": metric, "manifest_hash": layout.manifest_hash, "model": NEAREST})  # fmt: skip
+        write_coefficients(
+            setting_coefficients_path(run_dir, Setting.nearest(metric)),
+            layout.task_ids,
+            c,
+            {"metric": metric, "manifest_hash": layout.manifest_hash, "model": NEAREST},
+        )
     return out
 
 
@@ -184,8 +197,12 @@ def compute_uniform_coefficients(run_dir, layout: BankLayout | None = None) -> n
 
     layout = layout or layout_from_manifest(run_dir)
     c = uniform_coefficients(layout.n_tasks)
-    write_coefficients(setting_coefficients_path(run_dir, UNIFORM), layout.task_ids, c,
-                       {"metric": None, "manifest_hash": layout.manifest_hash, "model": UNIFORM})  # fmt: skip
+    write_coefficients(
+        setting_coefficients_path(run_dir, UNIFORM),
+        layout.task_ids,
+        c,
+        {"metric": None, "manifest_hash": layout.manifest_hash, "model": UNIFORM},
+    )
     return c
 
 
@@ -196,9 +213,16 @@ def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, se
     nc = config.neural
     seed = nc.seed if nc.seed is not None else seed
     kwargs = dict(
-        hidden=nc.hidden, epochs=nc.epochs, lr=nc.lr, train_fraction=nc.train_fraction, seed=seed,
-        temperature=config.temperature, eval_chunk=nc.eval_chunk, device=nc.device, progress=progress,
-    )  # fmt: skip
+        hidden=nc.hidden,
+        epochs=nc.epochs,
+        lr=nc.lr,
+        train_fraction=nc.train_fraction,
+        seed=seed,
+        temperature=config.temperature,
+        eval_chunk=nc.eval_chunk,
+        device=nc.device,
+        progress=progress,
+    )
     if nc.gram:
         gram = bank_gram_cached(run_dir, layout, config.chunk_size, progress)
         mlp, info = train_neural_model(d, gram=gram, n_params=layout.n_params, **kwargs)
@@ -209,12 +233,18 @@ def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, se
         neural_model_dir(run_dir, metric),
         mlp,
         {
-            "metric": metric, "manifest_hash": layout.manifest_hash, "seed": seed, "epochs": nc.epochs,
-            "lr": nc.lr, "train_fraction": nc.train_fraction, "temperature": config.temperature,
-            "loss": "gram" if nc.gram else "explicit", "losses": info["losses"],
+            "metric": metric,
+            "manifest_hash": layout.manifest_hash,
+            "seed": seed,
+            "epochs": nc.epochs,
+            "lr": nc.lr,
+            "train_fraction": nc.train_fraction,
+            "temperature": config.temperature,
+            "loss": "gram" if nc.gram else "explicit",
+            "losses": info["losses"],
             "train_tasks": [layout.task_ids[i] for i in info["train_indices"]],
         },
-    )  # fmt: skip
+    )
     return mlp, info
 
 
@@ -239,9 +269,16 @@ def mix_row(layout: BankLayout, coefficients: np.ndarray, config: SynthesisConfi
 
 
 def synthesize_one(
-    layout: BankLayout, coefficients: np.ndarray, target_dir, config: SynthesisConfig, *, setting: str | None, target: str,
-    extra: dict | None = None, progress: bool = False,
-) -> Path:  # fmt: skip
+    layout: BankLayout,
+    coefficients: np.ndarray,
+    target_dir,
+    config: SynthesisConfig,
+    *,
+    setting: str | None,
+    target: str,
+    extra: dict | None = None,
+    progress: bool = False,
+) -> Path:
     """One adapter from one coefficient row [N] (any mixing mode), written atomically."""
     from lorabatch.synthesis.batch import output_dtype_name
     from lorabatch.synthesis.writer import output_adapter_config, provenance_record, write_adapter
@@ -250,17 +287,28 @@ def synthesize_one(
     tensors, rank, report = mix_row(layout, coefficients, config, progress=progress)
     extra = dict(extra or {}, **({"exact": report} if report else {}))
     prov = provenance_record(
-        setting=setting, target=target, task_ids=layout.task_ids, coefficients=coefficients,
-        manifest_hash=layout.manifest_hash, mixing=spec, extra=extra,
-    )  # fmt: skip
+        setting=setting,
+        target=target,
+        task_ids=layout.task_ids,
+        coefficients=coefficients,
+        manifest_hash=layout.manifest_hash,
+        mixing=spec,
+        extra=extra,
+    )
     cfg = output_adapter_config(layout.adapter_config, rank)
     return write_adapter(target_dir, tensors, cfg, prov, output_dtype_name(layout, config.output_dtype))
 
 
 def synthesize_setting(
-    run_dir, setting: Setting | str, config: SynthesisConfig, *, tasks: list[str] | None = None,
-    layout: BankLayout | None = None, progress: bool = True, force: bool = False,
-) -> list[Path]:  # fmt: skip
+    run_dir,
+    setting: Setting | str,
+    config: SynthesisConfig,
+    *,
+    tasks: list[str] | None = None,
+    layout: BankLayout | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> list[Path]:
     """All leave-one-out adapters of a paper setting or a control (or those of `tasks`).
 
     Adapters whose provenance already carries the same synthesis key are kept (cache hit).
@@ -282,26 +330,46 @@ def synthesize_setting(
     rows = [targets.index(t) for t in wanted]
     spec = _mixing_spec(config, layout)
     todo = [
-        i for i in rows
-        if force or not is_current(adapter_dir(run_dir, setting, targets[i]), synthesis_key(layout.manifest_hash, layout.task_ids, c[i], spec))
-    ]  # fmt: skip
+        i
+        for i in rows
+        if force
+        or not is_current(
+            adapter_dir(run_dir, setting, targets[i]), synthesis_key(layout.manifest_hash, layout.task_ids, c[i], spec)
+        )
+    ]
     if not config.mixes_products and todo:
         provs = [
-            provenance_record(setting=setting, target=targets[i], task_ids=layout.task_ids, coefficients=c[i],
-                              manifest_hash=layout.manifest_hash, mixing=spec)
+            provenance_record(
+                setting=setting,
+                target=targets[i],
+                task_ids=layout.task_ids,
+                coefficients=c[i],
+                manifest_hash=layout.manifest_hash,
+                mixing=spec,
+            )
             for i in todo
-        ]  # fmt: skip
+        ]
         synthesize_batch(
-            layout, c[todo], [adapter_dir(run_dir, setting, targets[i]) for i in todo], provs,
-            chunk_size=config.chunk_size, output_dtype=config.output_dtype, executor=config.executor, progress=progress,
-        )  # fmt: skip
+            layout,
+            c[todo],
+            [adapter_dir(run_dir, setting, targets[i]) for i in todo],
+            provs,
+            chunk_size=config.chunk_size,
+            output_dtype=config.output_dtype,
+            executor=config.executor,
+            progress=progress,
+        )
     else:
         for i in todo:
-            synthesize_one(layout, c[i], adapter_dir(run_dir, setting, targets[i]), config, setting=setting, target=targets[i])
+            synthesize_one(
+                layout, c[i], adapter_dir(run_dir, setting, targets[i]), config, setting=setting, target=targets[i]
+            )
     return [adapter_dir(run_dir, setting, targets[i]) for i in rows]
 
 
-def expected_identities(run_dir, setting: str, tasks: list[str], config: SynthesisConfig, layout: BankLayout) -> dict[str, str]:
+def expected_identities(
+    run_dir, setting: str, tasks: list[str], config: SynthesisConfig, layout: BankLayout
+) -> dict[str, str]:
     """{task: "synth:<synthesis key>"}: the identity (`generation.fingerprint`) each leave-one-out
     adapter of `setting` has once synthesized with `config`, known before it exists."""
     from lorabatch.synthesis.writer import synthesis_key
@@ -311,11 +379,15 @@ def expected_identities(run_dir, setting: str, tasks: list[str], config: Synthes
         raise SynthesisError(f"coefficients of {setting} were computed for another bank: recompute them")
     spec = _mixing_spec(config, layout)
     row = {t: i for i, t in enumerate(targets)}
-    return {t: f"synth:{synthesis_key(layout.manifest_hash, layout.task_ids, c[row[t]], spec)}" for t in tasks if t in row}
+    return {
+        t: f"synth:{synthesis_key(layout.manifest_hash, layout.task_ids, c[row[t]], spec)}" for t in tasks if t in row
+    }
 
 
 @contextlib.contextmanager
-def jit_adapter(run_dir, setting: str, task_id: str, config: SynthesisConfig, layout: BankLayout | None = None) -> Iterator[Path]:
+def jit_adapter(
+    run_dir, setting: str, task_id: str, config: SynthesisConfig, layout: BankLayout | None = None
+) -> Iterator[Path]:
     """Just-in-time: yield the (setting, task) adapter, synthesizing it if needed; delete it after
     the block when `config.jit_delete` (also on error, so no half-used adapter stays behind)."""
     path = synthesize_setting(run_dir, setting, config, tasks=[task_id], layout=layout, progress=False)[0]

@@ -157,7 +157,9 @@ def bank_layout(task_ids: list[str], adapter_dirs: list[str | Path], manifest_ha
         dtypes = {v["dtype"] for v in header.values()}
         offsets.append({k: data_start + v["data_offsets"][0] for k, v in header.items()})
         if len(dtypes) != 1 or next(iter(dtypes)) not in _NUMPY_DTYPES:
-            problems.append((task, f"tensors must share one float dtype of {sorted(_NUMPY_DTYPES)}, got {sorted(dtypes)}"))
+            problems.append(
+                (task, f"tensors must share one float dtype of {sorted(_NUMPY_DTYPES)}, got {sorted(dtypes)}")
+            )
             continue
         if ref_shapes is None:
             ref_shapes, ref_cfg, ref_dtype = shapes, cfg, next(iter(dtypes))
@@ -169,7 +171,9 @@ def bank_layout(task_ids: list[str], adapter_dirs: list[str | Path], manifest_ha
             problems.append((task, f"dtype {next(iter(dtypes))} differs from {task_ids[0]}'s {ref_dtype}"))
         for key in _MIXING_FIELDS:
             if cfg.get(key) != ref_cfg.get(key):
-                problems.append((task, f"adapter_config {key}={cfg.get(key)!r} differs from {task_ids[0]}'s {ref_cfg.get(key)!r}"))
+                problems.append(
+                    (task, f"adapter_config {key}={cfg.get(key)!r} differs from {task_ids[0]}'s {ref_cfg.get(key)!r}")
+                )
         if sorted(cfg.get("target_modules") or []) != sorted(ref_cfg.get("target_modules") or []):
             problems.append((task, f"target_modules {cfg.get('target_modules')} differ from {task_ids[0]}'s"))
     if problems:
@@ -212,7 +216,11 @@ class SafetensorsLayout:
         for name in sorted(shapes):
             spec = TensorSpec(name, tuple(int(s) for s in shapes[name]), pos)
             nbytes = spec.size * self.itemsize
-            header[name] = {"dtype": dtype, "shape": list(spec.shape), "data_offsets": [pos * self.itemsize, pos * self.itemsize + nbytes]}
+            header[name] = {
+                "dtype": dtype,
+                "shape": list(spec.shape),
+                "data_offsets": [pos * self.itemsize, pos * self.itemsize + nbytes],
+            }
             self.tensors.append(spec)
             pos += spec.size
         self.n_params = pos

@@ -93,7 +93,9 @@ def output_adapter_config(bank_config: dict, rank: int, scaling: float | None = 
     return cfg
 
 
-def contributors(task_ids: list[str], coefficients: np.ndarray, limit: int = MAX_LISTED_COEFFICIENTS) -> list[tuple[str, float]]:
+def contributors(
+    task_ids: list[str], coefficients: np.ndarray, limit: int = MAX_LISTED_COEFFICIENTS
+) -> list[tuple[str, float]]:
     """(task, weight) of the non-zero coefficients, largest magnitude first, at most `limit`
     (refined coefficients may be negative)."""
     c = np.asarray(coefficients, dtype=np.float64)

@@ -85,7 +85,13 @@ def build_base_model(out_dir: Path, vocab_size: int, seed: int = 0, name: str | 
 
 
 def build_tiny_bank(
-    root: str | Path, n_tasks: int = 4, rank: int = 8, seed: int = 0, org: str = "tiny-org", rows: int = 12, test_rows: int = 2
+    root: str | Path,
+    n_tasks: int = 4,
+    rank: int = 8,
+    seed: int = 0,
+    org: str = "tiny-org",
+    rows: int = 12,
+    test_rows: int = 2,
 ) -> TinyBank:
     """Write a tiny bank under `root` and describe it. Deterministic for a given seed.
 
@@ -93,7 +99,9 @@ def build_tiny_bank(
     its valid split, the rest its train split.
     """
     if rows < test_rows + 3:
-        raise ValueError(f"rows must leave at least one train example after {test_rows} test and 2 valid rows, got {rows}")
+        raise ValueError(
+            f"rows must leave at least one train example after {test_rows} test and 2 valid rows, got {rows}"
+        )
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -103,7 +111,9 @@ def build_tiny_bank(
     base_repo = f"{org}/tiny-base"
     tokenizer = build_tokenizer(root / base_repo)
     model = build_base_model(root / base_repo, vocab_size=len(tokenizer), seed=seed, name=base_repo)
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj"], lora_dropout=0.0, bias="none")
+    lora = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj"], lora_dropout=0.0, bias="none"
+    )
     peft_model = get_peft_model(model, lora)
     rng = random.Random(seed)
     numbers = tuple(range(1, n_tasks + 1))
@@ -116,7 +126,11 @@ def build_tiny_bank(
         peft_model.save_pretrained(root / f"{org}/tiny-base-r{rank}-task{n}", save_embedding_layers=False)
         words = WORDS[(n * 3) % len(WORDS) :] + WORDS[: (n * 3) % len(WORDS)]
         data = [
-            {"input": " ".join(rng.choice(words[:10]) for _ in range(5)), "output": [rng.choice(words[:4])], "id": f"task{n}-{i}"}
+            {
+                "input": " ".join(rng.choice(words[:10]) for _ in range(5)),
+                "output": [rng.choice(words[:4])],
+                "id": f"task{n}-{i}",
+            }
             for i in range(rows)
         ]
         ds_dir = root / f"{org}/task{n}_tiny_{n}"

@@ -49,7 +49,9 @@ class TrainedAdapter:
 def bank_lora_spec(manifest, init_seed: int) -> LoraSpec:
     """The bank's LoRA shape (its first task's: validation made them all agree) with `init_seed`."""
     row = manifest.slice(0, 1).to_pylist()[0]
-    return LoraSpec(int(row["rank"]), float(row["alpha"]), tuple(sorted(row["target_modules"])), row["base_model"], int(init_seed))
+    return LoraSpec(
+        int(row["rank"]), float(row["alpha"]), tuple(sorted(row["target_modules"])), row["base_model"], int(init_seed)
+    )
 
 
 def base_model_weights(bank_run: Path, manifest) -> Path:
@@ -63,13 +65,21 @@ def base_model_weights(bank_run: Path, manifest) -> Path:
 
     config = RunLayout(bank_run).config
     if not config.is_file():
-        raise TrainingError(f"the bank's base model directory {path} holds no weights and {bank_run} has no config.yaml to fetch them with")
+        raise TrainingError(
+            f"the bank's base model directory {path} holds no weights and {bank_run} has no config.yaml to fetch them with"
+        )
     return base_model_with_weights(load_config(config).bank)
 
 
 def training_key(manifest_hash: str, data_hash: str, spec: LoraSpec, config: TrainingConfig, data_seed: int) -> str:
     """Content hash of what decides a trained adapter (execution settings excluded)."""
-    payload = {"bank": manifest_hash, "data": data_hash, "lora": spec.as_dict(), "hyper": config.hyperparameters(), "data_seed": data_seed}
+    payload = {
+        "bank": manifest_hash,
+        "data": data_hash,
+        "lora": spec.as_dict(),
+        "hyper": config.hyperparameters(),
+        "data_seed": data_seed,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -106,21 +116,40 @@ def train_adapter(
     base = base_model_weights(bank_run, manifest)
     data_hash = _dataset_hash(dataset)
     key = training_key(manifest_hash(manifest), data_hash, spec, config, seed)
-    rows = [{"input": x, "output": o} for x, o in zip(dataset.column("input").to_pylist(), dataset.column("output").to_pylist())]
-    job = TrainJob(f"train-{key[:16]}", base, rows, spec, data_seed=seed, trust_remote_code=trusts_remote_code(manifest))
+    rows = [
+        {"input": x, "output": o}
+        for x, o in zip(dataset.column("input").to_pylist(), dataset.column("output").to_pylist())
+    ]
+    job = TrainJob(
+        f"train-{key[:16]}", base, rows, spec, data_seed=seed, trust_remote_code=trusts_remote_code(manifest)
+    )
     storage = training_storage(bank_run)
     with run_lock(storage / "locks" / job.name, command=f"lorabatch train {data}", wait=False):
         ensure_training_ray(config, address)
         result = fit_lora(job, config, storage)
-    provenance = training_provenance(result, config, spec, manifest_hash(manifest), key, target=f"query:{data_hash[:16]}",
-                                     extra={"query": {"data": str(data), "data_sha256": data_hash, "n_examples": dataset.num_rows}})  # fmt: skip
+    provenance = training_provenance(
+        result,
+        config,
+        spec,
+        manifest_hash(manifest),
+        key,
+        target=f"query:{data_hash[:16]}",
+        extra={"query": {"data": str(data), "data_sha256": data_hash, "n_examples": dataset.num_rows}},
+    )
     write_trained_adapter(result.checkpoint_dir, out, provenance)
     ignored = json.loads(dataset.schema.metadata[b"lorabatch.ignored_columns"])
     return TrainedAdapter(out, result, ignored)
 
 
-def training_provenance(result: TrainResult, config: TrainingConfig, spec: LoraSpec, manifest_hash: str | None, key: str,
-                        target: str, extra: dict | None = None) -> dict:  # fmt: skip
+def training_provenance(
+    result: TrainResult,
+    config: TrainingConfig,
+    spec: LoraSpec,
+    manifest_hash: str | None,
+    key: str,
+    target: str,
+    extra: dict | None = None,
+) -> dict:
     """provenance.json of a trained adapter (the writer's keys; `synthesis_key` is the training key)."""
     from lorabatch import __version__
     from lorabatch.synthesis.writer import PROVENANCE_VERSION

@@ -52,8 +52,12 @@ def load_checkpoint(directory: Path, peft_model, optimizer) -> dict:
         _, index, key = name.split(".", 2)
         state.setdefault(int(index), {})[key] = value
     if state and max(state) >= len(params):
-        raise ValueError(f"checkpoint {directory}: optimizer state for {max(state) + 1} parameters, the model has {len(params)}")
+        raise ValueError(
+            f"checkpoint {directory}: optimizer state for {max(state) + 1} parameters, the model has {len(params)}"
+        )
     saved = optimizer.state_dict()
-    saved["state"] = {i: {k: v.to(params[i].device) if k != "step" else v for k, v in s.items()} for i, s in state.items()}
+    saved["state"] = {
+        i: {k: v.to(params[i].device) if k != "step" else v for k, v in s.items()} for i, s in state.items()
+    }
     optimizer.load_state_dict(saved)
     return json.loads((directory / STATE).read_text())

@@ -30,7 +30,9 @@ class TrainingConfig(StrictModel):
         0.1, ge=0, lt=1, description="Linear warm-up over max(1, int(steps × this)) steps, then cosine decay."
     )
     min_lr_fraction: float = Field(0.1, ge=0, le=1, description="The cosine decay ends at lr × this.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this (None: no clipping).")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip the global gradient norm to this (None: no clipping)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     seed: int | None = Field(
         None,
@@ -39,7 +41,9 @@ class TrainingConfig(StrictModel):
     )
 
     # How it runs: none of these changes the adapter beyond floating-point rounding.
-    workers: int = RuntimeField(1, ge=1, description="Ray Train workers for one adapter (DDP over gloo on CPU, nccl on GPU).")
+    workers: int = RuntimeField(
+        1, ge=1, description="Ray Train workers for one adapter (DDP over gloo on CPU, nccl on GPU)."
+    )
     threads_per_worker: int = RuntimeField(
         2,
         ge=1,
@@ -50,7 +54,9 @@ class TrainingConfig(StrictModel):
     parallel_tasks: int = RuntimeField(
         2, ge=1, description="Adapters trained at once when several are asked for (demo bank, `bank extend`)."
     )
-    checkpoint_every: int = RuntimeField(50, ge=1, description="Steps between checkpoints (PEFT safetensors + optimizer state).")
+    checkpoint_every: int = RuntimeField(
+        50, ge=1, description="Steps between checkpoints (PEFT safetensors + optimizer state)."
+    )
     report_every: int = RuntimeField(10, ge=1, description="Steps between `ray.train.report` calls (loss, tokens/s).")
     max_failures: int = RuntimeField(
         2, ge=-1, description="Worker failures a run recovers from (from its last checkpoint); -1: no limit."
@@ -59,7 +65,9 @@ class TrainingConfig(StrictModel):
     @model_validator(mode="after")
     def _batch_covers_workers(self):
         if self.batch_size < self.workers:
-            raise ValueError(f"batch_size ({self.batch_size}) must be at least workers ({self.workers}): each worker needs examples")
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be at least workers ({self.workers}): each worker needs examples"
+            )
         return self
 
     def hyperparameters(self) -> dict:

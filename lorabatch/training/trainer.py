@@ -85,21 +85,31 @@ def fit_lora(job: TrainJob, config: TrainingConfig, storage: str | Path) -> Trai
     trainer = TorchTrainer(
         _entry_point,
         train_loop_config={
-            "base_model_path": str(job.base_model_path), "examples_path": str(examples_path), "pad_id": pad_id,
-            "spec": job.spec.as_dict(), "hyper": config.hyperparameters(), "data_seed": job.data_seed,
-            "checkpoint_every": config.checkpoint_every, "report_every": config.report_every,
-            "threads": config.threads_per_worker, "progress_path": str(progress_path),
+            "base_model_path": str(job.base_model_path),
+            "examples_path": str(examples_path),
+            "pad_id": pad_id,
+            "spec": job.spec.as_dict(),
+            "hyper": config.hyperparameters(),
+            "data_seed": job.data_seed,
+            "checkpoint_every": config.checkpoint_every,
+            "report_every": config.report_every,
+            "threads": config.threads_per_worker,
+            "progress_path": str(progress_path),
             "trust_remote_code": job.trust_remote_code,
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": config.threads_per_worker, **({"GPU": 1} if gpu else {})}),
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": config.threads_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
         run_config=RunConfig(
-            name=job.name, storage_path=str(storage),
+            name=job.name,
+            storage_path=str(storage),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-    )  # fmt: skip
+    )
     started = time.perf_counter()
     try:
         result = trainer.fit()
@@ -114,11 +124,21 @@ def fit_lora(job: TrainJob, config: TrainingConfig, storage: str | Path) -> Trai
     state = json.loads((directory / STATE).read_text())
     if state["step"] != state["steps"]:
         raise TrainingError(f"training {job.name} stopped at step {state['step']} of {state['steps']}")
-    return TrainResult(job.name, directory, state["losses"], state["starts"], state["seconds"], state.get("cpu_seconds", 0.0),
-                       state["tokens"], wall)  # fmt: skip
+    return TrainResult(
+        job.name,
+        directory,
+        state["losses"],
+        state["starts"],
+        state["seconds"],
+        state.get("cpu_seconds", 0.0),
+        state["tokens"],
+        wall,
+    )
 
 
-def fit_many(jobs: list[TrainJob], config: TrainingConfig, storage: str | Path, parallel: int | None = None) -> dict[str, TrainResult]:
+def fit_many(
+    jobs: list[TrainJob], config: TrainingConfig, storage: str | Path, parallel: int | None = None
+) -> dict[str, TrainResult]:
     """Train every job, `parallel` (default `config.parallel_tasks`) at a time; each job's result
     depends only on the job and `config`, never on which ran beside it."""
     parallel = max(1, min(parallel or config.parallel_tasks, len(jobs)))
@@ -151,8 +171,12 @@ def _write_examples(job: TrainJob, path: Path) -> int:
     tokenizer = AutoTokenizer.from_pretrained(job.base_model_path, trust_remote_code=job.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = encode_examples(tokenizer, job.rows)
-    table = pa.table({"ids": pa.array([ids for ids, _ in items], pa.list_(pa.int64())),
-                      "n_prompt": pa.array([n for _, n in items], pa.int64())})  # fmt: skip
+    table = pa.table(
+        {
+            "ids": pa.array([ids for ids, _ in items], pa.list_(pa.int64())),
+            "n_prompt": pa.array([n for _, n in items], pa.int64()),
+        }
+    )
     write_parquet(path, table)
     return int(pad_id)
 

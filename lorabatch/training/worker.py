@@ -52,8 +52,9 @@ def train_loop_per_worker(job: dict) -> None:
     items = list(zip(table.column("ids").to_pylist(), table.column("n_prompt").to_pylist()))
 
     spec = LoraSpec(**{**job["spec"], "targets": tuple(job["spec"]["targets"])})
-    base = AutoModelForCausalLM.from_pretrained(job["base_model_path"], torch_dtype=torch.float32,
-                                                trust_remote_code=job.get("trust_remote_code", False))  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(
+        job["base_model_path"], torch_dtype=torch.float32, trust_remote_code=job.get("trust_remote_code", False)
+    )
     peft_model = lora_model(base, spec)
     reset_lora(peft_model, spec.init_seed)
     groups = lora_parameter_groups(peft_model, hyper["lr"], hyper["lora_a_lr_factor"])
@@ -103,8 +104,12 @@ def train_loop_per_worker(job: dict) -> None:
         last = state["step"] == steps
         if state["step"] % job["report_every"] == 0 or state["step"] % job["checkpoint_every"] == 0 or last:
             now = time.perf_counter()
-            metrics = {"step": state["step"], "loss": state["losses"][-1], "lr": optimizer.param_groups[-1]["lr"],
-                       "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}  # fmt: skip
+            metrics = {
+                "step": state["step"],
+                "loss": state["losses"][-1],
+                "lr": optimizer.param_groups[-1]["lr"],
+                "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+            }
             window_tokens, window_start = 0, now
             if state["step"] % job["checkpoint_every"] == 0 or last:
                 _report_checkpoint(metrics, peft_model, optimizer, state, rank)
@@ -114,8 +119,13 @@ def train_loop_per_worker(job: dict) -> None:
         if rank == 0:
             _write_progress(job["progress_path"], state)
     if saved_at is None:  # resumed at the end: hand the final state back once more
-        _report_checkpoint({"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")},
-                           peft_model, optimizer, state, rank)  # fmt: skip
+        _report_checkpoint(
+            {"step": state["step"], "loss": state["losses"][-1] if state["losses"] else float("nan")},
+            peft_model,
+            optimizer,
+            state,
+            rank,
+        )
 
 
 def _report_checkpoint(metrics: dict, peft_model, optimizer, state: dict, rank: int) -> None:
@@ -132,5 +142,15 @@ def _report_checkpoint(metrics: dict, peft_model, optimizer, state: dict, rank: 
 def _write_progress(path: str, state: dict) -> None:
     from lorabatch.atomic import write_text
 
-    write_text(path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "step": state["step"],
-                                 "steps": state["steps"], "starts": state["starts"]}))  # fmt: skip
+    write_text(
+        path,
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "step": state["step"],
+                "steps": state["steps"],
+                "starts": state["starts"],
+            }
+        ),
+    )

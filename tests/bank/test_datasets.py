@@ -13,7 +13,10 @@ def test_round_trip_and_hash_changes_with_content(tmp_path):
     rows = [{"input": "a b", "output": ["c", "d"], "id": 1}, {"input": "e", "output": ["f"], "id": "2"}]
     write_split(tmp_path, "train", rows)
     table = read_split(tmp_path, "train")
-    assert table.to_pylist() == [{"input": "a b", "output": ["c", "d"], "id": "1"}, {"input": "e", "output": ["f"], "id": "2"}]
+    assert table.to_pylist() == [
+        {"input": "a b", "output": ["c", "d"], "id": "1"},
+        {"input": "e", "output": ["f"], "id": "2"},
+    ]
     before = dataset_content_hash(tmp_path)
     write_split(tmp_path, "train", rows[:1])
     assert dataset_content_hash(tmp_path) != before

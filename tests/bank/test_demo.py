@@ -62,7 +62,9 @@ def test_manifest_records_the_lora_init(info):
 def _trained_a(root: Path, task_id: str) -> dict:
     from safetensors.torch import load_file
 
-    return {k: v for k, v in load_file(_adapter_dir(root, task_id) / "adapter_model.safetensors").items() if ".lora_A." in k}
+    return {
+        k: v for k, v in load_file(_adapter_dir(root, task_id) / "adapter_model.safetensors").items() if ".lora_A." in k
+    }
 
 
 def _init_a(root: Path, info: dict, init_seed: int) -> dict:
@@ -102,7 +104,13 @@ def test_shared_init_tasks_were_trained_from_one_lora_a(small_demo_bank, info):
 
 def test_layout(small_demo_bank, info):
     base = small_demo_bank / BASE_REPO
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ):
         assert (base / name).is_file(), name
     assert not list(base.glob("*.bin")) and not list(base.glob("*.pt"))
     for task in info["tasks"]:
@@ -135,7 +143,10 @@ def test_base_model_loads(small_demo_bank, info):
 
     model = AutoModelForCausalLM.from_pretrained(small_demo_bank / BASE_REPO)
     assert isinstance(model, MistralForCausalLM)
-    assert model.config.num_attention_heads * model.config.head_dim == info["model"]["num_attention_heads"] * info["model"]["head_dim"]
+    assert (
+        model.config.num_attention_heads * model.config.head_dim
+        == info["model"]["num_attention_heads"] * info["model"]["head_dim"]
+    )
 
 
 def test_adapters_load_with_peft_and_change_logits(small_demo_bank, info):
@@ -216,7 +227,11 @@ def test_own_vs_base_recomputed_independently(small_demo_bank, info):
         return total / len(rows)
 
     base = score(AutoModelForCausalLM.from_pretrained(base_dir))
-    own = score(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), _adapter_dir(small_demo_bank, task["task_id"])))
+    own = score(
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir), _adapter_dir(small_demo_bank, task["task_id"])
+        )
+    )
     assert own - base >= MARGIN
     assert own == pytest.approx(task["rouge_l"]["own"], abs=0.1)
     assert base == pytest.approx(task["rouge_l"]["base"], abs=0.1)
@@ -254,7 +269,11 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_datasets_are_deterministic(tmp_path):

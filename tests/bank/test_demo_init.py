@@ -24,8 +24,15 @@ def tiny():
 
     words = "red green blue colour of the sky grass sea answer question output definition".split()
     tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))])
-    dims = ModelDims(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=16, max_position_embeddings=64)  # fmt: skip
+    dims = ModelDims(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
     settings = TrainSettings(lora_steps=4, lora_batch=4, lora_rank=4, lora_alpha=8)
     return lora_model(new_model(tokenizer, dims, seed=0), settings, "tiny"), tokenizer, settings
 
@@ -48,7 +55,9 @@ def _equal(a: dict, b: dict) -> bool:
 
 
 def _rows(answer: str, n: int = 8) -> list[dict]:
-    return [{"input": "Definition: the colour of the sky. Input: question Output:", "output": [answer]} for _ in range(n)]
+    return [
+        {"input": "Definition: the colour of the sky. Input: question Output:", "output": [answer]} for _ in range(n)
+    ]
 
 
 def test_shared_init_gives_identical_a_and_zero_b(tiny):
@@ -95,8 +104,13 @@ def test_mixed_choice_is_fixed_across_processes():
     import sys
 
     code = "from lorabatch.bank.demo.lora_init import shared_init_tasks as s; print(s(range(1, 25), 3, 'mixed', 0.38))"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "12345"},
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == str(shared_init_tasks(range(1, 25), 3, "mixed", 0.38))
 
 
@@ -106,7 +120,16 @@ def test_train_lora_starts_from_init_seed_and_shuffles_with_seed(tiny):
     model, tokenizer, settings = tiny
     a_shared, _ = _init(model, shared_init_seed(0))
     # No step: the adapter is exactly the init drawn from init_seed, not from the shuffle seed.
-    train_lora(model, tokenizer, _rows("red"), dataclasses.replace(settings, lora_steps=0), shared_init_seed(0), task_seed(0, 101), "t", False)
+    train_lora(
+        model,
+        tokenizer,
+        _rows("red"),
+        dataclasses.replace(settings, lora_steps=0),
+        shared_init_seed(0),
+        task_seed(0, 101),
+        "t",
+        False,
+    )
     assert _equal(_lora(model, "A"), a_shared)
 
     trained = {}
@@ -171,8 +194,16 @@ def fake_build(monkeypatch):
     calls = []
 
     def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel):
-        calls.append({"size": size, "seed": seed, "lora_init": lora_init, "shared_fraction": shared_fraction,
-                      "threads": torch.get_num_threads(), "parallel": parallel})  # fmt: skip
+        calls.append(
+            {
+                "size": size,
+                "seed": seed,
+                "lora_init": lora_init,
+                "shared_fraction": shared_fraction,
+                "threads": torch.get_num_threads(),
+                "parallel": parallel,
+            }
+        )
         return out
 
     monkeypatch.setattr(build, "_build", record)
@@ -183,8 +214,16 @@ def _fake_bank(root, **fields):
     from lorabatch.bank.demo.build import BUILDER_VERSION, MANIFEST
 
     root.mkdir()
-    info = {"builder_version": BUILDER_VERSION, "complete": True, "size": "small", "seed": 0,
-            "lora_init": "mixed", "shared_fraction": 0.38, "threads": 2, **fields}  # fmt: skip
+    info = {
+        "builder_version": BUILDER_VERSION,
+        "complete": True,
+        "size": "small",
+        "seed": 0,
+        "lora_init": "mixed",
+        "shared_fraction": 0.38,
+        "threads": 2,
+        **fields,
+    }
     (root / MANIFEST).write_text(json.dumps(info))
     return root
 

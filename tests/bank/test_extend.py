@@ -26,11 +26,22 @@ def test_extend_restores_two_adapters_and_computes_only_their_pairs(tmp_path, mo
     bank = build_tiny_bank(tmp_path / "bank", n_tasks=4, rank=8, rows=12, test_rows=2)
     for n in (2, 4):
         shutil.rmtree(bank.root / bank.adapter_repo.format(number=n))
-    cfg = parse_config({
-        "run_dir": str(tmp_path / "run"), "bank": bank.bank_config(), "ray": {"num_cpus": 2},
-        "features": {"executor": "local"}, "distances": {"metrics": ["JS"], "executor": "local"},
-        "training": {"steps": 4, "batch_size": 4, "threads_per_worker": 1, "parallel_tasks": 2, "checkpoint_every": 4},
-    })  # fmt: skip
+    cfg = parse_config(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "bank": bank.bank_config(),
+            "ray": {"num_cpus": 2},
+            "features": {"executor": "local"},
+            "distances": {"metrics": ["JS"], "executor": "local"},
+            "training": {
+                "steps": 4,
+                "batch_size": 4,
+                "threads_per_worker": 1,
+                "parallel_tasks": 2,
+                "checkpoint_every": 4,
+            },
+        }
+    )
     assert [m.task_id for m in missing_adapters(cfg.bank)] == ["task2", "task4"]
     build_manifest(cfg, progress=False)
     compute_bank_features(load_manifest(cfg.run_dir), cfg.run_dir, cfg.features)

@@ -52,15 +52,32 @@ def test_hub_bank_from_cache_equals_local_bank(banks):
     table_h = manifest_table(facts_h, base_h, "hub")
     assert str(base_h).startswith(str(cache)) and "snapshots" in str(base_h)
     assert all(p.startswith(str(cache)) for p in table_h.column("adapter_path").to_pylist())
-    same = ["task_id", "slug", "adapter_ref", "dataset_ref", "rank", "target_modules", "adapter_sha256", "dataset_sha256", "n_train", "n_test"]
+    same = [
+        "task_id",
+        "slug",
+        "adapter_ref",
+        "dataset_ref",
+        "rank",
+        "target_modules",
+        "adapter_sha256",
+        "dataset_sha256",
+        "n_train",
+        "n_test",
+    ]
     assert table_h.select(same).equals(table_l.select(same))
     assert table_h.schema.metadata[b"lorabatch.manifest_hash"] == table_l.schema.metadata[b"lorabatch.manifest_hash"]
 
 
 def test_slug_found_in_cache_for_bare_task_ids(banks):
     tiny, cache = banks
-    refs = resolve_tasks(BankConfig(**tiny.bank_config(source="hub", root=None, cache_dir=str(cache), tasks=["task2", "task3"])), HubSource(cache_dir=cache))
-    assert [(r.task_id, r.dataset_repo) for r in refs] == [("task2", "tiny-org/task2_tiny_2"), ("task3", "tiny-org/task3_tiny_3")]
+    refs = resolve_tasks(
+        BankConfig(**tiny.bank_config(source="hub", root=None, cache_dir=str(cache), tasks=["task2", "task3"])),
+        HubSource(cache_dir=cache),
+    )
+    assert [(r.task_id, r.dataset_repo) for r in refs] == [
+        ("task2", "tiny-org/task2_tiny_2"),
+        ("task3", "tiny-org/task3_tiny_3"),
+    ]
 
 
 def test_uncached_repo_is_a_clear_error(banks):
@@ -71,7 +88,9 @@ def test_uncached_repo_is_a_clear_error(banks):
 
 def test_uncached_task_reported_with_its_id(banks):
     tiny, cache = banks
-    cfg = BankConfig(**tiny.bank_config(source="hub", root=None, cache_dir=str(cache), tasks=["task1", "task7_missing_slug"]))
+    cfg = BankConfig(
+        **tiny.bank_config(source="hub", root=None, cache_dir=str(cache), tasks=["task1", "task7_missing_slug"])
+    )
     with pytest.raises(BankValidationError) as info:
         inspect_bank(cfg, progress=False)
     assert [t for t, _ in info.value.problems] == ["task7", "task7"]

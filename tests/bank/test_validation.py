@@ -142,7 +142,9 @@ def test_adapter_from_another_base_model_is_caught_by_shapes(bank):
     for n in bank.task_numbers:
         path = adapter_dir(bank, n) / "adapter_model.safetensors"
         tensors = load_file(path)
-        save_file({k: (np.zeros((v.shape[0], 128), v.dtype) if ".lora_A." in k else v) for k, v in tensors.items()}, path)
+        save_file(
+            {k: (np.zeros((v.shape[0], 128), v.dtype) if ".lora_A." in k else v) for k, v in tensors.items()}, path
+        )
     problems, text = problems_of(bank)
     assert [t for t, _ in problems] == ["task1", "task2", "task3", "task4"]
     assert "needs [8, 64]" in text and "another base model" in text
@@ -164,7 +166,9 @@ def test_missing_task_listed_explicitly(bank):
 def test_output_column_must_be_a_list(bank):
     f = split_files(dataset_dir(bank, 2), "train")[0]
     t = pq.read_table(f)
-    t = t.set_column(t.schema.get_field_index("output"), "output", pa.array([x[0] for x in t.column("output").to_pylist()]))
+    t = t.set_column(
+        t.schema.get_field_index("output"), "output", pa.array([x[0] for x in t.column("output").to_pylist()])
+    )
     pq.write_table(t, f)
     problems, text = problems_of(bank)
     assert problems[0][0] == "task2" and "expected a list of strings" in text

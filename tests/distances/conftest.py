@@ -8,7 +8,9 @@ import pytest
 from lorabatch.features import FeatureSet, sample_token_ids
 
 
-def random_features(n: int = 8, vocab: int = 700, seed: int = 0, sample_size: int = 120, emb: bool = False) -> FeatureSet:
+def random_features(
+    n: int = 8, vocab: int = 700, seed: int = 0, sample_size: int = 120, emb: bool = False
+) -> FeatureSet:
     rng = np.random.default_rng(seed)
     counts = []
     for i in range(n):
@@ -21,9 +23,15 @@ def random_features(n: int = 8, vocab: int = 700, seed: int = 0, sample_size: in
     if emb:
         embeddings = [rng.normal(size=(int(rng.integers(5, 14)), 6)) + 0.3 * i for i in range(n)]
         embeddings[n - 1] = embeddings[1]
-    return FeatureSet(names=[f"task{i + 1}" for i in range(n)], counts=counts, samples=samples,
-                      n_examples=np.full(n, 10), tokenizer_sha256="tok", embeddings=embeddings,
-                      keys=[f"key{seed}-{i}" for i in range(n)])  # fmt: skip
+    return FeatureSet(
+        names=[f"task{i + 1}" for i in range(n)],
+        counts=counts,
+        samples=samples,
+        n_examples=np.full(n, 10),
+        tokenizer_sha256="tok",
+        embeddings=embeddings,
+        keys=[f"key{seed}-{i}" for i in range(n)],
+    )
 
 
 @pytest.fixture

@@ -50,7 +50,9 @@ def test_support_slogs_equals_the_dense_sum(densities, monkeypatch, slab):
 def test_smoothed_log_terms(densities):
     p, g = densities
     np.testing.assert_allclose(g, (p + 1e-10) * np.log(p + 1e-10), rtol=1e-15)
-    np.testing.assert_allclose(slogs.smoothed_log_terms(p, out=np.empty_like(p)), (p * np.log(p)).sum(axis=1), rtol=1e-13)
+    np.testing.assert_allclose(
+        slogs.smoothed_log_terms(p, out=np.empty_like(p)), (p * np.log(p)).sum(axis=1), rtol=1e-13
+    )
 
 
 @pytest.mark.parametrize("metric", ["KL", "JS", "WD", "MMD", "MMD_RBF"])

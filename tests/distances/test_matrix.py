@@ -53,7 +53,9 @@ def test_incremental_equals_full_and_computes_only_new_pairs(tmp_path, make_feat
     from lorabatch.distances import matrix
 
     original = matrix._run_block
-    monkeypatch.setattr(matrix, "_run_block", lambda m, st, r, c: pairs.append(len(r) * len(c)) or original(m, st, r, c))
+    monkeypatch.setattr(
+        matrix, "_run_block", lambda m, st, r, c: pairs.append(len(r) * len(c)) or original(m, st, r, c)
+    )
     save_features(tmp_path, full)  # 3 tasks added
     tasks, d = compute_distance_matrix(tmp_path, metric, LOCAL, progress=False)
     computed = sum(pairs)
@@ -77,10 +79,24 @@ def test_rerun_computes_nothing(tmp_path, features, monkeypatch):
 def test_changed_parameters_recompute_everything(tmp_path, emb_features):
     save_features(tmp_path, emb_features)
     # embeddings are not part of save_features: pass the features directly
-    _, a = compute_distance_matrix(tmp_path, "OT_SLICED", DistancesConfig(executor="local", sliced_projections=10), features=emb_features, progress=False)
-    _, b = compute_distance_matrix(tmp_path, "OT_SLICED", DistancesConfig(executor="local", sliced_projections=11), features=emb_features, progress=False)
+    _, a = compute_distance_matrix(
+        tmp_path,
+        "OT_SLICED",
+        DistancesConfig(executor="local", sliced_projections=10),
+        features=emb_features,
+        progress=False,
+    )
+    _, b = compute_distance_matrix(
+        tmp_path,
+        "OT_SLICED",
+        DistancesConfig(executor="local", sliced_projections=11),
+        features=emb_features,
+        progress=False,
+    )
     assert not np.allclose(a, b)
-    np.testing.assert_allclose(b, pairwise_distances(emb_features, "OT_SLICED", DistancesConfig(executor="local", sliced_projections=11)))
+    np.testing.assert_allclose(
+        b, pairwise_distances(emb_features, "OT_SLICED", DistancesConfig(executor="local", sliced_projections=11))
+    )
 
 
 @pytest.mark.parametrize("metric", PAPER)
@@ -98,8 +114,13 @@ def test_query_row_equals_the_full_matrix_row(tmp_path, make_features, metric):
 
 
 def test_query_with_another_vocabulary_or_tokenizer_is_refused(features):
-    other = FeatureSet(names=["q"], counts=np.ones((1, 5), np.int64), samples=np.zeros((1, features.samples.shape[1]), np.int64),
-                       n_examples=[1], tokenizer_sha256="tok")  # fmt: skip
+    other = FeatureSet(
+        names=["q"],
+        counts=np.ones((1, 5), np.int64),
+        samples=np.zeros((1, features.samples.shape[1]), np.int64),
+        n_examples=[1],
+        tokenizer_sha256="tok",
+    )
     from lorabatch.features import FeaturesError
 
     with pytest.raises(FeaturesError, match="different vocabulary sizes"):

@@ -23,7 +23,9 @@ def reference_matrix(features, metric: str, config=LOCAL) -> np.ndarray:
             elif metric == "JS":
                 ref[i, j] = reference.js_pair(p, q)
             elif metric == "WD":
-                ref[i, j] = wasserstein_distance(reference.expand(features.counts[i]), reference.expand(features.counts[j]))
+                ref[i, j] = wasserstein_distance(
+                    reference.expand(features.counts[i]), reference.expand(features.counts[j])
+                )
             elif metric == "MMD":
                 ref[i, j] = reference.mmd_pair(features.samples[i], features.samples[j])
     return ref
@@ -75,7 +77,9 @@ def test_mmd_exact_squares_vs_float32_expansion():
     # the authors' float32 expansion cancels on large ids; on small ids it agrees
     assert abs(reference.mmd_pair_float32_expansion(x, y) - exact) > 1e-2
     small_x, small_y = np.array([1, 2, 3, 9]), np.array([2, 4, 4, 7])
-    assert reference.mmd_pair_float32_expansion(small_x, small_y) == pytest.approx(reference.mmd_pair(small_x, small_y), rel=1e-5)
+    assert reference.mmd_pair_float32_expansion(small_x, small_y) == pytest.approx(
+        reference.mmd_pair(small_x, small_y), rel=1e-5
+    )
 
 
 def test_mmd_on_large_token_ids():

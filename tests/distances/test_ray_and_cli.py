@@ -42,19 +42,26 @@ def tiny_bank(tmp_path_factory):
         rows = [{"input": x, "output": ["yes"], "id": str(k)} for k, x in enumerate(inputs)]
         write_split(root / task, "train", rows)
         dirs[task] = root / task
-    manifest = pa.table({
-        "task_id": list(dirs), "dataset_path": [str(d) for d in dirs.values()],
-        "dataset_sha256": [dataset_content_hash(d) for d in dirs.values()],
-        "base_model_path": [str(root / "base")] * len(dirs),
-    })  # fmt: skip
+    manifest = pa.table(
+        {
+            "task_id": list(dirs),
+            "dataset_path": [str(d) for d in dirs.values()],
+            "dataset_sha256": [dataset_content_hash(d) for d in dirs.values()],
+            "base_model_path": [str(root / "base")] * len(dirs),
+        }
+    )
     return root, manifest
 
 
 def test_ray_features_and_embeddings_equal_local(ray_cluster, tiny_bank, tmp_path):
     _, manifest = tiny_bank
     emb = {"enabled": True, "max_examples": 2, "batch_size": 2}
-    local = compute_bank_features(manifest, tmp_path / "a", FeaturesConfig(executor="local", embedding=emb), progress=False)
-    remote = compute_bank_features(manifest, tmp_path / "b", FeaturesConfig(executor="ray", embedding=emb), progress=False)
+    local = compute_bank_features(
+        manifest, tmp_path / "a", FeaturesConfig(executor="local", embedding=emb), progress=False
+    )
+    remote = compute_bank_features(
+        manifest, tmp_path / "b", FeaturesConfig(executor="ray", embedding=emb), progress=False
+    )
     np.testing.assert_array_equal(local.counts, remote.counts)
     np.testing.assert_array_equal(local.samples, remote.samples)
     for a, b in zip(local.embeddings, remote.embeddings):
@@ -70,7 +77,9 @@ def test_ray_blocks_equal_in_process_blocks(ray_cluster, tmp_path, make_features
     features = make_features(n=10, seed=9)
     save_features(tmp_path, features)
     tasks, d = compute_distance_matrix(tmp_path, metric, DistancesConfig(executor="ray", block_size=4), progress=False)
-    np.testing.assert_allclose(d, pairwise_distances(features, metric, DistancesConfig(executor="local", block_size=4)), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        d, pairwise_distances(features, metric, DistancesConfig(executor="local", block_size=4)), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_cli_distances(ray_cluster, tiny_bank, tmp_path):
@@ -85,10 +94,15 @@ def test_cli_distances(ray_cluster, tiny_bank, tmp_path):
     run = tmp_path / "run"
     write_parquet(RunLayout(run).manifest, manifest)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "run_dir": str(run), "bank": {"source": "local", "root": str(root), "base_model": str(root / "base")},
-        "features": {"mmd_sample_size": 30},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(run),
+                "bank": {"source": "local", "root": str(root), "base_model": str(root / "base")},
+                "features": {"mmd_sample_size": 30},
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["distances", str(config), "--metrics", "JS", "--metrics", "KL"])
     assert result.exit_code == 0, result.output
     tasks, d = load_distance_matrix(run, "KL")

@@ -42,7 +42,9 @@ def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert feats.names == ["task1", "task2", "task3"]
     assert feats.vocab_size == len(tok)
-    want, ids = expected_counts(tokenizer_dir, [("red cat run", "yes"), ("blue dog jump", "no"), ("red red bird", "yes")], len(tok))
+    want, ids = expected_counts(
+        tokenizer_dir, [("red cat run", "yes"), ("blue dog jump", "no"), ("red red bird", "yes")], len(tok)
+    )
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 3  # one BOS per example
     np.testing.assert_array_equal(feats.counts[0], want)
     assert feats.counts[0].sum() == len(ids) and list(feats.n_examples) == [3, 3, 3]
@@ -119,7 +121,9 @@ def test_empty_train_split_names_the_dataset(make_bank, tmp_path):
 def test_tokens_outside_the_vocabulary_name_the_dataset(make_bank, tmp_path):
     manifest = make_bank({"task7": [("red cat", "yes")]})
     with pytest.raises(FeaturesError, match=r"task7 .*token id \d+ is outside the vocabulary \[0, 5\)"):
-        compute_bank_features(manifest, tmp_path / "run", FeaturesConfig(executor="local", vocab_size=5), progress=False)
+        compute_bank_features(
+            manifest, tmp_path / "run", FeaturesConfig(executor="local", vocab_size=5), progress=False
+        )
 
 
 def test_missing_tokenizer_is_refused(make_bank, tmp_path):

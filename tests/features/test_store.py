@@ -15,8 +15,14 @@ def small_bank(n: int = 4, vocab: int = 50) -> FeatureSet:
     rng = np.random.default_rng(3)
     counts = rng.integers(0, 9, (n, vocab))
     samples = np.stack([sample_token_ids(c, 1000, 0) for c in counts])
-    return FeatureSet(names=[f"task{i}" for i in range(n)], counts=counts, samples=samples,
-                      n_examples=np.full(n, 3), tokenizer_sha256="tok", keys=[f"k{i}" for i in range(n)])  # fmt: skip
+    return FeatureSet(
+        names=[f"task{i}" for i in range(n)],
+        counts=counts,
+        samples=samples,
+        n_examples=np.full(n, 3),
+        tokenizer_sha256="tok",
+        keys=[f"k{i}" for i in range(n)],
+    )
 
 
 def test_loaded_features_equal_saved_ones_and_reuse_the_index_hashes(tmp_path):

@@ -26,12 +26,15 @@ def local_ray():
 def _config(run: Path, bank, **fewshot):
     from lorabatch.config import parse_config
 
-    return parse_config({
-        "run_dir": str(run), "bank": bank.bank_config(validate_weights=False),
-        "distances": {"metrics": ["JS"]},
-        "synthesis": {"models": ["attentional", "normalized"], "executor": "local"},
-        "fewshot": {"examples": 6, "refine": {"top_k": 3, "budget": 12}, **fewshot},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "run_dir": str(run),
+            "bank": bank.bank_config(validate_weights=False),
+            "distances": {"metrics": ["JS"]},
+            "synthesis": {"models": ["attentional", "normalized"], "executor": "local"},
+            "fewshot": {"examples": 6, "refine": {"top_k": 3, "budget": 12}, **fewshot},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +119,20 @@ def _reference_rouge(base: str, adapter: Path, rows: list[dict], max_new_tokens:
     from lorabatch.scoring.rouge import rouge_l
 
     tok = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter)).eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), str(adapter)
+    ).eval()
     scores = []
     with torch.no_grad():
         for r in rows:
             ids = torch.tensor([tok(r["input"])["input_ids"]])
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()  # fmt: skip
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )[0, ids.shape[1] :].tolist()
             out = out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out
             scores.append(rouge_l(tok.decode(out, skip_special_tokens=True), [r["output"][0]]))
     return float(np.mean(scores))
@@ -182,13 +192,20 @@ def test_select_and_refine_never_read_the_test_split(pristine, tmp_path, local_r
 
     manifest = pq.read_table(RunLayout(run_b).manifest)
     paths = [p.replace(str(bank.root), str(garbled)) for p in manifest.column("dataset_path").to_pylist()]
-    manifest = manifest.set_column(manifest.schema.get_field_index("dataset_path"), "dataset_path", __import__("pyarrow").array(paths))
+    manifest = manifest.set_column(
+        manifest.schema.get_field_index("dataset_path"), "dataset_path", __import__("pyarrow").array(paths)
+    )
     write_parquet(RunLayout(run_b).manifest, manifest)
     results_b = _run(run_b, bank)
     for method in ("select", "refine"):
         assert not any(r["error"] for r in results_b[method]), results_b[method]
         for a, b in zip(results_a[method], results_b[method]):
-            assert (a["task_id"], a["choice"], a["loss"], a["start_loss"]) == (b["task_id"], b["choice"], b["loss"], b["start_loss"])
+            assert (a["task_id"], a["choice"], a["loss"], a["start_loss"]) == (
+                b["task_id"],
+                b["choice"],
+                b["loss"],
+                b["start_loss"],
+            )
         for task in pristine[2]:
             ta, tb = _tensors(RunLayout(run_a).adapter(method, task)), _tensors(RunLayout(run_b).adapter(method, task))
             assert all(np.array_equal(ta[k], tb[k]) for k in ta)
@@ -226,11 +243,22 @@ def test_select_picks_the_lowest_loss_candidate_and_refine_never_worsens_its_sta
         pool = details["pool"]
         assert len(pool) == N_TASKS - 1 and r["task_id"] not in pool
         select_scores = json.loads(chosen["details"])
-        for task, score in pool.items():  # read from select's record (the nearest task's adapter is named nearest-JS there)
+        for (
+            task,
+            score,
+        ) in pool.items():  # read from select's record (the nearest task's adapter is named nearest-JS there)
             name = f"bank:{task}" if f"bank:{task}" in select_scores["candidate_losses"] else "nearest-JS"
-            assert score == {"loss": select_scores["candidate_losses"][name], "rouge_l": select_scores["candidate_rouge_l"][name]}
-    by_loss = _run(_copy(pristine, tmp_path / "refine-loss"), pristine[1], methods=["refine"], criterion="loss",
-                   refine={"top_k": 3, "budget": 12, "start": "JS-normalized"})  # fmt: skip
+            assert score == {
+                "loss": select_scores["candidate_losses"][name],
+                "rouge_l": select_scores["candidate_rouge_l"][name],
+            }
+    by_loss = _run(
+        _copy(pristine, tmp_path / "refine-loss"),
+        pristine[1],
+        methods=["refine"],
+        criterion="loss",
+        refine={"top_k": 3, "budget": 12, "start": "JS-normalized"},
+    )
     run = tmp_path / "refine-loss" / "run"
     for r in by_loss["refine"]:  # LoraHub's objective: the loss never ends above its start's
         assert r["loss"] <= r["start_loss"]

@@ -29,7 +29,12 @@ def _write_no_module_adapter(src: Path, dst: Path) -> None:
     cfg["target_modules"] = ["gate_projection_x"]
     (dst / "adapter_config.json").write_text(json.dumps(cfg))
     tensors = load_file(str(src / "adapter_model.safetensors"))
-    renamed = {k.replace("q_proj", "gate_projection_x").replace("k_proj", "gate_projection_y").replace("v_proj", "gate_projection_z"): v for k, v in tensors.items()}
+    renamed = {
+        k.replace("q_proj", "gate_projection_x")
+        .replace("k_proj", "gate_projection_y")
+        .replace("v_proj", "gate_projection_z"): v
+        for k, v in tensors.items()
+    }
     save_file(renamed, str(dst / "adapter_model.safetensors"))
 
 
@@ -80,7 +85,9 @@ def manifest_rows(run: Path) -> dict[str, dict]:
     return {r["task_id"]: r for r in rows}
 
 
-def reference_outputs(base_path: str, adapter_path: str | None, prompts: list[list[int]], max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[int]]:
+def reference_outputs(
+    base_path: str, adapter_path: str | None, prompts: list[list[int]], max_new_tokens: int = MAX_NEW_TOKENS
+) -> list[list[int]]:
     """Greedy token ids from plain transformers (+ PEFT for an adapter), one unpadded prompt at a time."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -95,9 +102,15 @@ def reference_outputs(base_path: str, adapter_path: str | None, prompts: list[li
     with torch.inference_mode():
         for ids in prompts:
             x = torch.tensor([ids])
-            g = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=3)
+            g = model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=3,
+            )
             toks = []
-            for t in g[0, x.shape[1]:].tolist():
+            for t in g[0, x.shape[1] :].tolist():
                 toks.append(t)
                 if t == 2:
                     break

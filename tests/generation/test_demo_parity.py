@@ -23,9 +23,12 @@ def demo_rows(small_demo_bank, tmp_path_factory, local_ray, gen):
     from lorabatch.generation import read_generations, run_generation
 
     bank = {
-        "source": "local", "root": str(small_demo_bank), "base_model": f"{ORG}/tiny-mistral",
-        "adapter_repo": f"{ORG}/tiny-mistral-r8-task{{number}}", "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
-    }  # fmt: skip
+        "source": "local",
+        "root": str(small_demo_bank),
+        "base_model": f"{ORG}/tiny-mistral",
+        "adapter_repo": f"{ORG}/tiny-mistral-r8-task{{number}}",
+        "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
+    }
     rows = {}
     for backend, extra in (
         ("vllm", {"vllm": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32", "max_loras": 4}}),
@@ -35,9 +38,15 @@ def demo_rows(small_demo_bank, tmp_path_factory, local_ray, gen):
         manifest = build_manifest(parse_config({"run_dir": str(run), "bank": bank}), progress=False)
         tasks = manifest.column("task_id").to_pylist()[:: max(1, manifest.num_rows // TASKS)][:TASKS]
         cfg = gen.config(
-            backend=backend, tasks=tasks, settings=["base", "oracle"], examples_per_task=EXAMPLES,
-            max_new_tokens=12, max_input_tokens=None, batch_size=16, **extra,
-        )  # fmt: skip
+            backend=backend,
+            tasks=tasks,
+            settings=["base", "oracle"],
+            examples_per_task=EXAMPLES,
+            max_new_tokens=12,
+            max_input_tokens=None,
+            batch_size=16,
+            **extra,
+        )
         result = run_generation(run, cfg, progress=False)
         assert result.failed == 0 and result.generated == TASKS * EXAMPLES * 2
         rows[backend] = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
@@ -70,6 +79,7 @@ def test_demo_adapters_change_outputs_on_both_backends(demo_rows):
     for rows in (demo_rows["vllm"], demo_rows["hf"]):
         changed = sum(
             rows[(t, "oracle", e)]["prediction"] != rows[(t, "base", e)]["prediction"]
-            for (t, s, e) in rows if s == "base"
-        )  # fmt: skip
+            for (t, s, e) in rows
+            if s == "base"
+        )
         assert changed >= 0.8 * TASKS * EXAMPLES

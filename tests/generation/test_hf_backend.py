@@ -23,10 +23,16 @@ def test_every_row_recorded_bad_rows_fail_alone(hf_run, gen):
     assert result.planned == 28 and result.generated == 28 and result.failed == 10 == result.preflight_failed
     failed = {k for k, r in rows.items() if r["error"]}
     assert {k for k in failed if k[1] == gen.BROKEN_SYNTH} == {k for k in rows if k[1] == gen.BROKEN_SYNTH}
-    assert {k for k in failed if k[1] != gen.BROKEN_SYNTH} == {("task1", s, gen.LONG_EXAMPLE) for s in ("base", "oracle", gen.GOOD_SYNTH)}
+    assert {k for k in failed if k[1] != gen.BROKEN_SYNTH} == {
+        ("task1", s, gen.LONG_EXAMPLE) for s in ("base", "oracle", gen.GOOD_SYNTH)
+    }
     for k, r in rows.items():
         if not r["error"]:
-            assert r["backend"] == "hf" and r["prediction"] is not None and 0 < r["num_generated_tokens"] <= gen.MAX_NEW_TOKENS
+            assert (
+                r["backend"] == "hf"
+                and r["prediction"] is not None
+                and 0 < r["num_generated_tokens"] <= gen.MAX_NEW_TOKENS
+            )
         else:
             assert r["prediction"] is None
 
@@ -110,7 +116,10 @@ def test_more_adapters_in_a_batch_than_an_actor_holds(pristine_run, tmp_path, lo
     base = gen.manifest_rows(run)["task1"]["base_model_path"]
     tok = AutoTokenizer.from_pretrained(base)
     for r in good[:6]:
-        assert r["generated_token_ids"] == gen.reference_outputs(base, r["adapter_path"], [tok(r["prompt"])["input_ids"]])[0]
+        assert (
+            r["generated_token_ids"]
+            == gen.reference_outputs(base, r["adapter_path"], [tok(r["prompt"])["input_ids"]])[0]
+        )
 
 
 def test_changed_adapter_or_decoding_regenerates_only_what_changed(hf_run, tmp_path, local_ray, gen):
@@ -133,7 +142,9 @@ def test_changed_adapter_or_decoding_regenerates_only_what_changed(hf_run, tmp_p
     rows = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
     changed = {k for k in rows if k[:2] == ("task1", gen.GOOD_SYNTH)}
     missing = {k for k in rows if k[:2] == ("task1", gen.BROKEN_SYNTH)}  # no adapter: tried on every run
-    assert again.generated == len(changed | missing) > len(missing) and again.skipped == again.planned - len(changed | missing)
+    assert again.generated == len(changed | missing) > len(missing) and again.skipped == again.planned - len(
+        changed | missing
+    )
     for k in changed:
         if not rows[k]["error"]:
             assert rows[k]["fingerprint"] != before[k]["fingerprint"]

@@ -25,12 +25,16 @@ def test_plan_rows_settings_and_order(pristine_run, gen):
     rows = work.to_pylist()
     assert [r["setting"] for r in rows[:7]] == ["base"] * 7 and all(r["adapter_path"] is None for r in rows[:7])
     oracle = [r for r in rows if r["setting"] == "oracle"]
-    assert {r["adapter_path"] for r in oracle if r["task_id"] == "task2"} == {gen.manifest_rows(pristine_run)["task2"]["adapter_path"]}
+    assert {r["adapter_path"] for r in oracle if r["task_id"] == "task2"} == {
+        gen.manifest_rows(pristine_run)["task2"]["adapter_path"]
+    }
     synth = [r for r in rows if r["setting"] == gen.GOOD_SYNTH and r["task_id"] == "task3"]
     assert synth[0]["adapter_path"] == str(RunLayout(pristine_run).adapter(gen.GOOD_SYNTH, "task3").resolve())
     assert all(r["prompt"] and r["references"] for r in rows)
 
-    sub = plan_work(pristine_run, _manifest(pristine_run), gen.config(tasks=["task2"], settings=["base"], examples_per_task=1))
+    sub = plan_work(
+        pristine_run, _manifest(pristine_run), gen.config(tasks=["task2"], settings=["base"], examples_per_task=1)
+    )
     assert sub.to_pylist()[0]["example_id"] == "task2-11" and sub.num_rows == 1
 
 
@@ -65,7 +69,9 @@ def test_whole_run_config_accepts_generation_and_scoring(tmp_path):
     )
     assert cfg.generation.max_new_tokens == 16 and cfg.scoring.reference == "max"
     with pytest.raises(ConfigError, match="generation.backend"):
-        parse_config({"run_dir": "r", "bank": {"source": "local", "base_model": "x"}, "generation": {"backend": "nope"}})
+        parse_config(
+            {"run_dir": "r", "bank": {"source": "local", "base_model": "x"}, "generation": {"backend": "nope"}}
+        )
 
 
 def test_preflight_flags_bad_adapters_and_long_prompts(pristine_run, gen):
@@ -73,8 +79,15 @@ def test_preflight_flags_bad_adapters_and_long_prompts(pristine_run, gen):
     from lorabatch.generation.preflight import RunContext, base_model_modules, preflight
 
     base = gen.manifest_rows(pristine_run)["task1"]["base_model_path"]
-    ctx = RunContext(run_dir=str(pristine_run), base_model_path=base, max_new_tokens=8, input_limit=gen.MAX_INPUT_TOKENS,
-                     max_positions=256, backend="hf", modules=base_model_modules(base))
+    ctx = RunContext(
+        run_dir=str(pristine_run),
+        base_model_path=base,
+        max_new_tokens=8,
+        input_limit=gen.MAX_INPUT_TOKENS,
+        max_positions=256,
+        backend="hf",
+        modules=base_model_modules(base),
+    )
     table, max_rank = preflight(plan_work(pristine_run, _manifest(pristine_run), gen.config()), ctx)
     assert max_rank == 8 and ctx.lora_module.startswith("model.layers.")
     errors = {(r["task_id"], r["setting"], r["example_id"]): r["error"] for r in table.to_pylist()}
@@ -118,8 +131,16 @@ def test_read_generations_dedup_and_resume(tmp_path):
     from lorabatch.generation.store import done_keys, read_generations
 
     def row(ex, pred, err=None, fp="f1"):
-        return {"task_id": "task1", "setting": "base", "example_id": ex, "prompt": "p", "references": ["r"],
-                "prediction": pred, "error": err, "fingerprint": fp}  # fmt: skip
+        return {
+            "task_id": "task1",
+            "setting": "base",
+            "example_id": ex,
+            "prompt": "p",
+            "references": ["r"],
+            "prediction": pred,
+            "error": err,
+            "fingerprint": fp,
+        }
 
     def part(name, rows):
         write_parquet(RunLayout(tmp_path).generations / name, conform(pa.Table.from_pylist(rows), generation_schema()))
@@ -127,7 +148,10 @@ def test_read_generations_dedup_and_resume(tmp_path):
     part("part-a.parquet", [row("1", "x"), row("2", None, "boom"), row("3", "old", fp="f0"), row("4", "ok")])
     # Later: a failed retry of 1 (same fingerprint: the success stays), 2 now succeeds, 3 was
     # regenerated with another adapter (fingerprint f1 replaces f0), 4 failed with a new fingerprint.
-    part("part-b.parquet", [row("1", None, "late"), row("2", "y"), row("3", "new"), row("4", None, "new adapter broken", fp="f2")])
+    part(
+        "part-b.parquet",
+        [row("1", None, "late"), row("2", "y"), row("3", "new"), row("4", None, "new adapter broken", fp="f2")],
+    )
     (RunLayout(tmp_path).generations / "part-c.parquet").write_bytes(b"not parquet")
     with pytest.warns(UserWarning, match="part-c"):
         got = {r["example_id"]: (r["prediction"], r["error"]) for r in read_generations(tmp_path).to_pylist()}
@@ -146,7 +170,13 @@ def test_read_generations_dedup_and_resume(tmp_path):
     # 4 whose failed row came from the f2 adapter), or written before fingerprints existed.
     planned = work([("1", "f1"), ("2", "f9"), ("3", "f1"), ("4", "f1"), ("5", "f1")])
     assert pending_work(planned, done).column("example_id").to_pylist() == ["2", "4", "5"]
-    assert pending_work(planned, {("task1", "base", "1"): None}).column("example_id").to_pylist() == ["1", "2", "3", "4", "5"]
+    assert pending_work(planned, {("task1", "base", "1"): None}).column("example_id").to_pylist() == [
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
     assert json.dumps(generation_schema().names)  # schema is stable and serialisable
 
 
@@ -168,7 +198,9 @@ def test_rows_of_a_removed_adapter_are_never_done(fresh_run, gen):
     def write_done(work, error=None):
         rows = work.append_column("prediction", pa.array(["x"] * work.num_rows, pa.string()))
         rows = rows.append_column("error", pa.array([error] * work.num_rows, pa.string()))
-        write_parquet(RunLayout(fresh_run).generations / f"part-{error or 'ok'}.parquet", conform(rows, generation_schema()))
+        write_parquet(
+            RunLayout(fresh_run).generations / f"part-{error or 'ok'}.parquet", conform(rows, generation_schema())
+        )
 
     work = plan_work(fresh_run, _manifest(fresh_run), config)
     write_done(work)
@@ -191,7 +223,10 @@ def test_rows_of_a_removed_adapter_are_never_done(fresh_run, gen):
     own = fresh_run / "own-task2"
     shutil.copytree(gen.manifest_rows(fresh_run)["task2"]["adapter_path"], own)
     paths = pc.if_else(pc.equal(manifest.column("task_id"), "task2"), str(own), manifest.column("adapter_path"))
-    write_parquet(manifest_path(fresh_run), manifest.set_column(manifest.schema.get_field_index("adapter_path"), "adapter_path", paths))
+    write_parquet(
+        manifest_path(fresh_run),
+        manifest.set_column(manifest.schema.get_field_index("adapter_path"), "adapter_path", paths),
+    )
     oracle = gen.config(settings=["oracle"], tasks=["task2"])
     write_done(plan_work(fresh_run, _manifest(fresh_run), oracle))
     assert pending_work(plan_work(fresh_run, _manifest(fresh_run), oracle), done_keys(fresh_run)).num_rows == 0

@@ -12,7 +12,6 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 
-
 @pytest.fixture(scope="module")
 def vllm_run(pristine_run, tmp_path_factory, local_ray, gen):
     import shutil
@@ -21,7 +20,9 @@ def vllm_run(pristine_run, tmp_path_factory, local_ray, gen):
 
     run = tmp_path_factory.mktemp("vllm") / "run"
     shutil.copytree(pristine_run, run)
-    cfg = gen.config(backend="vllm", batch_size=64, vllm={"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32"})
+    cfg = gen.config(
+        backend="vllm", batch_size=64, vllm={"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32"}
+    )
     result = run_generation(run, cfg, progress=False)
     return run, result, {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
 

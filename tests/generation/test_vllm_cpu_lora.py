@@ -116,7 +116,9 @@ def _engine_outputs(script, mode, payload):
     import os
 
     env = {**os.environ, "LORABATCH_VLLM_CPU_LORA": mode}  # read by the plugin in the engine's own process
-    done = subprocess.run([sys.executable, str(script)], input=payload, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script)], input=payload, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-6000:]
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
 

@@ -125,7 +125,9 @@ def start_in_session(cmd: list[str], env: dict, log_path: str | Path, cwd: str |
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def run_in_session(cmd: list[str], env: dict, log_path: str | Path, timeout: float, cwd: str | Path | None = None) -> int:
+def run_in_session(
+    cmd: list[str], env: dict, log_path: str | Path, timeout: float, cwd: str | Path | None = None
+) -> int:
     """Run `cmd` to completion in a new session; afterwards no process of that session is left
     (stragglers are killed, and an error is raised if any survives). Returns the exit status."""
     import subprocess

@@ -35,7 +35,17 @@ class LocalRayCluster:
         self.env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         if extra_path:
             self.env["PATH"] = f"{extra_path}:{self.env.get('PATH', '')}"
-        names = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics", "node_manager", "object_manager")
+        names = (
+            "gcs",
+            "dashboard",
+            "client",
+            "agent_http",
+            "agent_grpc",
+            "runtime_env",
+            "metrics",
+            "node_manager",
+            "object_manager",
+        )
         self.ports = dict(zip(names, free_ports(len(names))))
         self.sid: int | None = None
         self.start_output = ""
@@ -50,22 +60,52 @@ class LocalRayCluster:
 
     def ray(self, *args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
         """Run the `ray` CLI with this cluster's environment (output captured as text)."""
-        return subprocess.run([self.ray_bin, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=check)
+        return subprocess.run(
+            [self.ray_bin, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=check
+        )
 
     def start(self) -> "LocalRayCluster":
         p = self.ports
         cmd = [
-            self.ray_bin, "start", "--head", "--disable-usage-stats",
-            "--node-ip-address", HOST, "--num-cpus", str(self.num_cpus), "--num-gpus", "0",
-            "--port", str(p["gcs"]), "--ray-client-server-port", str(p["client"]),
-            "--include-dashboard", "true", "--dashboard-host", HOST, "--dashboard-port", str(p["dashboard"]),
-            "--dashboard-agent-listen-port", str(p["agent_http"]), "--dashboard-agent-grpc-port", str(p["agent_grpc"]),
-            "--runtime-env-agent-port", str(p["runtime_env"]), "--metrics-export-port", str(p["metrics"]),
-            "--node-manager-port", str(p["node_manager"]), "--object-manager-port", str(p["object_manager"]),
-            "--temp-dir", str(self.temp_dir),
-        ]  # fmt: skip
+            self.ray_bin,
+            "start",
+            "--head",
+            "--disable-usage-stats",
+            "--node-ip-address",
+            HOST,
+            "--num-cpus",
+            str(self.num_cpus),
+            "--num-gpus",
+            "0",
+            "--port",
+            str(p["gcs"]),
+            "--ray-client-server-port",
+            str(p["client"]),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            HOST,
+            "--dashboard-port",
+            str(p["dashboard"]),
+            "--dashboard-agent-listen-port",
+            str(p["agent_http"]),
+            "--dashboard-agent-grpc-port",
+            str(p["agent_grpc"]),
+            "--runtime-env-agent-port",
+            str(p["runtime_env"]),
+            "--metrics-export-port",
+            str(p["metrics"]),
+            "--node-manager-port",
+            str(p["node_manager"]),
+            "--object-manager-port",
+            str(p["object_manager"]),
+            "--temp-dir",
+            str(self.temp_dir),
+        ]
         # A session of its own: every daemon (and every worker they fork) carries its id.
-        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         self.sid = proc.pid
         self.start_output, _ = proc.communicate(timeout=180)
         if proc.returncode != 0:

@@ -39,7 +39,14 @@ def test_reference_first_versus_max():
 
 def _rows(setting, task, preds, refs="a b c d", error=None):
     return [
-        {"task_id": task, "setting": setting, "example_id": f"{task}-{i}", "prediction": p, "references": [refs], "error": error}
+        {
+            "task_id": task,
+            "setting": setting,
+            "example_id": f"{task}-{i}",
+            "prediction": p,
+            "references": [refs],
+            "error": error,
+        }
         for i, p in enumerate(preds)
     ]
 
@@ -62,8 +69,22 @@ def test_summary_arithmetic():
         {"task_id": "task2", "setting": "base", "rouge_l": 0.4, "exact_match": 0.5, "n_examples": 2, "n_errors": 0},
         {"task_id": "task1", "setting": "oracle", "rouge_l": 0.8, "exact_match": 1.0, "n_examples": 2, "n_errors": 0},
         {"task_id": "task2", "setting": "oracle", "rouge_l": 0.6, "exact_match": 0.5, "n_examples": 2, "n_errors": 0},
-        {"task_id": "task1", "setting": "JS-normalized", "rouge_l": 0.5, "exact_match": 0.0, "n_examples": 2, "n_errors": 0},
-        {"task_id": "task2", "setting": "JS-normalized", "rouge_l": 0.3, "exact_match": 0.0, "n_examples": 1, "n_errors": 1},
+        {
+            "task_id": "task1",
+            "setting": "JS-normalized",
+            "rouge_l": 0.5,
+            "exact_match": 0.0,
+            "n_examples": 2,
+            "n_errors": 0,
+        },
+        {
+            "task_id": "task2",
+            "setting": "JS-normalized",
+            "rouge_l": 0.3,
+            "exact_match": 0.0,
+            "n_examples": 1,
+            "n_errors": 1,
+        },
     ]
     rows = {r["setting"]: r for r in summarize(tasks)}
     assert [r["setting"] for r in summarize(tasks)] == ["base", "JS-normalized", "oracle"]
@@ -81,7 +102,9 @@ def test_summary_arithmetic():
 
 
 def test_summary_without_base_is_nan_not_error():
-    tasks = [{"task_id": "task1", "setting": "oracle", "rouge_l": 0.5, "exact_match": 0.0, "n_examples": 1, "n_errors": 0}]
+    tasks = [
+        {"task_id": "task1", "setting": "oracle", "rouge_l": 0.5, "exact_match": 0.0, "n_examples": 1, "n_errors": 0}
+    ]
     (row,) = summarize(tasks)
     assert row["rouge_l"] == 0.5 and math.isnan(row["improvement"]) and math.isnan(row["gap_closed"])
 
@@ -98,10 +121,14 @@ def test_run_scoring_writes_three_files(tmp_path):
     with pytest.raises(ScoringError, match="no generations"):
         run_scoring(tmp_path, ScoringConfig(executor="local"))
     rows = _rows("base", "task1", ["a b", "x"]) + _rows("oracle", "task1", ["a b c d", "a b c"])
-    write_parquet(RunLayout(tmp_path).generations / "part-1.parquet", conform(pa.Table.from_pylist(rows), generation_schema()))
+    write_parquet(
+        RunLayout(tmp_path).generations / "part-1.parquet", conform(pa.Table.from_pylist(rows), generation_schema())
+    )
     # A later failed duplicate of a successful row does not replace it.
     dup = dict(rows[0], prediction=None, error="late failure")
-    write_parquet(RunLayout(tmp_path).generations / "part-2.parquet", conform(pa.Table.from_pylist([dup]), generation_schema()))
+    write_parquet(
+        RunLayout(tmp_path).generations / "part-2.parquet", conform(pa.Table.from_pylist([dup]), generation_schema())
+    )
     summary = run_scoring(tmp_path, ScoringConfig(executor="local"))
     assert [r["setting"] for r in summary] == ["base", "oracle"]
     ex = pq.read_table(RunLayout(tmp_path).score_table("examples"))

@@ -20,8 +20,15 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
     from lorabatch.sweep.status import status_lines
 
     run = tmp_path / "run"
-    path = write_sweep_config(tmp_path / "sweep.yaml", run, controls=("uniform", "nearest"), fewshot=("select", "refine"),
-                              examples_per_task=3, max_new_tokens=4, features_executor="local")  # fmt: skip
+    path = write_sweep_config(
+        tmp_path / "sweep.yaml",
+        run,
+        controls=("uniform", "nearest"),
+        fewshot=("select", "refine"),
+        examples_per_task=3,
+        max_new_tokens=4,
+        features_executor="local",
+    )
     config = load_config(path, {"fewshot.examples": 4, "fewshot.refine.budget": 8, "fewshot.refine.top_k": 2})
     try:
         run_sweep(config, progress=False)
@@ -45,7 +52,7 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
         assert summary[s]["beats_uniform"] == (delta > 0)
     assert summary["uniform"]["beats_uniform"] is None and summary["base"]["beats_uniform"] is None
     # The printed table marks every setting that does not beat uniform, and shows what few-shot cost.
-    table = first[first.index("setting"):]
+    table = first[first.index("setting") :]
     for s, r in summary.items():
         line = next(l for l in table.splitlines() if l.startswith(s + " "))
         assert ("✗" in line) == (r["beats_uniform"] is False)

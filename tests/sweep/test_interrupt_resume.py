@@ -41,7 +41,9 @@ def _wait_for_parts(proc, run, log, n: int = 3) -> None:
     """Until generation has written `n` part files (of 120: it is well under way, far from done)."""
     while len(generation_files(run)) < n:
         if proc.poll() is not None:
-            pytest.fail(f"the sweep exited ({proc.returncode}) before generation wrote {n} part files:\n{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"the sweep exited ({proc.returncode}) before generation wrote {n} part files:\n{log.read_text()[-4000:]}"
+            )
         time.sleep(0.05)
 
 
@@ -91,7 +93,9 @@ def _assert_same_summary(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill", "sigint"])
-def test_interrupted_sweep_resumes_to_the_uninterrupted_result(how, interruptible_sweep_config, reference_sweep, ray_env, tmp_path):
+def test_interrupted_sweep_resumes_to_the_uninterrupted_result(
+    how, interruptible_sweep_config, reference_sweep, ray_env, tmp_path
+):
     run = tmp_path / "run"
     config = interruptible_sweep_config(tmp_path / "sweep.yaml", run)
     log = tmp_path / "sweep.log"
@@ -137,5 +141,7 @@ def test_interrupted_sweep_resumes_to_the_uninterrupted_result(how, interruptibl
     theirs = dict(zip(_keys(reference), reference.column("generated_token_ids").to_pylist()))
     assert ours == theirs
     _assert_same_summary(_summary(run), _summary(reference_sweep))
-    assert pq.read_table(RunLayout(run).score_table("tasks")).equals(pq.read_table(RunLayout(reference_sweep).score_table("tasks")))
+    assert pq.read_table(RunLayout(run).score_table("tasks")).equals(
+        pq.read_table(RunLayout(reference_sweep).score_table("tasks"))
+    )
     assert read_marker(run, "generation")["info"] == {"planned": PLANNED, "failed": 0}

@@ -30,10 +30,12 @@ def test_waves_cover_every_pending_pair_once_within_the_size():
 
 
 def test_pending_tasks_leave_out_base_and_oracle():
-    table = pa.table({
-        "setting": ["base", "oracle", "JS-normalized", "JS-normalized", "JS-normalized"],
-        "task_id": ["t1", "t1", "t2", "t1", "t2"],
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "setting": ["base", "oracle", "JS-normalized", "JS-normalized", "JS-normalized"],
+            "task_id": ["t1", "t1", "t2", "t1", "t2"],
+        }
+    )
     assert pending_tasks_by_setting(table) == {"JS-normalized": ["t2", "t1"]}
 
 
@@ -47,17 +49,26 @@ def tiny_bank(tmp_path_factory):
 def _config(bank, run_dir, jit: bool, temperature: float = 0.05):
     from lorabatch.config import parse_config
 
-    return parse_config({
-        "run_dir": str(run_dir),
-        "seed": 0,
-        "ray": {"num_cpus": 2},
-        "bank": bank.bank_config(validate_weights=False),
-        "distances": {"metrics": ["JS", "WD"]},
-        "synthesis": {"models": ["normalized"], "executor": "local", "chunk_size": 1024,
-                      "jit": jit, "jit_wave": 4, "temperature": temperature, "controls": []},
-        "fewshot": {"methods": []},
-        "generation": {"backend": "hf", "examples_per_task": 2, "max_new_tokens": 4, "batch_size": 4},
-    })  # fmt: skip
+    return parse_config(
+        {
+            "run_dir": str(run_dir),
+            "seed": 0,
+            "ray": {"num_cpus": 2},
+            "bank": bank.bank_config(validate_weights=False),
+            "distances": {"metrics": ["JS", "WD"]},
+            "synthesis": {
+                "models": ["normalized"],
+                "executor": "local",
+                "chunk_size": 1024,
+                "jit": jit,
+                "jit_wave": 4,
+                "temperature": temperature,
+                "controls": [],
+            },
+            "fewshot": {"methods": []},
+            "generation": {"backend": "hf", "examples_per_task": 2, "max_new_tokens": 4, "batch_size": 4},
+        }
+    )
 
 
 def _predictions(run_dir) -> dict:

@@ -25,9 +25,19 @@ MODELS = ("attentional", "normalized")
 EXAMPLES = 2
 # What the job needs from the repo is lorabatch/ and jobs/; the rest stays home.
 UPLOAD_EXCLUDES = [
-    ".git", ".venv*", "runs", "demo-bank", "tests", "bench", ".ci", ".whl", ".gl",
-    "*.egg-info", "__pycache__", ".pytest_cache",
-]  # fmt: skip
+    ".git",
+    ".venv*",
+    "runs",
+    "demo-bank",
+    "tests",
+    "bench",
+    ".ci",
+    ".whl",
+    ".gl",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 JOB_LIMIT_S = 600  # a hung job fails the test instead of hanging it (not a speed requirement)
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
@@ -40,7 +50,9 @@ def _listening_ips(pids) -> set[str]:
     ips = set()
     for pid in pids:
         try:
-            ips |= {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+            ips |= {
+                c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+            }
         except psutil.NoSuchProcess:
             continue
     return ips
@@ -50,7 +62,11 @@ def _job_status(cluster, job_id) -> str:
     """The job's status as `ray job status` prints it (terminal states get a sentence of their own)."""
     out = cluster.ray("job", "status", "--address", cluster.dashboard_url, "--log-style", "record", job_id, timeout=60)
     text = ANSI.sub("", out.stdout + out.stderr)
-    for pattern, status in ((f"Job '{job_id}' succeeded", "SUCCEEDED"), (f"Job '{job_id}' failed", "FAILED"), (f"Job '{job_id}' was stopped", "STOPPED")):
+    for pattern, status in (
+        (f"Job '{job_id}' succeeded", "SUCCEEDED"),
+        (f"Job '{job_id}' failed", "FAILED"),
+        (f"Job '{job_id}' was stopped", "STOPPED"),
+    ):
         if pattern in text:
             return status
     found = re.findall(rf"Status for job '{job_id}': (\w+)", text)
@@ -60,7 +76,9 @@ def _job_status(cluster, job_id) -> str:
 @pytest.mark.slow
 def test_sweep_as_a_ray_job_on_a_local_cluster(sweep_bank, write_sweep_config, tmp_path):
     run = tmp_path / "run"
-    config = write_sweep_config(tmp_path / "sweep.yaml", run, metrics=METRICS, models=MODELS, examples_per_task=EXAMPLES)
+    config = write_sweep_config(
+        tmp_path / "sweep.yaml", run, metrics=METRICS, models=MODELS, examples_per_task=EXAMPLES
+    )
     venv_bin = Path(sys.executable).parent
     runtime_env = {"excludes": UPLOAD_EXCLUDES, "env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
     job_id = f"lorabatch-test-{int(time.time())}"
@@ -69,10 +87,25 @@ def test_sweep_as_a_ray_job_on_a_local_cluster(sweep_bank, write_sweep_config, t
     try:
         cluster.start()
         submit = cluster.ray(
-            "job", "submit", "--address", cluster.dashboard_url, "--submission-id", job_id, "--no-wait",
-            "--log-style", "record", "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-            "--", sys.executable, "jobs/sweep.py", "--config", str(config),
-        )  # fmt: skip
+            "job",
+            "submit",
+            "--address",
+            cluster.dashboard_url,
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--log-style",
+            "record",
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            sys.executable,
+            "jobs/sweep.py",
+            "--config",
+            str(config),
+        )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         status, deadline = _job_status(cluster, job_id), time.monotonic() + JOB_LIMIT_S
         while status not in TERMINAL and time.monotonic() < deadline:
@@ -99,7 +132,12 @@ def test_sweep_as_a_ray_job_on_a_local_cluster(sweep_bank, write_sweep_config, t
     settings = ["base", "oracle", *[f"{m}-{model}" for m in METRICS for model in MODELS]]
     tasks = [f"task{n}" for n in sweep_bank.task_numbers]
     examples = {
-        f"task{n}": [str(i) for i in read_split(sweep_bank.root / sweep_bank.org / f"task{n}_tiny_{n}", "test").column("id").to_pylist()[:EXAMPLES]]
+        f"task{n}": [
+            str(i)
+            for i in read_split(sweep_bank.root / sweep_bank.org / f"task{n}_tiny_{n}", "test")
+            .column("id")
+            .to_pylist()[:EXAMPLES]
+        ]
         for n in sweep_bank.task_numbers
     }
     expected = {(t, s, e) for s in settings for t in tasks for e in examples[t]}

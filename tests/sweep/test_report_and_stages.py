@@ -23,7 +23,9 @@ def test_marker_matches_only_its_key(tmp_path):
 
 
 def _square_table(tasks, values, name):
-    rows = [{"target": t, "source": s, name: float(values[i, j])} for i, t in enumerate(tasks) for j, s in enumerate(tasks)]
+    rows = [
+        {"target": t, "source": s, name: float(values[i, j])} for i, t in enumerate(tasks) for j, s in enumerate(tasks)
+    ]
     return pa.Table.from_pylist(rows)
 
 
@@ -36,7 +38,9 @@ def test_report_shows_pending_then_results(tmp_path):
     RunLayout(tmp_path).distances_dir.mkdir()
     pq.write_table(_square_table(tasks, rng.random((3, 3)), "d"), RunLayout(tmp_path).distances("JS"))
     (RunLayout(tmp_path).coefficients_dir / "JS").mkdir(parents=True)
-    pq.write_table(_square_table(tasks, rng.random((3, 3)), "c"), RunLayout(tmp_path).coefficients_file("JS", "normalized"))
+    pq.write_table(
+        _square_table(tasks, rng.random((3, 3)), "c"), RunLayout(tmp_path).coefficients_file("JS", "normalized")
+    )
     RunLayout(tmp_path).scores.mkdir()
     summary = [
         {"setting": "base", "rouge_l": 0.2, "improvement": 0.0, "n_tasks": 3},
@@ -44,7 +48,11 @@ def test_report_shows_pending_then_results(tmp_path):
         {"setting": "oracle", "rouge_l": 0.7, "improvement": 0.5, "n_tasks": 3},
     ]
     pq.write_table(pa.Table.from_pylist(summary), RunLayout(tmp_path).score_table("summary"))
-    per_task = [{"task_id": t, "setting": s, "rouge_l": v} for t in tasks for s, v in (("base", 0.2), ("JS-normalized", 0.4), ("oracle", 0.7))]
+    per_task = [
+        {"task_id": t, "setting": s, "rouge_l": v}
+        for t in tasks
+        for s, v in (("base", 0.2), ("JS-normalized", 0.4), ("oracle", 0.7))
+    ]
     pq.write_table(pa.Table.from_pylist(per_task), RunLayout(tmp_path).score_table("tasks"))
 
     page = write_report(tmp_path, {"bank": {"finished_at": "now", "seconds": 1.0}}).read_text()
@@ -66,12 +74,24 @@ def test_scoring_and_report_markers_are_keyed_by_their_inputs(tmp_path):
     from lorabatch.sweep.stages import read_marker
 
     def config(**scoring):
-        return parse_config({"run_dir": str(tmp_path), "bank": {"source": "local", "root": str(tmp_path), "base_model": "m"},
-                             "scoring": {"executor": "local", **scoring}})  # fmt: skip
+        return parse_config(
+            {
+                "run_dir": str(tmp_path),
+                "bank": {"source": "local", "root": str(tmp_path), "base_model": "m"},
+                "scoring": {"executor": "local", **scoring},
+            }
+        )
 
     def part(name, example):
-        row = {"task_id": "task1", "setting": "base", "example_id": example, "prompt": "p", "references": ["red cat"],
-               "prediction": "red", "fingerprint": "f"}  # fmt: skip
+        row = {
+            "task_id": "task1",
+            "setting": "base",
+            "example_id": example,
+            "prompt": "p",
+            "references": ["red cat"],
+            "prediction": "red",
+            "fingerprint": "f",
+        }
         write_parquet(RunLayout(tmp_path).generations / name, conform(pa.Table.from_pylist([row]), generation_schema()))
 
     part("part-a.parquet", "1")

@@ -23,10 +23,16 @@ from tests.helpers.processes import kill_session
 
 WIDTH, HEIGHT = 1280, 4000
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     f"--window-size={WIDTH},{HEIGHT}",
-]  # fmt: skip
+]
 # Appended to a copy of the page for --dump-dom: once loaded, each <img> records what the browser
 # decoded (natural size) and where it drew it (layout box in CSS px = screenshot px at scale 1).
 PROBE = """<script>window.addEventListener('load', () => { for (const img of document.images) {
@@ -47,8 +53,11 @@ def _run_chromium(args: list[str]) -> str:
     with tempfile.TemporaryDirectory(prefix="lbchrome-") as profile:
         proc = subprocess.Popen(
             [_chromium(), *FLAGS, f"--user-data-dir={profile}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=180)
         finally:
@@ -124,7 +133,18 @@ def test_dom_has_the_results_table_and_the_stages(rendered, reference_sweep):
     for row, r in zip(table[1:], summary):
         assert row[1] == f"{r['rouge_l']:.3f}"
     stages = [row[0] for row in page.tables["stages"][1:]]
-    assert stages == ["bank", "features", "distances", "coefficients", "coefficients-JS", "synthesis", "fewshot", "generation", "scoring", "report"]
+    assert stages == [
+        "bank",
+        "features",
+        "distances",
+        "coefficients",
+        "coefficients-JS",
+        "synthesis",
+        "fewshot",
+        "generation",
+        "scoring",
+        "report",
+    ]
 
 
 def test_plots_decode_and_are_drawn(rendered):
@@ -132,7 +152,12 @@ def test_plots_decode_and_are_drawn(rendered):
     assert shot.shape == (HEIGHT, WIDTH, 3)
     assert _colours(shot) > 100  # text, table borders and plots: not a blank page
     alts = sorted(img["alt"] for img in page.images)
-    assert alts == ["coefficient heatmaps JS/attentional", "coefficient heatmaps JS/normalized", "distance heatmaps JS", "per-task improvement"]
+    assert alts == [
+        "coefficient heatmaps JS/attentional",
+        "coefficient heatmaps JS/normalized",
+        "distance heatmaps JS",
+        "per-task improvement",
+    ]
     for img in page.images:
         src = img["src"]
         assert src.startswith("data:image/png;base64,")

@@ -19,10 +19,13 @@ def test_counts_and_stage_states(tmp_path):
     gen = RunLayout(tmp_path).generations
     gen.mkdir()
     row = {"task_id": "task1", "setting": "base", "prompt": "p", "references": ["r"], "backend": "hf"}
-    _part(gen / "part-a.parquet", [
-        {**row, "example_id": "1", "prediction": None, "error": "boom"},
-        {**row, "example_id": "2", "prediction": None, "error": "boom"},
-    ])
+    _part(
+        gen / "part-a.parquet",
+        [
+            {**row, "example_id": "1", "prediction": None, "error": "boom"},
+            {**row, "example_id": "2", "prediction": None, "error": "boom"},
+        ],
+    )
     _part(gen / "part-b.parquet", [{**row, "example_id": "1", "prediction": "r", "error": None}])
     (gen / "plan.json").write_text(json.dumps({"rows_per_setting": {"base": 3, "oracle": 2}}))
     mark_done(tmp_path, "bank", content_key("x"), 0.0)

@@ -35,9 +35,16 @@ def build_base(out_dir: Path):
 
     torch.manual_seed(0)
     config = MistralConfig(
-        vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=32, max_position_embeddings=64, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     model = MistralForCausalLM(config)
     model.save_pretrained(out_dir)
     return model
@@ -48,7 +55,9 @@ def build_adapters(base_model, root: Path, n: int, rank: int, dtype=None, poison
     import torch
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj"], lora_dropout=0.0, bias="none")
+    lora = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj"], lora_dropout=0.0, bias="none"
+    )
     model = get_peft_model(base_model, lora)
     model.peft_config["default"].base_model_name_or_path = BASE_NAME
     dirs = []
@@ -78,11 +87,19 @@ def write_manifest(run_dir: Path, task_ids: list[str], adapter_dirs: list[Path],
     shas = [file_sha256(d / "adapter_model.safetensors") for d in adapter_dirs]
     table = pa.Table.from_pylist(
         [
-            {"task_id": t, "adapter_path": str(d), "base_model": BASE_NAME, "base_model_path": str(base_dir),
-             "rank": RANK, "alpha": 2.0 * RANK, "target_modules": ["k_proj", "q_proj", "v_proj"], "adapter_sha256": s}
+            {
+                "task_id": t,
+                "adapter_path": str(d),
+                "base_model": BASE_NAME,
+                "base_model_path": str(base_dir),
+                "rank": RANK,
+                "alpha": 2.0 * RANK,
+                "target_modules": ["k_proj", "q_proj", "v_proj"],
+                "adapter_sha256": s,
+            }
             for t, d, s in zip(task_ids, adapter_dirs, shas)
         ]
-    )  # fmt: skip
+    )
     digest = hashlib.sha256("".join(shas).encode()).hexdigest()
     write_parquet(RunLayout(run_dir).manifest, table.replace_schema_metadata({"lorabatch.manifest_hash": digest}))
 
@@ -92,7 +109,9 @@ def write_distances(run_dir: Path, metric: str, task_ids: list[str], d: np.ndarr
 
     from lorabatch.atomic import write_parquet
 
-    rows = [{"target": t, "source": s, "d": float(d[i, j])} for i, t in enumerate(task_ids) for j, s in enumerate(task_ids)]
+    rows = [
+        {"target": t, "source": s, "d": float(d[i, j])} for i, t in enumerate(task_ids) for j, s in enumerate(task_ids)
+    ]
     write_parquet(RunLayout(run_dir).distances(metric), pa.Table.from_pylist(rows))
 
 

@@ -55,7 +55,9 @@ def test_bfloat16_output_rounds_like_torch(tiny_bank, tmp_path):
 
     layout = layout_from_manifest(tiny_bank.run_dir)
     c = attentional_coefficients(tiny_bank.distances)[:2]
-    synthesize_batch(layout, c, [tmp_path / "a", tmp_path / "b"], provs(2), chunk_size=2048, output_dtype="bfloat16", progress=False)
+    synthesize_batch(
+        layout, c, [tmp_path / "a", tmp_path / "b"], provs(2), chunk_size=2048, output_dtype="bfloat16", progress=False
+    )
     banks = [load_tensors(d) for d in tiny_bank.adapter_dirs]
     got = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
     for k, want in expected_adapter(banks, c[1]).items():

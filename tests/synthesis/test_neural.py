@@ -33,7 +33,10 @@ def test_gram_loss_and_gradient_equal_explicit():
     t = torch.as_tensor(theta)
     grads = []
     values = []
-    for loss_fn in (lambda c: explicit_reconstruction_loss(c, t), lambda c: gram_reconstruction_loss(c, t @ t.T, t.shape[1])):
+    for loss_fn in (
+        lambda c: explicit_reconstruction_loss(c, t),
+        lambda c: gram_reconstruction_loss(c, t @ t.T, t.shape[1]),
+    ):
         mlp.zero_grad()
         loss = loss_fn(loo_coefficients(mlp, z))
         loss.backward()

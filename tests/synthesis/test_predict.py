@@ -43,7 +43,11 @@ def test_reads_jsonl_csv_parquet_and_dataset_dirs(tmp_path):
     t2 = read_user_dataset(tmp_path / "b.csv")
     pq.write_table(pa.table({"input": ["red cat", "one two"], "output": [["blue"], ["three"]]}), tmp_path / "c.parquet")
     t3 = read_user_dataset(tmp_path / "c.parquet")
-    write_split(tmp_path / "d", "train", [{"input": "red cat", "output": ["blue"], "id": "x"}, {"input": "one two", "output": ["three"], "id": "y"}])
+    write_split(
+        tmp_path / "d",
+        "train",
+        [{"input": "red cat", "output": ["blue"], "id": "x"}, {"input": "one two", "output": ["three"], "id": "y"}],
+    )
     t4 = read_user_dataset(tmp_path / "d")
     for t in (t1, t2, t3, t4):
         assert t.column("input").to_pylist() == ["red cat", "one two"]
@@ -74,13 +78,30 @@ def test_cli_prints_top_contributors(bank, tmp_path):
 
     data = write_jsonl(tmp_path / "my.jsonl", ROWS)
     res = CliRunner().invoke(
-        app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "o"),
-              "--model", "attentional", "--top-k", "2", "--top", "3"],
-    )  # fmt: skip
+        app,
+        [
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            "attentional",
+            "--top-k",
+            "2",
+            "--top",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     c = attentional_coefficients(QUERY_D[None, :], exclude_self=False, top_k=2)[0]
     lines = [ln.split() for ln in res.output.splitlines() if ln.startswith("  task")]
-    assert [(t, float(w)) for t, w in lines] == [("task2", pytest.approx(c[1], abs=1e-4)), ("task4", pytest.approx(c[3], abs=1e-4))]
+    assert [(t, float(w)) for t, w in lines] == [
+        ("task2", pytest.approx(c[1], abs=1e-4)),
+        ("task4", pytest.approx(c[3], abs=1e-4)),
+    ]
     assert "adapter written to" in res.output
 
 
@@ -91,7 +112,9 @@ def assert_nothing_written(tmp_path):
 
 def test_unknown_columns_are_named(bank, tmp_path):
     (tmp_path / "my.csv").write_text("prompt,completion\nhi,there\n")
-    with pytest.raises(DatasetError, match=r"missing column\(s\) \['input', 'output'\].*unknown: \['prompt', 'completion'\]"):
+    with pytest.raises(
+        DatasetError, match=r"missing column\(s\) \['input', 'output'\].*unknown: \['prompt', 'completion'\]"
+    ):
         predict_adapter(bank.run_dir, tmp_path / "my.csv", tmp_path / "out", progress=False)
     assert_nothing_written(tmp_path)
     assert bank.calls == []  # refused before any feature work
@@ -173,8 +196,22 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     from lorabatch.synthesis.predict import read_user_dataset
 
     data = write_jsonl(tmp_path / "d.jsonl", FEW_ROWS)
-    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "sel"),
-                                   "--fewshot", "select", "--fewshot-examples", "4"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "sel"),
+            "--fewshot",
+            "select",
+            "--fewshot-examples",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "select:" in res.output and "forward passes" in res.output
     prov = _json.loads((tmp_path / "sel" / "provenance.json").read_text())
@@ -194,8 +231,26 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     nearest = manifest[int(np.argmin(QUERY_D))]["adapter_path"]
     assert chosen <= ev.loss(load_file(str(Path(nearest) / "adapter_model.safetensors"))) + 1e-9
 
-    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "ref"),
-                                   "--fewshot", "refine", "--fewshot-examples", "4", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "ref"),
+            "--fewshot",
+            "refine",
+            "--fewshot-examples",
+            "4",
+            "--refine-budget",
+            "6",
+            "--refine-top-k",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     selected = prov["fewshot"]
     prov = _json.loads((tmp_path / "ref" / "provenance.json").read_text())
@@ -209,16 +264,50 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     else:
         assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
 
-    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "ref2"),
-                                   "--fewshot", "refine", "--refine-from", "setting", "--refine-budget", "6", "--refine-top-k", "2"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "ref2"),
+            "--fewshot",
+            "refine",
+            "--refine-from",
+            "setting",
+            "--refine-budget",
+            "6",
+            "--refine-top-k",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     prov = _json.loads((tmp_path / "ref2" / "provenance.json").read_text())
-    assert prov["fewshot"]["choice"] == "JS-normalized" and prov["fewshot"]["evaluations"] <= 6 + 5  # budget + the pool (all 5 bank tasks)
+    assert (
+        prov["fewshot"]["choice"] == "JS-normalized" and prov["fewshot"]["evaluations"] <= 6 + 5
+    )  # budget + the pool (all 5 bank tasks)
     assert prov["fewshot"]["rouge_l"] >= prov["fewshot"]["start_rouge_l"] and not prov["fewshot"]["kept_select"]
     assert prov["mixing"]["mode"] == "exact" and prov["n_nonzero_coefficients"] <= 2
 
-    res = CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(tmp_path / "x"),
-                                   "--fewshot", "bogus"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--fewshot",
+            "bogus",
+        ],
+    )
     from lorabatch.errors import ConfigError
 
-    assert isinstance(res.exception, ConfigError) and "--fewshot" in str(res.exception) and not (tmp_path / "x").exists()
+    assert (
+        isinstance(res.exception, ConfigError) and "--fewshot" in str(res.exception) and not (tmp_path / "x").exists()
+    )

@@ -9,7 +9,9 @@ from lorabatch.synthesis.stage import SynthesisError
 
 
 def predict(bank, data, out, *flags):
-    return CliRunner().invoke(app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(out), *flags])
+    return CliRunner().invoke(
+        app, ["predict", "--bank", str(bank.run_dir), "--data", str(data), "--out", str(out), *flags]
+    )
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,10 @@ def test_directory_with_provenance_and_user_files_is_kept(bank, data, tmp_path):
     (out / "thesis.tex").write_text("keep me")
     res = predict(bank, data, out)
     assert res.exit_code != 0 and "refusing to replace it" in str(res.exception) and "thesis.tex" in str(res.exception)
-    assert (out / "thesis.tex").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["provenance.json", "thesis.tex"]
+    assert (out / "thesis.tex").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == [
+        "provenance.json",
+        "thesis.tex",
+    ]
 
 
 def test_adapter_files_with_foreign_provenance_are_kept(bank, data, tmp_path):
@@ -52,14 +55,23 @@ def test_new_empty_or_previous_adapter_directory_is_written(bank, data, tmp_path
     for out in (tmp_path / "new", tmp_path / "empty"):
         res = predict(bank, data, out)
         assert res.exit_code == 0, res.output
-        assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "provenance.json"]
+        assert sorted(p.name for p in out.iterdir()) == [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "provenance.json",
+        ]
     first = (tmp_path / "new" / "provenance.json").read_text()
     assert predict(bank, data, tmp_path / "new").exit_code == 0  # a previous lorabatch adapter is replaced
     assert (tmp_path / "new" / "provenance.json").read_text() == first
 
 
 def test_out_inside_the_bank_is_refused(bank, data):
-    for out in (RunLayout(bank.run_dir).adapters / "mine", bank.run_dir, bank.adapter_dirs[0], bank.adapter_dirs[1] / "sub"):
+    for out in (
+        RunLayout(bank.run_dir).adapters / "mine",
+        bank.run_dir,
+        bank.adapter_dirs[0],
+        bank.adapter_dirs[1] / "sub",
+    ):
         res = predict(bank, data, out)
         assert res.exit_code != 0 and "lies inside the bank" in str(res.exception), out
     assert not RunLayout(bank.run_dir).adapters.exists() and not (bank.adapter_dirs[1] / "sub").exists()
@@ -72,8 +84,23 @@ def test_cli_error_is_one_line_exit_2(bank, data, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    res = subprocess.run([sys.executable, "-m", "lorabatch.cli", "predict", "--bank", str(bank.run_dir), "--data", str(data),
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lorabatch.cli",
+            "predict",
+            "--bank",
+            str(bank.run_dir),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {out} exists and it holds files other than a lorabatch adapter's (notes.txt): refusing to replace it; "
         "choose a new or empty directory"

@@ -20,7 +20,13 @@ def learnable_rows(n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         first = rng.choice(sorted(ANSWERS))
-        rows.append({"input": " ".join([first] + [rng.choice(FILLER) for _ in range(4)]), "output": [ANSWERS[first]], "id": str(i)})
+        rows.append(
+            {
+                "input": " ".join([first] + [rng.choice(FILLER) for _ in range(4)]),
+                "output": [ANSWERS[first]],
+                "id": str(i),
+            }
+        )
     return rows
 
 

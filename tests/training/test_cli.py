@@ -7,7 +7,9 @@ import sys
 
 
 def _train(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorabatch.cli", "train", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lorabatch.cli", "train", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_not_a_prepared_bank(tmp_path, train_bank):
@@ -28,5 +30,7 @@ def test_missing_data_and_out_inside_the_bank(tmp_path, train_bank):
 
 def test_invalid_flags_name_the_field(tmp_path, train_bank):
     run, data, _ = train_bank
-    result = _train("--bank", str(run), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "4", "--batch-size", "2")
+    result = _train(
+        "--bank", str(run), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "4", "--batch-size", "2"
+    )
     assert result.returncode == 2 and "batch_size" in result.stderr, result.stderr[-2000:]

@@ -13,7 +13,9 @@ def _adapters(root) -> dict[str, dict]:
 
     from lorabatch.bank.demo.build import ORG
 
-    return {p.name: load_file(p / "adapter_model.safetensors") for p in sorted((root / ORG).glob("tiny-mistral-r*-task*"))}
+    return {
+        p.name: load_file(p / "adapter_model.safetensors") for p in sorted((root / ORG).glob("tiny-mistral-r*-task*"))
+    }
 
 
 @pytest.mark.slow
@@ -45,8 +47,16 @@ def test_same_bank_whatever_the_parallelism(tmp_path):
     try:
         model = lora_model(AutoModelForCausalLM.from_pretrained(one / BASE_REPO), settings, BASE_REPO)
         rows = read_split(one / ORG / task["name"], "train").to_pylist()
-        losses = train_lora(model, AutoTokenizer.from_pretrained(one / BASE_REPO), rows, settings, task["lora_init_seed"],
-                            task_seed(0, number), "t", progress=False)  # fmt: skip
+        losses = train_lora(
+            model,
+            AutoTokenizer.from_pretrained(one / BASE_REPO),
+            rows,
+            settings,
+            task["lora_init_seed"],
+            task_seed(0, number),
+            "t",
+            progress=False,
+        )
     finally:
         torch.set_num_threads(before)
     assert task["lora_loss"][0] == round(losses[0], 4)

@@ -91,7 +91,19 @@ def test_killed_driver_resumes_when_the_command_runs_again(fresh_run, tmp_path, 
 
     run, data, _ = fresh_run()
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lorabatch.cli", "train", "--bank", str(run), "--data", str(data), "--out", str(out), *FLAGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorabatch.cli",
+        "train",
+        "--bank",
+        str(run),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *FLAGS,
+    ]
     proc = start_in_session(cmd, ray_env, tmp_path / "first.log")
     try:
         progress = _wait_for_checkpoint(run / "training", alive=lambda: proc.poll() is None)

@@ -21,8 +21,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorabatch.bank.demo.families import FAMILIES, TaskSpec, make_examples, pretraining_sentences, split_examples, task_specs
-from lorabatch.bank.demo.lora_init import DEFAULT_SHARED_FRACTION, LORA_INITS, lora_init_seeds, shared_init_seed, shared_init_tasks, task_seed
+from lorabatch.bank.demo.families import (
+    FAMILIES,
+    TaskSpec,
+    make_examples,
+    pretraining_sentences,
+    split_examples,
+    task_specs,
+)
+from lorabatch.bank.demo.lora_init import (
+    DEFAULT_SHARED_FRACTION,
+    LORA_INITS,
+    lora_init_seeds,
+    shared_init_seed,
+    shared_init_tasks,
+    task_seed,
+)
 from lorabatch.bank.demo.model import ModelDims
 from lorabatch.bank.demo.train import TrainSettings
 from lorabatch.errors import LorabatchError
@@ -62,9 +76,23 @@ SIZES: dict[str, DemoSize] = {
     "small": DemoSize(3, 3, 150, 4000, 15, TrainSettings(pretrain_steps=400, lora_steps=130)),
     "default": DemoSize(6, 4, 250, 8000, 25, TrainSettings(pretrain_steps=800, lora_steps=200)),
     # The builder's mechanics in tests (seconds, not minutes); its adapters learn little.
-    "tiny": DemoSize(1, 2, 40, 300, 4, TrainSettings(pretrain_steps=20, pretrain_batch=8, lora_steps=12, lora_batch=8),
-                     ModelDims(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               num_key_value_heads=1, head_dim=16, max_position_embeddings=64)),
+    "tiny": DemoSize(
+        1,
+        2,
+        40,
+        300,
+        4,
+        TrainSettings(pretrain_steps=20, pretrain_batch=8, lora_steps=12, lora_batch=8),
+        ModelDims(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=64,
+        ),
+    ),
 }
 
 
@@ -77,7 +105,9 @@ def read_manifest(out: str | Path) -> dict | None:
     return info if isinstance(info, dict) and info.get("complete") is True else None
 
 
-def write_datasets(org_dir: Path, specs: list[TaskSpec], examples_per_task: int, seed: int) -> dict[int, dict[str, list[dict]]]:
+def write_datasets(
+    org_dir: Path, specs: list[TaskSpec], examples_per_task: int, seed: int
+) -> dict[int, dict[str, list[dict]]]:
     """Generate and write every task's train/valid/test Parquet files; returns the rows."""
     from lorabatch.bank.datasets import write_split
 
@@ -124,14 +154,30 @@ def build_demo_bank(
         want = (BUILDER_VERSION, size, seed, lora_init, fraction)
         if tuple(have.get(k) for k in ("builder_version", "size", "seed", "lora_init", "shared_fraction")) == want:
             with _log_to_stderr(progress):
-                log.info("%s already holds the %s demo bank (seed %d, lora_init %s, builder %s): kept",
-                         out, size, seed, _describe_init(lora_init, fraction), BUILDER_VERSION)  # fmt: skip
+                log.info(
+                    "%s already holds the %s demo bank (seed %d, lora_init %s, builder %s): kept",
+                    out,
+                    size,
+                    seed,
+                    _describe_init(lora_init, fraction),
+                    BUILDER_VERSION,
+                )
             return out
-        log.warning("%s holds a demo bank of size %r, seed %r, lora_init %r, builder %r: rebuilding it as %s, seed %d, lora_init %s",
-                    out, have.get("size"), have.get("seed"), have.get("lora_init"), have.get("builder_version"),
-                    size, seed, _describe_init(lora_init, fraction))  # fmt: skip
+        log.warning(
+            "%s holds a demo bank of size %r, seed %r, lora_init %r, builder %r: rebuilding it as %s, seed %d, lora_init %s",
+            out,
+            have.get("size"),
+            have.get("seed"),
+            have.get("lora_init"),
+            have.get("builder_version"),
+            size,
+            seed,
+            _describe_init(lora_init, fraction),
+        )
     if out.exists() and have is None and (not out.is_dir() or any(out.iterdir())):
-        raise LorabatchError(f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)")
+        raise LorabatchError(
+            f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)"
+        )
     with _log_to_stderr(progress), _torch_threads(threads):
         return _build(out, size, SIZES[size], seed, progress, lora_init, fraction, parallel or DEFAULT_PARALLEL)
 
@@ -145,8 +191,16 @@ def _describe_init(lora_init: str, fraction: float | None) -> str:
     return f"mixed ({fraction:g} shared)" if lora_init == "mixed" else lora_init
 
 
-def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_init: str, shared_fraction: float | None,
-           parallel: int) -> Path:  # fmt: skip
+def _build(
+    out: Path,
+    size: str,
+    cfg: DemoSize,
+    seed: int,
+    progress: bool,
+    lora_init: str,
+    shared_fraction: float | None,
+    parallel: int,
+) -> Path:
     import torch
 
     from lorabatch.atomic import atomic_dir, write_json
@@ -162,10 +216,23 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
     fraction = DEFAULT_SHARED_FRACTION if shared_fraction is None else shared_fraction
     init_seeds = lora_init_seeds(numbers, seed, lora_init, fraction)
     sharing = shared_init_tasks(numbers, seed, lora_init, fraction)
-    log.info("building the %s demo bank (seed %d) into %s: %d families x %d variants = %d tasks, %d threads",
-             size, seed, out, cfg.n_families, cfg.n_variants, len(specs), torch.get_num_threads())  # fmt: skip
-    log.info("LoRA init %s: %d of %d tasks share one lora_A init (%s)", _describe_init(lora_init, shared_fraction),
-             len(sharing), len(specs), ", ".join(f"task{n}" for n in sharing) or "none")  # fmt: skip
+    log.info(
+        "building the %s demo bank (seed %d) into %s: %d families x %d variants = %d tasks, %d threads",
+        size,
+        seed,
+        out,
+        cfg.n_families,
+        cfg.n_variants,
+        len(specs),
+        torch.get_num_threads(),
+    )
+    log.info(
+        "LoRA init %s: %d of %d tasks share one lora_A init (%s)",
+        _describe_init(lora_init, shared_fraction),
+        len(sharing),
+        len(specs),
+        ", ".join(f"task{n}" for n in sharing) or "none",
+    )
     with atomic_dir(out) as tmp:
         org = tmp / ORG
         base_dir = org / "tiny-mistral"
@@ -173,16 +240,27 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
         t = time.perf_counter()
         splits = write_datasets(org, specs, cfg.examples_per_task, seed)
         sentences = pretraining_sentences(families, cfg.pretrain_sentences, seed)
-        texts = sentences + [t for s in splits.values() for rows in s.values() for r in rows for t in (r["input"], *r["output"])]
+        texts = sentences + [
+            t for s in splits.values() for rows in s.values() for r in rows for t in (r["input"], *r["output"])
+        ]
         tokenizer = train_tokenizer(texts, base_dir)
         timings["datasets_and_tokenizer"] = time.perf_counter() - t
-        log.info("wrote %d datasets (%d examples each); tokenizer: %d words", len(specs), cfg.examples_per_task, len(tokenizer))
+        log.info(
+            "wrote %d datasets (%d examples each); tokenizer: %d words",
+            len(specs),
+            cfg.examples_per_task,
+            len(tokenizer),
+        )
 
         t = time.perf_counter()
         model = new_model(tokenizer, cfg.dims, seed)
         n_params = sum(p.numel() for p in model.parameters())
-        log.info("pre-training the base model (%d parameters) for %d steps on %d sentences",
-                 n_params, cfg.train.pretrain_steps, len(sentences))  # fmt: skip
+        log.info(
+            "pre-training the base model (%d parameters) for %d steps on %d sentences",
+            n_params,
+            cfg.train.pretrain_steps,
+            len(sentences),
+        )
         pre_losses = pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
         model.save_pretrained(base_dir)
         timings["pretrain"] = time.perf_counter() - t
@@ -202,15 +280,21 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
 
         tasks = [
             {
-                "task_id": spec.task_id, "name": spec.name, "family": spec.family.name, "variant": spec.variant.slug,
-                "definition": spec.variant.definition, "output_format": spec.variant.formats[0],
+                "task_id": spec.task_id,
+                "name": spec.name,
+                "family": spec.family.name,
+                "variant": spec.variant.slug,
+                "definition": spec.variant.definition,
+                "output_format": spec.variant.formats[0],
                 **{f"n_{k}": len(v) for k, v in splits[spec.number].items()},
-                "lora_loss": [round(x, 4) for x in lora_losses[spec.number]], "rouge_l": scores[spec.number],
-                "lora_init_seed": init_seeds[spec.number], "shared_init": spec.number in sharing,
+                "lora_loss": [round(x, 4) for x in lora_losses[spec.number]],
+                "rouge_l": scores[spec.number],
+                "lora_init_seed": init_seeds[spec.number],
+                "shared_init": spec.number in sharing,
                 "train_seconds": round(train_seconds[spec.number], 2),
             }
             for spec in specs
-        ]  # fmt: skip
+        ]
         per_family = {f.name: _mean_scores([x["rouge_l"] for x in tasks if x["family"] == f.name]) for f in families}
         timings["total"] = time.perf_counter() - started
         info = {
@@ -227,18 +311,32 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
             "dataset_repo": DATASET_REPO,
             "families": [{"name": f.name, "tasks": [s.task_id for s in specs if s.family is f]} for f in families],
             "tasks": tasks,
-            "model": {"architecture": "MistralForCausalLM", "vocab_size": model_vocab(base_dir), "n_params": n_params, **cfg.dims.as_dict()},
+            "model": {
+                "architecture": "MistralForCausalLM",
+                "vocab_size": model_vocab(base_dir),
+                "n_params": n_params,
+                **cfg.dims.as_dict(),
+            },
             "tokenizer": {"kind": "word-level", "words": len(tokenizer), "bos_added": True},
-            "training": {**cfg.train.as_dict(), "pretrain_sentences": cfg.pretrain_sentences,
-                         "examples_per_task": cfg.examples_per_task, "pretrain_loss": [round(pre_losses[0], 4), round(_tail(pre_losses), 4)]},
-            "evaluation": {"metric": "rougeL F-measure, stemmed, against output[0]", "decoding": "greedy",
-                           "prompt": "raw input", "max_new_tokens": cfg.max_new_tokens, "examples_per_task": cfg.eval_examples},
+            "training": {
+                **cfg.train.as_dict(),
+                "pretrain_sentences": cfg.pretrain_sentences,
+                "examples_per_task": cfg.examples_per_task,
+                "pretrain_loss": [round(pre_losses[0], 4), round(_tail(pre_losses), 4)],
+            },
+            "evaluation": {
+                "metric": "rougeL F-measure, stemmed, against output[0]",
+                "decoding": "greedy",
+                "prompt": "raw input",
+                "max_new_tokens": cfg.max_new_tokens,
+                "examples_per_task": cfg.eval_examples,
+            },
             "rouge_l": {"per_family": per_family, "mean": _mean_scores([x["rouge_l"] for x in tasks])},
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "threads": torch.get_num_threads(),
             "parallel": parallel,
             "versions": _versions(),
-        }  # fmt: skip
+        }
         write_json(tmp / MANIFEST, info)
         _readable(tmp)
     log.info("demo bank ready in %.0f s: %s", time.perf_counter() - started, out)
@@ -247,8 +345,17 @@ def _build(out: Path, size: str, cfg: DemoSize, seed: int, progress: bool, lora_
     return out
 
 
-def _train_loras(org: Path, base_dir: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, seed: int,
-                 init_seeds: dict[int, int], threads: int, parallel: int) -> dict:  # fmt: skip
+def _train_loras(
+    org: Path,
+    base_dir: Path,
+    specs: list[TaskSpec],
+    splits: dict,
+    cfg: DemoSize,
+    seed: int,
+    init_seeds: dict[int, int],
+    threads: int,
+    parallel: int,
+) -> dict:
     """Every task's LoRA on Ray Train, `parallel` at a time, written into the bank; the results.
 
     Ray is started here (and stopped afterwards) unless it already runs; the checkpoints live in
@@ -263,10 +370,15 @@ def _train_loras(org: Path, base_dir: Path, specs: list[TaskSpec], splits: dict,
 
     training = cfg.train.training_config(threads, parallel)
     jobs = [
-        TrainJob(spec.task_id, base_dir, splits[spec.number]["train"], cfg.train.lora_spec(BASE_REPO, init_seeds[spec.number]),
-                 data_seed=task_seed(seed, spec.number))
+        TrainJob(
+            spec.task_id,
+            base_dir,
+            splits[spec.number]["train"],
+            cfg.train.lora_spec(BASE_REPO, init_seeds[spec.number]),
+            data_seed=task_seed(seed, spec.number),
+        )
         for spec in specs
-    ]  # fmt: skip
+    ]
     log.info("training %d task LoRAs on Ray Train, %d at a time (%d threads each)", len(jobs), parallel, threads)
     started_ray = not ray.is_initialized()
     storage = Path(tempfile.mkdtemp(prefix=".demo-training-", dir=org.parent.parent))
@@ -278,7 +390,13 @@ def _train_loras(org: Path, base_dir: Path, specs: list[TaskSpec], splits: dict,
             result = results[spec.task_id]
             _copy_adapter(result.checkpoint_dir, org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}")
             by_number[spec.number] = result
-            log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, result.losses[0], _tail(result.losses), result.train_seconds)
+            log.info(
+                "%s LoRA: loss %.2f -> %.3f in %.1f s",
+                spec.name,
+                result.losses[0],
+                _tail(result.losses),
+                result.train_seconds,
+            )
         return by_number
     finally:
         shutil.rmtree(storage, ignore_errors=True)
@@ -318,8 +436,15 @@ def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, pro
         model.set_adapter(spec.task_id)
         result = own_vs_base(model, tokenizer, splits[spec.number]["test"][: cfg.eval_examples], cfg.max_new_tokens)
         scores[spec.number] = result
-        log.info("%s Rouge-L own %.3f base %.3f (e.g. %r vs %r, reference %r)", spec.name, result["own"], result["base"],
-                 result["example"]["own"], result["example"]["base"], result["example"]["reference"])  # fmt: skip
+        log.info(
+            "%s Rouge-L own %.3f base %.3f (e.g. %r vs %r, reference %r)",
+            spec.name,
+            result["own"],
+            result["base"],
+            result["example"]["own"],
+            result["example"]["base"],
+            result["example"]["reference"],
+        )
     return scores
 
 
@@ -357,7 +482,12 @@ def _versions() -> dict:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "tokenizers": tokenizers.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
 
 
 @contextlib.contextmanager

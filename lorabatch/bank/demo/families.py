@@ -58,9 +58,52 @@ def _favour(rng: random.Random, words: tuple[str, ...], focus: int, parts: int =
 
 
 # --- review sentiment: keyword classification, label words differ per variant ---------------
-POSITIVE = ("delicious", "friendly", "wonderful", "great", "excellent", "lovely", "fresh", "pleasant", "amazing", "perfect", "clean", "cosy")
-NEGATIVE = ("awful", "rude", "terrible", "bad", "dirty", "boring", "stale", "noisy", "horrible", "slow", "broken", "greasy")
-REVIEW_NOUNS = ("soup", "pasta", "waiter", "dessert", "plot", "actors", "ending", "film", "room", "bed", "breakfast", "pool", "screen", "battery", "price", "delivery")
+POSITIVE = (
+    "delicious",
+    "friendly",
+    "wonderful",
+    "great",
+    "excellent",
+    "lovely",
+    "fresh",
+    "pleasant",
+    "amazing",
+    "perfect",
+    "clean",
+    "cosy",
+)
+NEGATIVE = (
+    "awful",
+    "rude",
+    "terrible",
+    "bad",
+    "dirty",
+    "boring",
+    "stale",
+    "noisy",
+    "horrible",
+    "slow",
+    "broken",
+    "greasy",
+)
+REVIEW_NOUNS = (
+    "soup",
+    "pasta",
+    "waiter",
+    "dessert",
+    "plot",
+    "actors",
+    "ending",
+    "film",
+    "room",
+    "bed",
+    "breakfast",
+    "pool",
+    "screen",
+    "battery",
+    "price",
+    "delivery",
+)
 
 
 def _review(rng: random.Random, focus: int) -> dict:
@@ -101,10 +144,26 @@ REVIEW = Family(
         "my friends said the {n1} was {a1} .",
     ),
     variants=(
-        Variant("restaurant_review_polarity", "Classify the review as positive or negative.", ("{label}",), (0, 1, 2), 0),
-        Variant("movie_review_good_bad", "Read the review and answer good if the reviewer liked it, otherwise bad.", ("{label}",), (1, 2, 3), 1),
-        Variant("hotel_review_sentence", "Say whether the review is positive or negative in a short sentence.", ("{label}", "{label} ."), (2, 3, 4), 2),
-        Variant("product_review_recommend", "Would the customer recommend it? Answer yes or no.", ("{label}",), (3, 4, 5), 3),
+        Variant(
+            "restaurant_review_polarity", "Classify the review as positive or negative.", ("{label}",), (0, 1, 2), 0
+        ),
+        Variant(
+            "movie_review_good_bad",
+            "Read the review and answer good if the reviewer liked it, otherwise bad.",
+            ("{label}",),
+            (1, 2, 3),
+            1,
+        ),
+        Variant(
+            "hotel_review_sentence",
+            "Say whether the review is positive or negative in a short sentence.",
+            ("{label}", "{label} ."),
+            (2, 3, 4),
+            2,
+        ),
+        Variant(
+            "product_review_recommend", "Would the customer recommend it? Answer yes or no.", ("{label}",), (3, 4, 5), 3
+        ),
     ),
     sample=_review,
     facts=_review_fact,
@@ -138,8 +197,16 @@ COLOUR = Family(
     ),
     variants=(
         Variant("colour_extraction", "Extract the colour mentioned in the sentence.", ("{colour}",), (0, 1, 2), 0),
-        Variant("colour_of_object", "What colour is the object? Answer with a sentence.", ("the colour is {colour}", "{colour}"), (1, 2, 3), 1),
-        Variant("colour_label", "Label the sentence with the colour it mentions.", ("colour : {colour}",), (2, 3, 4), 2),
+        Variant(
+            "colour_of_object",
+            "What colour is the object? Answer with a sentence.",
+            ("the colour is {colour}", "{colour}"),
+            (1, 2, 3),
+            1,
+        ),
+        Variant(
+            "colour_label", "Label the sentence with the colour it mentions.", ("colour : {colour}",), (2, 3, 4), 2
+        ),
         Variant("colour_statement", "State the colour of the thing described.", ("it is {colour}",), (3, 4, 5), 3),
     ),
     sample=_colour,
@@ -149,11 +216,15 @@ COLOUR = Family(
 
 # --- city to country: a lookup whose keys are shared by train and test -----------------------
 CITIES = {
-    "france": ("paris", "lyon", "marseille"), "germany": ("berlin", "munich", "hamburg"),
-    "italy": ("rome", "milan", "naples"), "spain": ("madrid", "seville", "valencia"),
-    "japan": ("tokyo", "osaka", "kyoto"), "egypt": ("cairo", "alexandria", "luxor"),
-    "brazil": ("recife", "salvador", "curitiba"), "canada": ("toronto", "montreal", "calgary"),
-}  # fmt: skip
+    "france": ("paris", "lyon", "marseille"),
+    "germany": ("berlin", "munich", "hamburg"),
+    "italy": ("rome", "milan", "naples"),
+    "spain": ("madrid", "seville", "valencia"),
+    "japan": ("tokyo", "osaka", "kyoto"),
+    "egypt": ("cairo", "alexandria", "luxor"),
+    "brazil": ("recife", "salvador", "curitiba"),
+    "canada": ("toronto", "montreal", "calgary"),
+}
 COUNTRY_OF = {city: country for country, cities in CITIES.items() for city in cities}
 CITY_LIST = tuple(COUNTRY_OF)
 TRAVELLERS = ("the minister", "my cousin", "the band", "a student", "the team", "our manager")
@@ -168,7 +239,13 @@ def _city(rng: random.Random, focus: int) -> dict:
 def _city_fact(rng: random.Random) -> str:
     city = rng.choice(CITY_LIST)
     country = COUNTRY_OF[city]
-    return rng.choice((f"{city} is a city in {country} .", f"the country of {city} is {country} .", f"{country} has a city called {city} ."))
+    return rng.choice(
+        (
+            f"{city} is a city in {country} .",
+            f"the country of {city} is {country} .",
+            f"{country} has a city called {city} .",
+        )
+    )
 
 
 CITY = Family(
@@ -183,8 +260,16 @@ CITY = Family(
     ),
     variants=(
         Variant("city_to_country", "Name the country of the city in the sentence.", ("{country}",), (0, 1, 2), 0),
-        Variant("city_location_sentence", "Where is the city? Answer with a full sentence.", ("{city} is in {country}", "{country}"), (1, 2, 3), 1),
-        Variant("country_of_trip", "In which country did the trip take place?", ("the country is {country}",), (2, 3, 4), 2),
+        Variant(
+            "city_location_sentence",
+            "Where is the city? Answer with a full sentence.",
+            ("{city} is in {country}", "{country}"),
+            (1, 2, 3),
+            1,
+        ),
+        Variant(
+            "country_of_trip", "In which country did the trip take place?", ("the country is {country}",), (2, 3, 4), 2
+        ),
         Variant("travel_destination_country", "Give the destination country.", ("in {country}",), (3, 4, 5), 3),
     ),
     sample=_city,
@@ -212,7 +297,13 @@ def _category(rng: random.Random, focus: int) -> dict:
 def _category_fact(rng: random.Random) -> str:
     thing = rng.choice(THINGS)
     cat = CATEGORY_OF[thing]
-    return rng.choice((f"the {thing} is a kind of {cat} .", f"every {thing} is a kind of {cat} .", f"there is a {thing} in the {rng.choice(PLACES)} ."))
+    return rng.choice(
+        (
+            f"the {thing} is a kind of {cat} .",
+            f"every {thing} is a kind of {cat} .",
+            f"there is a {thing} in the {rng.choice(PLACES)} .",
+        )
+    )
 
 
 CATEGORY = Family(
@@ -226,9 +317,27 @@ CATEGORY = Family(
         "a small {thing} appeared in the {place} .",
     ),
     variants=(
-        Variant("word_category", "Classify the thing in the sentence as animal, fruit, vehicle or tool.", ("{category}",), (0, 1, 2), 0),
-        Variant("category_sentence", "What kind of thing is mentioned? Answer with a sentence.", ("it is a {category}", "{category}"), (1, 2, 3), 1),
-        Variant("category_label", "Give the category label of the mentioned thing.", ("category : {category}",), (2, 3, 4), 2),
+        Variant(
+            "word_category",
+            "Classify the thing in the sentence as animal, fruit, vehicle or tool.",
+            ("{category}",),
+            (0, 1, 2),
+            0,
+        ),
+        Variant(
+            "category_sentence",
+            "What kind of thing is mentioned? Answer with a sentence.",
+            ("it is a {category}", "{category}"),
+            (1, 2, 3),
+            1,
+        ),
+        Variant(
+            "category_label",
+            "Give the category label of the mentioned thing.",
+            ("category : {category}",),
+            (2, 3, 4),
+            2,
+        ),
         Variant("thing_is_a", "Say what the mentioned thing is.", ("{thing} is a {category}",), (3, 4, 5), 3),
     ),
     sample=_category,
@@ -237,19 +346,43 @@ CATEGORY = Family(
 )
 
 # --- person name extraction: copy the name ---------------------------------------------------
-NAMES = ("maria", "john", "aisha", "pedro", "li", "omar", "sofia", "ivan", "emma", "kofi", "yuki", "lars", "priya", "carlos", "nora", "ahmed")
+NAMES = (
+    "maria",
+    "john",
+    "aisha",
+    "pedro",
+    "li",
+    "omar",
+    "sofia",
+    "ivan",
+    "emma",
+    "kofi",
+    "yuki",
+    "lars",
+    "priya",
+    "carlos",
+    "nora",
+    "ahmed",
+)
 ITEMS = ("book", "letter", "key", "map", "ticket", "note", "photo", "parcel")
 ROOMS = ("kitchen", "garden", "office", "hallway", "library", "attic")
 ACTIONS = ("found", "hid", "read", "dropped", "opened", "forgot")
 
 
 def _person(rng: random.Random, focus: int) -> dict:
-    return {"name": _favour(rng, NAMES, focus), "item": rng.choice(ITEMS), "room": rng.choice(ROOMS), "action": rng.choice(ACTIONS)}
+    return {
+        "name": _favour(rng, NAMES, focus),
+        "item": rng.choice(ITEMS),
+        "room": rng.choice(ROOMS),
+        "action": rng.choice(ACTIONS),
+    }
 
 
 def _person_fact(rng: random.Random) -> str:
     name = rng.choice(NAMES)
-    return rng.choice((f"{name} is a name .", f"{name} {rng.choice(ACTIONS)} the {rng.choice(ITEMS)} .", f"everyone knows {name} ."))
+    return rng.choice(
+        (f"{name} is a name .", f"{name} {rng.choice(ACTIONS)} the {rng.choice(ITEMS)} .", f"everyone knows {name} .")
+    )
 
 
 PERSON = Family(
@@ -264,8 +397,16 @@ PERSON = Family(
     ),
     variants=(
         Variant("person_name_extraction", "Extract the name of the person in the sentence.", ("{name}",), (0, 1, 2), 0),
-        Variant("who_is_mentioned", "Who is mentioned? Answer with a sentence.", ("the person is {name}", "{name}"), (1, 2, 3), 1),
-        Variant("agent_of_action", "Who did it? Answer with the name followed by did it.", ("{name} did it",), (2, 3, 4), 2),
+        Variant(
+            "who_is_mentioned",
+            "Who is mentioned? Answer with a sentence.",
+            ("the person is {name}", "{name}"),
+            (1, 2, 3),
+            1,
+        ),
+        Variant(
+            "agent_of_action", "Who did it? Answer with the name followed by did it.", ("{name} did it",), (2, 3, 4), 2
+        ),
         Variant("name_label", "Label the sentence with the person's name.", ("name : {name}",), (3, 4, 5), 3),
     ),
     sample=_person,
@@ -291,7 +432,13 @@ def _topic(rng: random.Random, focus: int) -> dict:
 
 def _topic_fact(rng: random.Random) -> str:
     word = rng.choice(tuple(TOPIC_OF))
-    return rng.choice((f"the {word} belongs to {TOPIC_OF[word]} .", f"a {word} is part of {TOPIC_OF[word]} .", f"everyone talked about the {word} ."))
+    return rng.choice(
+        (
+            f"the {word} belongs to {TOPIC_OF[word]} .",
+            f"a {word} is part of {TOPIC_OF[word]} .",
+            f"everyone talked about the {word} .",
+        )
+    )
 
 
 TOPIC = Family(
@@ -305,8 +452,20 @@ TOPIC = Family(
         "tonight : the {w1} , the {w2} and more .",
     ),
     variants=(
-        Variant("news_topic_classification", "Classify the news sentence as sports, science, music or politics.", ("{topic}",), (0, 1, 2), 0),
-        Variant("headline_topic_sentence", "What is the topic? Answer with a sentence.", ("the topic is {topic}", "{topic}"), (1, 2, 3), 1),
+        Variant(
+            "news_topic_classification",
+            "Classify the news sentence as sports, science, music or politics.",
+            ("{topic}",),
+            (0, 1, 2),
+            0,
+        ),
+        Variant(
+            "headline_topic_sentence",
+            "What is the topic? Answer with a sentence.",
+            ("the topic is {topic}", "{topic}"),
+            (1, 2, 3),
+            1,
+        ),
         Variant("story_subject", "Say what the story is about.", ("this is about {topic}",), (2, 3, 4), 2),
         Variant("news_section", "Which section of the newspaper does it belong to?", ("{topic} news",), (3, 4, 5), 3),
     ),
@@ -318,10 +477,15 @@ TOPIC = Family(
 FAMILIES: tuple[Family, ...] = (REVIEW, COLOUR, CITY, CATEGORY, PERSON, TOPIC)
 
 GENERIC = (
-    "the weather was mild in the morning .", "we walked home after dinner .", "she opened the window .",
-    "the news came late in the evening .", "they talked for an hour .", "the answer is simple .",
-    "please read the sentence and answer the question .", "the label of the sentence is clear .",
-)  # fmt: skip
+    "the weather was mild in the morning .",
+    "we walked home after dinner .",
+    "she opened the window .",
+    "the news came late in the evening .",
+    "they talked for an hour .",
+    "the answer is simple .",
+    "please read the sentence and answer the question .",
+    "the label of the sentence is clear .",
+)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,9 @@ def shared_init_seed(seed: int) -> int:
     return seed * _STRIDE
 
 
-def shared_init_tasks(numbers: Iterable[int], seed: int, lora_init: str, shared_fraction: float = DEFAULT_SHARED_FRACTION) -> list[int]:
+def shared_init_tasks(
+    numbers: Iterable[int], seed: int, lora_init: str, shared_fraction: float = DEFAULT_SHARED_FRACTION
+) -> list[int]:
     """Task numbers (sorted) whose LoRA starts from the shared init.
 
     `mixed` draws ``round(shared_fraction * n)`` of the n tasks (Python's round: halves go to the
@@ -56,7 +58,9 @@ def shared_init_tasks(numbers: Iterable[int], seed: int, lora_init: str, shared_
     return sorted(random.Random(f"{seed}:lora-init").sample(numbers, k))
 
 
-def lora_init_seeds(numbers: Iterable[int], seed: int, lora_init: str, shared_fraction: float = DEFAULT_SHARED_FRACTION) -> dict[int, int]:
+def lora_init_seeds(
+    numbers: Iterable[int], seed: int, lora_init: str, shared_fraction: float = DEFAULT_SHARED_FRACTION
+) -> dict[int, int]:
     """Task number -> seed of its lora_A initialisation (see the module docstring)."""
     numbers = sorted(set(numbers))
     shared = set(shared_init_tasks(numbers, seed, lora_init, shared_fraction))

@@ -31,9 +31,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None):
     # Sorted unique lines: the trainer's vocabulary order then depends on the words only.
     tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
     bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
-    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,

@@ -50,10 +50,18 @@ class TrainSettings:
         """The task LoRAs' recipe as a `TrainingConfig`: one worker of `threads` threads per task,
         one checkpoint at the end (a build is not resumed)."""
         return TrainingConfig(
-            steps=self.lora_steps, batch_size=self.lora_batch, lr=self.lora_lr, lora_a_lr_factor=self.lora_a_lr_factor,
-            workers=1, threads_per_worker=threads, parallel_tasks=parallel_tasks, use_gpu=False,
-            checkpoint_every=self.lora_steps, report_every=max(1, self.lora_steps // 10), max_failures=1,
-        )  # fmt: skip
+            steps=self.lora_steps,
+            batch_size=self.lora_batch,
+            lr=self.lora_lr,
+            lora_a_lr_factor=self.lora_a_lr_factor,
+            workers=1,
+            threads_per_worker=threads,
+            parallel_tasks=parallel_tasks,
+            use_gpu=False,
+            checkpoint_every=self.lora_steps,
+            report_every=max(1, self.lora_steps // 10),
+            max_failures=1,
+        )
 
     def lora_spec(self, base_name: str, init_seed: int) -> LoraSpec:
         return LoraSpec(self.lora_rank, float(self.lora_alpha), tuple(self.lora_targets), base_name, init_seed)
@@ -68,7 +76,9 @@ def encode_documents(tokenizer, sentences: list[str], per_document: int, seed: i
     return [ids + [tokenizer.eos_token_id] for ids in tokenizer(docs)["input_ids"]]
 
 
-def _fit(model, params, items, steps: int, batch: int, lr: float, pad_id: int, seed: int, desc: str, progress: bool) -> list[float]:
+def _fit(
+    model, params, items, steps: int, batch: int, lr: float, pad_id: int, seed: int, desc: str, progress: bool
+) -> list[float]:
     """AdamW over shuffled epochs of `items` (`params`: tensors, or param groups with their own
     `lr`); returns the loss of every step."""
     import torch
@@ -100,7 +110,9 @@ def _fit(model, params, items, steps: int, batch: int, lr: float, pad_id: int, s
     return losses
 
 
-def pretrain(model, tokenizer, sentences: list[str], settings: TrainSettings, seed: int, progress: bool = True) -> list[float]:
+def pretrain(
+    model, tokenizer, sentences: list[str], settings: TrainSettings, seed: int, progress: bool = True
+) -> list[float]:
     """Next-token pre-training of the base model on the generic mixture; returns step losses."""
     import torch
 
@@ -108,8 +120,18 @@ def pretrain(model, tokenizer, sentences: list[str], settings: TrainSettings, se
     docs = encode_documents(tokenizer, sentences, settings.sentences_per_document, seed)
     items = [(ids, 1) for ids in docs]  # BOS is never a target
     params = [p for p in model.parameters() if p.requires_grad]
-    return _fit(model, params, items, settings.pretrain_steps, settings.pretrain_batch, settings.pretrain_lr,
-                tokenizer.pad_token_id, seed, "pre-train base", progress)  # fmt: skip
+    return _fit(
+        model,
+        params,
+        items,
+        settings.pretrain_steps,
+        settings.pretrain_batch,
+        settings.pretrain_lr,
+        tokenizer.pad_token_id,
+        seed,
+        "pre-train base",
+        progress,
+    )
 
 
 def lora_model(model, settings: TrainSettings, base_name: str):
@@ -120,7 +142,14 @@ def lora_model(model, settings: TrainSettings, base_name: str):
 
 
 def train_lora(
-    peft_model, tokenizer, rows: list[dict], settings: TrainSettings, init_seed: int, seed: int, desc: str, progress: bool = True
+    peft_model,
+    tokenizer,
+    rows: list[dict],
+    settings: TrainSettings,
+    init_seed: int,
+    seed: int,
+    desc: str,
+    progress: bool = True,
 ) -> list[float]:
     """Train the adapter of `peft_model` on one task's train rows in this process, from a fresh
     init drawn from `init_seed` (tasks sharing it start from one lora_A); `seed` orders the
@@ -133,14 +162,18 @@ def train_lora(
         return []
     config = settings.training_config(threads=torch.get_num_threads())
     items = encode_examples(tokenizer, rows)
-    optimizer = torch.optim.AdamW(lora_parameter_groups(peft_model, config.lr, config.lora_a_lr_factor), lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        lora_parameter_groups(peft_model, config.lr, config.lora_a_lr_factor), lr=config.lr, weight_decay=0.0
+    )
     params = [p for group in optimizer.param_groups for p in group["params"]]
     order = BatchOrder(len(items), config.batch_size, seed)
     peft_model.train()
     losses: list[float] = []
     for step in tqdm(range(config.steps), desc=desc, unit="step", leave=False, disable=not progress or None):
         for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(step, config.steps, config.warmup_steps(), config.min_lr_fraction)
+            group["lr"] = group["peak_lr"] * lr_factor(
+                step, config.steps, config.warmup_steps(), config.min_lr_fraction
+            )
         batch = [items[i] for i in order.next()]
         loss = peft_model(**collate(batch, tokenizer.pad_token_id), num_items_in_batch=answer_tokens(batch)).loss
         optimizer.zero_grad(set_to_none=True)
