@@ -1,5 +1,6 @@
-"""Demo-bank build time with the task LoRAs trained one at a time vs several at once (Ray Train),
-in one invocation on one machine, and a check that both builds hold the same adapters.
+"""Demo-bank build time with the task LoRAs trained one at a time (in the building process, the
+default on 2 cores) vs several at once (Ray Train), in one invocation on one machine, and a check
+that both builds hold the same adapters.
 
     python bench/demo_build.py --size small                  # parallel 1 vs 2
     python bench/demo_build.py --size default --parallel 1 2 3

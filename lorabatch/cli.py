@@ -61,8 +61,11 @@ def bank_build_demo(
         0.38,
         help="Under --lora-init mixed: fraction of tasks sharing one lora_A init (0.38 in the real Lots-of-LoRAs bank).",
     ),
-    parallel: int = typer.Option(
-        2, min=1, help="Task LoRAs trained at once on Ray Train (the bank is the same whatever this is)."
+    parallel: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="Task LoRAs trained at once (default: the cores over --threads). Above 1 they train on Ray Train; "
+        "1 trains them in this process, one after another. The bank is the same whatever this is.",
     ),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""

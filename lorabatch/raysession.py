@@ -25,6 +25,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        # Ray Train's controller polls its workers every 2 s by default and a worker's report
+        # waits for the previous one to be collected, so reports closer than that stall training;
+        # the daemons of a local instance (and so its workers) inherit this environment.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -43,11 +43,11 @@ class DemoBankConfig(StrictModel):
         description="Under lora_init 'mixed': the fraction of tasks that share one lora_A init "
         "(0.38 in the real Lots-of-LoRAs bank). Ignored by 'shared' and 'independent'.",
     )
-    parallel: int = RuntimeField(
-        2,
+    parallel: Optional[int] = RuntimeField(
+        None,
         ge=1,
-        description="Task LoRAs trained at once on Ray Train (one worker of `threads` threads each); the "
-        "bank is the same whatever this is.",
+        description="Task LoRAs trained at once (None: the cores over `threads`); above 1 on Ray Train (one "
+        "worker of `threads` threads each), 1 in the building process. The bank is the same whatever this is.",
     )
 
 

@@ -53,9 +53,14 @@ MANIFEST = "demo_bank.json"
 # Fixed, not chosen from the machine: builds with different thread counts differ in rounding, so a
 # count that followed the load average made one command build different banks on different days.
 DEFAULT_THREADS = 2
-# Task LoRAs trained at once (Ray Train, one worker of `threads` threads each): the bank is the same
-# whatever this is, since each task's training depends on its own seeds only.
-DEFAULT_PARALLEL = 2
+
+
+def default_parallel(threads: int) -> int:
+    """Task LoRAs trained at once by default: as many as the machine's cores hold at `threads`
+    threads each. More only slow it down: two 2-thread tasks on 2 cores took 5–6× as long per
+    step as one alone (`BENCHMARKS.md`). The bank is the same whatever this is, since each task's
+    training depends on its own seeds only."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,7 @@ def build_demo_bank(
     `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
     floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
     (`lorabatch.bank.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
-    `parallel`: task LoRAs trained at once on Ray Train (None: `DEFAULT_PARALLEL`), each on one
+    `parallel`: task LoRAs trained at once on Ray Train (None: `default_parallel`), each on one
     worker of `threads` threads; the bank does not depend on it.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
@@ -179,7 +184,16 @@ def build_demo_bank(
             f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)"
         )
     with _log_to_stderr(progress), _torch_threads(threads):
-        return _build(out, size, SIZES[size], seed, progress, lora_init, fraction, parallel or DEFAULT_PARALLEL)
+        return _build(
+            out,
+            size,
+            SIZES[size],
+            seed,
+            progress,
+            lora_init,
+            fraction,
+            parallel or default_parallel(threads or DEFAULT_THREADS),
+        )
 
 
 def _recorded_fraction(lora_init: str, shared_fraction: float) -> float | None:
@@ -269,7 +283,10 @@ def _build(
         t = time.perf_counter()
         threads = torch.get_num_threads()
         del model
-        results = _train_loras(org, base_dir, specs, splits, cfg, seed, init_seeds, threads, parallel)
+        if parallel == 1:
+            results = _train_loras_in_process(org, base_dir, specs, splits, cfg, seed, init_seeds)
+        else:
+            results = _train_loras(org, base_dir, specs, splits, cfg, seed, init_seeds, threads, parallel)
         lora_losses = {n: (r.losses[0], _tail(r.losses)) for n, r in results.items()}
         train_seconds = {n: r.train_seconds for n, r in results.items()}
         timings["lora"] = time.perf_counter() - t
@@ -343,6 +360,46 @@ def _build(
     for name, s in per_family.items():
         log.info("  %-18s own adapter Rouge-L %.3f   base %.3f", name, s["own"], s["base"])
     return out
+
+
+@dataclass
+class _Trained:
+    losses: list[float]
+    train_seconds: float
+
+
+def _train_loras_in_process(
+    org: Path, base_dir: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, seed: int, init_seeds: dict[int, int]
+) -> dict:
+    """Every task's LoRA one after another in this process, written into the bank; the results.
+
+    The path for one task at a time: the recipe is the Ray Train worker's with one worker
+    (`demo.train.train_lora`, bit-identical adapters), without the ~25 s each Ray Train run spends
+    starting a worker process and its process group.
+    """
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorabatch.bank.demo.train import lora_model, train_lora
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = lora_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg.train, BASE_REPO)
+    log.info("training %d task LoRAs in this process, one at a time", len(specs))
+    by_number = {}
+    for spec in specs:
+        started = time.perf_counter()
+        rows = splits[spec.number]["train"]
+        losses = train_lora(
+            model, tokenizer, rows, cfg.train, init_seeds[spec.number], task_seed(seed, spec.number), spec.name, False
+        )
+        seconds = time.perf_counter() - started
+        with tempfile.TemporaryDirectory(dir=org.parent) as saved:  # PEFT also writes a model card
+            model.save_pretrained(saved, save_embedding_layers=False)
+            _copy_adapter(Path(saved), org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}")
+        by_number[spec.number] = _Trained(losses, seconds)
+        log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, losses[0], _tail(losses), seconds)
+    return by_number
 
 
 def _train_loras(

@@ -48,7 +48,8 @@ class TrainSettings:
 
     def training_config(self, threads: int, parallel_tasks: int = 1) -> TrainingConfig:
         """The task LoRAs' recipe as a `TrainingConfig`: one worker of `threads` threads per task,
-        one checkpoint at the end (a build is not resumed)."""
+        one report, with the checkpoint, at the end (a build is not resumed, and each report costs
+        a round trip to Ray Train's controller)."""
         return TrainingConfig(
             steps=self.lora_steps,
             batch_size=self.lora_batch,
@@ -59,7 +60,7 @@ class TrainSettings:
             parallel_tasks=parallel_tasks,
             use_gpu=False,
             checkpoint_every=self.lora_steps,
-            report_every=max(1, self.lora_steps // 10),
+            report_every=self.lora_steps,
             max_failures=1,
         )
 
