@@ -15,22 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE = -100
-
-
-def encode_examples(tokenizer, rows: list[dict], max_positions: int | None = None) -> list[tuple[list[int], int]]:
-    """(prompt ids + answer ids + EOS, prompt length) per row; a prompt too long for the model
-    loses its first tokens (the answer is always kept whole)."""
-    prompts = tokenizer([r["input"] for r in rows])["input_ids"]
-    answers = tokenizer([r["output"][0] for r in rows], add_special_tokens=False)["input_ids"]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    out = []
-    for p, a in zip(prompts, answers):
-        a = list(a) + eos
-        if max_positions is not None and len(p) + len(a) > max_positions:
-            p = p[-max(1, max_positions - len(a)) :]
-        out.append((list(p) + a, len(p)))
-    return out
+from lorabatch.examples import IGNORE, collate, encode_examples
 
 
 class FewShotLoss:
@@ -192,17 +177,10 @@ class FewShotLoss:
         return np.concatenate(out)
 
     def _batch_losses(self, model, batch) -> np.ndarray:
-        import torch
         import torch.nn.functional as F
 
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, n_prompt) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-            labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        batch = collate(batch, self.pad_id)
+        input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         logits = model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits.float()
         targets = labels[:, 1:].to(self.device)
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")

@@ -1,8 +1,5 @@
-"""Examples → padded batches, the order examples are drawn in, and the learning-rate schedule.
-
-An example is (token ids of BOS + input + output[0] + EOS, number of prompt tokens): the loss
-covers the answer and EOS only, the prompt being the raw `input` with BOS, exactly what generation
-sees. The order is a pure function of the seed and the step, so a resumed run (or a worker that
+"""The order examples are drawn in and the learning-rate schedule; examples and padded batches
+come from `lorabatch.examples` (re-exported here). The order is a pure function of the seed and the step, so a resumed run (or a worker that
 restarts) draws exactly the batches an uninterrupted run draws.
 """
 
@@ -11,29 +8,9 @@ from __future__ import annotations
 import math
 import random
 
-IGNORE = -100
+from lorabatch.examples import IGNORE, collate, encode_examples
 
-
-def encode_examples(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
-    """(token ids of BOS + input + output[0] + EOS, number of prompt tokens) per example."""
-    prompts = tokenizer([r["input"] for r in rows])["input_ids"]
-    answers = tokenizer([r["output"][0] for r in rows], add_special_tokens=False)["input_ids"]
-    return [(p + a + [tokenizer.eos_token_id], len(p)) for p, a in zip(prompts, answers)]
-
-
-def collate(items: list[tuple[list[int], int]], pad_id: int):
-    """Right-padded `input_ids`, `attention_mask` and `labels` (prompt and padding ignored)."""
-    import torch
-
-    width = max(len(ids) for ids, _ in items)
-    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, (ids, n_prompt) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+__all__ = ["IGNORE", "BatchOrder", "answer_tokens", "collate", "encode_examples", "lr_factor", "shard"]
 
 
 def answer_tokens(items: list[tuple[list[int], int]]) -> int:
