@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lorabatch.bank.demo.build import ORG, build_demo_bank  # noqa: E402
+from lorabatch.demo.build import ORG, build_demo_bank  # noqa: E402
 
 
 def adapter_hashes(root: Path) -> dict[str, str]:

@@ -97,7 +97,7 @@ def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], o
 
 
 def train_setting(run: Path, data: Path, out: Path, size: str, threads: int) -> tuple[Path, float, float, dict]:
-    from lorabatch.bank.demo.build import SIZES
+    from lorabatch.demo.build import SIZES
     from lorabatch.training.adapter import train_adapter
 
     config = SIZES[size].train.training_config(threads=threads)
@@ -117,7 +117,7 @@ def score(adapters: dict[str, Path], base_path: Path, rows: list[dict]) -> dict[
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.bank.demo.evaluate import greedy_generate, mean_rouge_l
+    from lorabatch.demo.evaluate import greedy_generate, mean_rouge_l
 
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path).eval()

@@ -69,7 +69,7 @@ def bank_build_demo(
     ),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     build_demo_bank(
         out,

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def small_demo_bank(tmp_path_factory):
     """The embedded demo bank, size 'small' (seed 0), built once per test session; its root path."""
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     # Threads fixed: the bank then does not depend on how busy the machine is (rounding differs
     # between thread counts).

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.bank.datasets import read_split, split_files
-from lorabatch.bank.demo.lora_init import lora_init_seeds, task_seed
+from lorabatch.demo.lora_init import lora_init_seeds, task_seed
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
 from lorabatch.training.config import TrainingConfig
@@ -104,12 +104,12 @@ def existing_lora(bank_config) -> dict:
 
 def _recipe(config, missing: list[MissingAdapter], lora: dict) -> tuple[TrainingConfig, dict[int, tuple[int, int]]]:
     """(training config, task number -> (init seed, data seed)): the demo builder's own for its banks."""
-    from lorabatch.bank.demo.build import SIZES, read_manifest
+    from lorabatch.demo.build import SIZES, read_manifest
 
     demo = read_manifest(config.bank.root)
     numbers = [m.number for m in missing]
     if demo is not None and demo.get("size") in SIZES:
-        from lorabatch.bank.demo.lora_init import DEFAULT_SHARED_FRACTION
+        from lorabatch.demo.lora_init import DEFAULT_SHARED_FRACTION
 
         every = sorted({int(t["task_id"][4:]) for t in demo["tasks"]} | set(numbers))
         fraction = demo.get("shared_fraction") if demo.get("shared_fraction") is not None else DEFAULT_SHARED_FRACTION

@@ -39,7 +39,7 @@ def ensure_demo_bank(bank_config) -> None:
     """Build the embedded demo bank into `bank.root` if the config asks for it and it is absent."""
     if bank_config.demo is None:
         return
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     demo = bank_config.demo
     build_demo_bank(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lorabatch.bank.demo.build import BASE_REPO, ORG, build_demo_bank, write_datasets
-from lorabatch.bank.demo.families import task_specs
+from lorabatch.demo.build import BASE_REPO, ORG, build_demo_bank, write_datasets
+from lorabatch.demo.families import task_specs
 from lorabatch.errors import LorabatchError
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_manifest_describes_the_build(info):
 
 
 def test_manifest_records_the_lora_init(info):
-    from lorabatch.bank.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
+    from lorabatch.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
 
     assert info["builder_version"] == "3"
     assert (info["lora_init"], info["shared_fraction"]) == ("mixed", 0.38)  # the default
@@ -71,8 +71,8 @@ def _init_a(root: Path, info: dict, init_seed: int) -> dict:
     """lora_A of the builder's fresh init from `init_seed`, keyed like the saved adapter files."""
     from transformers import AutoModelForCausalLM
 
-    from lorabatch.bank.demo.build import SIZES
-    from lorabatch.bank.demo.train import lora_model, reset_lora
+    from lorabatch.demo.build import SIZES
+    from lorabatch.demo.train import lora_model, reset_lora
 
     model = lora_model(AutoModelForCausalLM.from_pretrained(root / BASE_REPO), SIZES[info["size"]].train, BASE_REPO)
     reset_lora(model, init_seed)
@@ -257,7 +257,7 @@ def test_unknown_size_is_refused(tmp_path):
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
-    import lorabatch.bank.demo.train as train
+    import lorabatch.demo.train as train
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt

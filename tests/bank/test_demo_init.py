@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from lorabatch.bank.demo.lora_init import lora_init_seeds, shared_init_seed, shared_init_tasks, task_seed
 from lorabatch.config import parse_config
+from lorabatch.demo.lora_init import lora_init_seeds, shared_init_seed, shared_init_tasks, task_seed
 from lorabatch.errors import ConfigError, LorabatchError
 
 NUMBERS = [100 * f + v for f in range(1, 7) for v in range(1, 5)]  # the default bank's 24 task numbers
@@ -18,9 +18,9 @@ NUMBERS = [100 * f + v for f in range(1, 7) for v in range(1, 5)]  # the default
 @pytest.fixture(scope="module")
 def tiny():
     """(peft model, tokenizer, settings) of a 1-layer Mistral with a rank-4 q/k/v LoRA."""
-    from lorabatch.bank.demo.model import ModelDims, new_model
-    from lorabatch.bank.demo.tokenizer import train_tokenizer
-    from lorabatch.bank.demo.train import TrainSettings, lora_model
+    from lorabatch.demo.model import ModelDims, new_model
+    from lorabatch.demo.tokenizer import train_tokenizer
+    from lorabatch.demo.train import TrainSettings, lora_model
 
     words = "red green blue colour of the sky grass sea answer question output definition".split()
     tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))])
@@ -42,7 +42,7 @@ def _lora(peft_model, which: str) -> dict:
 
 
 def _init(peft_model, seed: int) -> tuple[dict, dict]:
-    from lorabatch.bank.demo.train import reset_lora
+    from lorabatch.demo.train import reset_lora
 
     reset_lora(peft_model, seed)
     return _lora(peft_model, "A"), _lora(peft_model, "B")
@@ -103,7 +103,7 @@ def test_mixed_choice_is_fixed_across_processes():
     import subprocess
     import sys
 
-    code = "from lorabatch.bank.demo.lora_init import shared_init_tasks as s; print(s(range(1, 25), 3, 'mixed', 0.38))"
+    code = "from lorabatch.demo.lora_init import shared_init_tasks as s; print(s(range(1, 25), 3, 'mixed', 0.38))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHONHASHSEED": "12345"},
@@ -115,7 +115,7 @@ def test_mixed_choice_is_fixed_across_processes():
 
 
 def test_train_lora_starts_from_init_seed_and_shuffles_with_seed(tiny):
-    from lorabatch.bank.demo.train import train_lora
+    from lorabatch.demo.train import train_lora
 
     model, tokenizer, settings = tiny
     a_shared, _ = _init(model, shared_init_seed(0))
@@ -174,7 +174,7 @@ def test_config_rejects_bad_lora_init_fields(demo, field, shown):
 
 
 def test_builder_rejects_bad_lora_init_before_any_work(tmp_path):
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     with pytest.raises(LorabatchError, match="unknown lora_init 'random'"):
         build_demo_bank(tmp_path / "bank", size="small", lora_init="random", progress=False)
@@ -189,7 +189,7 @@ def fake_build(monkeypatch):
     """Replace the real build by a recorder of its arguments and of the torch thread count."""
     import torch
 
-    import lorabatch.bank.demo.build as build
+    import lorabatch.demo.build as build
 
     calls = []
 
@@ -211,7 +211,7 @@ def fake_build(monkeypatch):
 
 
 def _fake_bank(root, **fields):
-    from lorabatch.bank.demo.build import BUILDER_VERSION, MANIFEST
+    from lorabatch.demo.build import BUILDER_VERSION, MANIFEST
 
     root.mkdir()
     info = {
@@ -241,7 +241,7 @@ def _fake_bank(root, **fields):
     ],
 )
 def test_existing_bank_kept_only_if_its_init_matches(tmp_path, fake_build, kwargs, kept):
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     root = _fake_bank(tmp_path / "bank")
     build_demo_bank(root, size="small", progress=False, **kwargs)
@@ -249,7 +249,7 @@ def test_existing_bank_kept_only_if_its_init_matches(tmp_path, fake_build, kwarg
 
 
 def test_shared_fraction_only_compared_under_mixed(tmp_path, fake_build):
-    from lorabatch.bank.demo.build import build_demo_bank
+    from lorabatch.demo.build import build_demo_bank
 
     root = _fake_bank(tmp_path / "bank", lora_init="independent", shared_fraction=None)
     build_demo_bank(root, size="small", lora_init="independent", shared_fraction=0.9, progress=False)
@@ -266,7 +266,7 @@ def test_default_threads_fixed_whatever_the_load(tmp_path, fake_build, monkeypat
 
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
     before = torch.get_num_threads()
-    from lorabatch.bank.demo.build import DEFAULT_THREADS, build_demo_bank
+    from lorabatch.demo.build import DEFAULT_THREADS, build_demo_bank
 
     build_demo_bank(tmp_path / "a", size="small", progress=False)
     build_demo_bank(tmp_path / "b", size="small", progress=False, threads=3)

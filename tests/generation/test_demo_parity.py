@@ -17,9 +17,9 @@ EXAMPLES = 6
 
 @pytest.fixture(scope="module")
 def demo_rows(small_demo_bank, tmp_path_factory, local_ray, gen):
-    from lorabatch.bank.demo.build import ORG
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import parse_config
+    from lorabatch.demo.build import ORG
     from lorabatch.generation import read_generations, run_generation
 
     bank = {

@@ -93,7 +93,7 @@ def _rouge_own_vs_base(adapter_dir: Path, base_dir: Path, rows: list[dict]) -> t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.bank.demo.evaluate import own_vs_base
+    from lorabatch.demo.evaluate import own_vs_base
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)

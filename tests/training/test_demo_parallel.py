@@ -11,7 +11,7 @@ import pytest
 def _adapters(root) -> dict[str, dict]:
     from safetensors.torch import load_file
 
-    from lorabatch.bank.demo.build import ORG
+    from lorabatch.demo.build import ORG
 
     return {
         p.name: load_file(p / "adapter_model.safetensors") for p in sorted((root / ORG).glob("tiny-mistral-r*-task*"))
@@ -24,9 +24,9 @@ def test_same_bank_whatever_the_parallelism(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorabatch.bank.datasets import read_split
-    from lorabatch.bank.demo.build import BASE_REPO, ORG, SIZES, build_demo_bank
-    from lorabatch.bank.demo.lora_init import task_seed
-    from lorabatch.bank.demo.train import lora_model, train_lora
+    from lorabatch.demo.build import BASE_REPO, ORG, SIZES, build_demo_bank
+    from lorabatch.demo.lora_init import task_seed
+    from lorabatch.demo.train import lora_model, train_lora
 
     one = build_demo_bank(tmp_path / "one", size="tiny", seed=0, progress=False, threads=2, parallel=1)
     two = build_demo_bank(tmp_path / "two", size="tiny", seed=0, progress=False, threads=2, parallel=2)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorabatch.bank.demo.families import (
+from lorabatch.demo.families import (
     FAMILIES,
     TaskSpec,
     make_examples,
@@ -29,7 +29,7 @@ from lorabatch.bank.demo.families import (
     split_examples,
     task_specs,
 )
-from lorabatch.bank.demo.lora_init import (
+from lorabatch.demo.lora_init import (
     DEFAULT_SHARED_FRACTION,
     LORA_INITS,
     lora_init_seeds,
@@ -37,8 +37,8 @@ from lorabatch.bank.demo.lora_init import (
     shared_init_tasks,
     task_seed,
 )
-from lorabatch.bank.demo.model import ModelDims
-from lorabatch.bank.demo.train import TrainSettings
+from lorabatch.demo.model import ModelDims
+from lorabatch.demo.train import TrainSettings
 from lorabatch.errors import LorabatchError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def build_demo_bank(
     `mixed`) `shared_fraction` is kept unless `force`; the thread count is not compared.
     `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
     floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
-    (`lorabatch.bank.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
+    (`lorabatch.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
     `parallel`: task LoRAs trained at once on Ray Train (None: `default_parallel`), each on one
     worker of `threads` threads; the bank does not depend on it.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
@@ -218,9 +218,9 @@ def _build(
     import torch
 
     from lorabatch.atomic import atomic_dir, write_json
-    from lorabatch.bank.demo.model import new_model
-    from lorabatch.bank.demo.tokenizer import train_tokenizer
-    from lorabatch.bank.demo.train import pretrain
+    from lorabatch.demo.model import new_model
+    from lorabatch.demo.tokenizer import train_tokenizer
+    from lorabatch.demo.train import pretrain
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -381,7 +381,7 @@ def _train_loras_in_process(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.bank.demo.train import lora_model, train_lora
+    from lorabatch.demo.train import lora_model, train_lora
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = lora_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg.train, BASE_REPO)
@@ -478,7 +478,7 @@ def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, pro
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.bank.demo.evaluate import own_vs_base
+    from lorabatch.demo.evaluate import own_vs_base
 
     base_dir = org / "tiny-mistral"
     tokenizer = AutoTokenizer.from_pretrained(base_dir)

@@ -1,0 +1,7 @@
+"""The embedded demo bank: a tiny Mistral, task-family datasets and one trained LoRA per task.
+
+`build_demo_bank(out, size, seed)` (in `build`) writes it in the Lots-of-LoRAs layout. A product
+of its own beside the stages: it writes datasets in the bank's format (`lorabatch.bank.datasets`)
+and trains with `lorabatch.training`; the bank stage (`lorabatch.bank.manifest`, source `demo`) and
+`lorabatch bank extend` call it.
+"""
