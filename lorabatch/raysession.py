@@ -1,7 +1,11 @@
 """One way to get a Ray connection: attach to a cluster, or start Ray in this process.
 
-Only the entry points (the `lorabatch` commands, `sweep.run.run_sweep`, `jobs/sweep.py`) call
-`ensure_ray`; the stages use the connection they find (`require_ray`) and never start one.
+Only the entry points call `ensure_ray`: the `lorabatch` commands, `jobs/sweep.py`, and the
+functions the commands are thin wrappers of, each a whole command's work in the Python API —
+`sweep.run.run_sweep`, `training.adapter.train_adapter`, `bank.extend.extend_bank` and
+`demo.build.build_demo_bank` (the last three through `training.trainer.ensure_training_ray`, which
+sizes a local instance for the training jobs, and only when they have something to train). The
+stages use the connection they find (`require_ray`) and never start one.
 """
 
 from __future__ import annotations
