@@ -142,8 +142,9 @@ def build_demo_bank(
     `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
     floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
     (`lorabatch.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
-    `parallel`: task LoRAs trained at once on Ray Train (None: `default_parallel`), each on one
-    worker of `threads` threads; the bank does not depend on it.
+    `parallel`: task LoRAs trained at once (None: `default_parallel`): above 1 on Ray Train, each
+    on one worker of `threads` threads; 1 in this process, one after another. The bank does not
+    depend on it.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
     if size not in SIZES:
