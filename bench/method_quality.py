@@ -3,6 +3,7 @@ controls, with what each costs per task next to training that task's LoRA.
 
     python bench/method_quality.py runs/demo --bank demo-bank            # markdown table
     python bench/method_quality.py runs/demo --bank demo-bank --json     # the same as JSON
+    python bench/method_quality.py runs/demo --forms                     # + where answers go wrong
 
 Reads only what the sweep wrote (RUN/scores/{summary,tasks}.parquet, RUN/fewshot/*.parquet,
 RUN/stages/*.json) and, for the training baseline, the demo bank's `demo_bank.json` (seconds the
@@ -114,15 +115,60 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def answer_forms(run: Path) -> dict[str, dict[str, float]]:
+    """Per setting, the share of test predictions that are exact, that hold the answer's content in
+    another form, or that miss it. A task's template words are the tokens found in ≥ 90 % of its
+    references (e.g. "it is" in "it is blue"); the content of a reference is its other tokens. A
+    prediction holds the content when every content token appears in it."""
+    from collections import Counter, defaultdict
+
+    from lorabatch.generation.store import read_generations
+
+    rows = read_generations(run, columns=["task_id", "setting", "prediction", "references", "error"]).to_pylist()
+    rows = [r for r in rows if not r["error"] and r["references"]]
+    refs_by_task = defaultdict(list)
+    for r in rows:
+        if r["setting"] == "oracle":
+            refs_by_task[r["task_id"]].append(r["references"][0].split())
+    template = {}
+    for task, refs in refs_by_task.items():
+        counts = Counter(tok for ref in refs for tok in set(ref))
+        template[task] = {tok for tok, n in counts.items() if n >= 0.9 * len(refs)}
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        ref, pred = r["references"][0].split(), r["prediction"].split()
+        content = [t for t in ref if t not in template.get(r["task_id"], set())] or ref
+        kind = (
+            "exact" if pred == ref else ("content, other form" if all(t in pred for t in content) else "content missed")
+        )
+        out[r["setting"]][kind] += 1
+    return {
+        s: {k: c[k] / sum(c.values()) for k in ("exact", "content, other form", "content missed")}
+        for s, c in out.items()
+    }
+
+
+def forms_markdown(forms: dict[str, dict[str, float]]) -> str:
+    lines = ["| setting | exact | content, other form | content missed |", "|---|---:|---:|---:|"]
+    for setting in sorted(forms, key=display_order):
+        f = forms[setting]
+        lines.append(f"| {setting} | {f['exact']:.0%} | {f['content, other form']:.0%} | {f['content missed']:.0%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--bank", type=Path, default=None, help="The demo bank directory (for the training baseline).")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--forms", action="store_true", help="Also: exact / content in another form / content missed.")
     args = parser.parse_args()
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, run {args.run}")
     result = collect(args.run, args.bank)
     print(json.dumps(result, indent=2, default=str) if args.json else markdown(result))
+    if args.forms:
+        print()
+        print(forms_markdown(answer_forms(args.run)))
 
 
 if __name__ == "__main__":
