@@ -124,15 +124,14 @@ def answer_forms(run: Path) -> dict[str, dict[str, float]]:
 
     from lorabatch.generation.store import read_generations
 
-    rows = read_generations(run, columns=["task_id", "setting", "prediction", "references", "error"]).to_pylist()
-    rows = [r for r in rows if not r["error"] and r["references"]]
-    refs_by_task = defaultdict(list)
+    columns = ["task_id", "example_id", "setting", "prediction", "references", "error"]
+    rows = [r for r in read_generations(run, columns=columns).to_pylist() if not r["error"] and r["references"]]
+    refs_by_task = defaultdict(dict)  # each test example once, whichever setting generated it
     for r in rows:
-        if r["setting"] == "oracle":
-            refs_by_task[r["task_id"]].append(r["references"][0].split())
+        refs_by_task[r["task_id"]][r["example_id"]] = r["references"][0].split()
     template = {}
     for task, refs in refs_by_task.items():
-        counts = Counter(tok for ref in refs for tok in set(ref))
+        counts = Counter(tok for ref in refs.values() for tok in set(ref))
         template[task] = {tok for tok, n in counts.items() if n >= 0.9 * len(refs)}
     out: dict[str, Counter] = defaultdict(Counter)
     for r in rows:

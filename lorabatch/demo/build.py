@@ -397,7 +397,7 @@ def _train_loras_in_process(
         seconds = time.perf_counter() - started
         with tempfile.TemporaryDirectory(dir=org.parent) as saved:  # PEFT also writes a model card
             model.save_pretrained(saved, save_embedding_layers=False)
-            _copy_adapter(Path(saved), org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}")
+            _copy_adapter(Path(saved), _adapter_dir(org, cfg, spec))
         by_number[spec.number] = _Trained(losses, seconds)
         log.info("%s LoRA: loss %.2f -> %.3f in %.1f s", spec.name, losses[0], _tail(losses), seconds)
     return by_number
@@ -446,7 +446,7 @@ def _train_loras(
         by_number = {}
         for spec in specs:
             result = results[spec.task_id]
-            _copy_adapter(result.checkpoint_dir, org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}")
+            _copy_adapter(result.checkpoint_dir, _adapter_dir(org, cfg, spec))
             by_number[spec.number] = result
             log.info(
                 "%s LoRA: loss %.2f -> %.3f in %.1f s",
@@ -460,6 +460,11 @@ def _train_loras(
         shutil.rmtree(storage, ignore_errors=True)
         if started_ray:
             ray.shutdown()
+
+
+def _adapter_dir(org: Path, cfg: DemoSize, spec: TaskSpec) -> Path:
+    """Where a task's adapter lives in the bank (ADAPTER_REPO's name at the size's rank)."""
+    return org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}"
 
 
 def _copy_adapter(checkpoint_dir: Path, target: Path) -> None:
@@ -484,10 +489,9 @@ def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, pro
     base_dir = org / "tiny-mistral"
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir)
-    adapter_dir = lambda spec: org / f"tiny-mistral-r{cfg.train.lora_rank}-{spec.task_id}"  # noqa: E731
-    model = PeftModel.from_pretrained(base, adapter_dir(specs[0]), adapter_name=specs[0].task_id)
+    model = PeftModel.from_pretrained(base, _adapter_dir(org, cfg, specs[0]), adapter_name=specs[0].task_id)
     for spec in specs[1:]:
-        model.load_adapter(adapter_dir(spec), adapter_name=spec.task_id)
+        model.load_adapter(_adapter_dir(org, cfg, spec), adapter_name=spec.task_id)
     model.eval()
     scores = {}
     for spec in tqdm(specs, desc="own vs base", unit="task", disable=not progress or None):

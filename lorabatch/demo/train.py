@@ -12,17 +12,16 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
+from lorabatch.examples import collate, encode_examples
 from lorabatch.training.batches import (
     BatchOrder,
     answer_tokens,
-    collate,
-    encode_examples,
     lr_factor,
 )
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec, lora_parameter_groups, reset_lora
 
-__all__ = ["TrainSettings", "encode_examples", "lora_model", "pretrain", "reset_lora", "train_lora"]
+__all__ = ["TrainSettings", "lora_model", "pretrain", "reset_lora", "train_lora"]
 
 
 @dataclass(frozen=True)

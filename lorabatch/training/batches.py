@@ -1,16 +1,12 @@
-"""The order examples are drawn in and the learning-rate schedule; examples and padded batches
-come from `lorabatch.examples` (re-exported here). The order is a pure function of the seed and the step, so a resumed run (or a worker that
-restarts) draws exactly the batches an uninterrupted run draws.
+"""The order examples are drawn in and the learning-rate schedule (examples and padded batches:
+`lorabatch.examples`). The order is a pure function of the seed and the step, so a resumed run (or
+a worker that restarts) draws exactly the batches an uninterrupted run draws.
 """
 
 from __future__ import annotations
 
 import math
 import random
-
-from lorabatch.examples import IGNORE, collate, encode_examples
-
-__all__ = ["IGNORE", "BatchOrder", "answer_tokens", "collate", "encode_examples", "lr_factor", "shard"]
 
 
 def answer_tokens(items: list[tuple[list[int], int]]) -> int:

@@ -164,7 +164,7 @@ def _write_examples(job: TrainJob, path: Path) -> int:
     from transformers import AutoTokenizer
 
     from lorabatch.atomic import write_parquet
-    from lorabatch.training.batches import encode_examples
+    from lorabatch.examples import encode_examples
 
     if not job.rows:
         raise TrainingError(f"training {job.name}: no training examples")

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorabatch.examples import collate
 from lorabatch.training.batches import (
     BatchOrder,
     answer_tokens,
-    collate,
     lr_factor,
     shard,
 )

@@ -18,21 +18,14 @@ NUMBERS = [100 * f + v for f in range(1, 7) for v in range(1, 5)]  # the default
 @pytest.fixture(scope="module")
 def tiny():
     """(peft model, tokenizer, settings) of a 1-layer Mistral with a rank-4 q/k/v LoRA."""
-    from lorabatch.demo.model import ModelDims, new_model
+    from lorabatch.demo.build import SIZES
+    from lorabatch.demo.model import new_model
     from lorabatch.demo.tokenizer import train_tokenizer
     from lorabatch.demo.train import TrainSettings, lora_model
 
     words = "red green blue colour of the sky grass sea answer question output definition".split()
     tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))])
-    dims = ModelDims(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=64,
-    )
+    dims = SIZES["tiny"].dims
     settings = TrainSettings(lora_steps=4, lora_batch=4, lora_rank=4, lora_alpha=8)
     return lora_model(new_model(tokenizer, dims, seed=0), settings, "tiny"), tokenizer, settings
 
