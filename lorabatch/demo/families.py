@@ -3,9 +3,16 @@
 A family is one skill over its own vocabulary (review sentiment, colour extraction, city to
 country, ...). Its variants share that vocabulary and skill but differ in the definition wording,
 the sentence templates they draw from (overlapping subsets), the content words they favour and
-the output format ("green" / "the colour is green" / ...). Variants of a family therefore have
-close token distributions and partly interchangeable adapters, while families are far apart:
-the structure the distance-weighted mixing of the method relies on.
+the answer form. Variants of a family therefore have close token distributions and partly
+interchangeable adapters, while families are far apart: the structure the distance-weighted
+mixing of the method relies on.
+
+Answer forms recur across families, as they recur across Natural Instructions' task categories
+(bare labels, fixed lead-ins, "label : value" answers): variant i of every family answers in
+`ANSWER_FORMS[i]` — the bare answer, "the answer is <answer>", "answer : <answer>" — and its
+definition ends with that form's instruction (`FORM_HINTS[i]`); the fourth variant answers in a
+sentence of its family's own. A task's content is thus known to its siblings and its form to the
+same variant of the other families: neither alone gives its answers, a combination can.
 
 Every example is `{"input": "Definition: ...\\n\\nInput: ...\\nOutput:", "output": [answer, ...]}`;
 inputs end with ':' so that `input + output[0]` tokenizes as two separate words. Everything is
@@ -47,6 +54,18 @@ class Family:
         slots = self.sample(rng, variant.focus)
         template = self.templates[rng.choice(variant.templates)]
         return template.format(**slots), slots
+
+
+# Variant i < 3 of every family answers in ANSWER_FORMS[i] (then its further references) and its
+# definition ends with FORM_HINTS[i]; "{ans}" stands for the family's answer slot.
+ANSWER_FORMS: tuple[tuple[str, ...], ...] = (("{ans}",), ("the answer is {ans}", "{ans}"), ("answer : {ans}",))
+FORM_HINTS = ("Answer with one word.", "Begin with: the answer is.", "Write it as answer : followed by the word.")
+
+
+def _shared_form(slug: str, question: str, form: int, answer: str, templates: tuple[int, ...], focus: int) -> Variant:
+    """A variant that answers `answer` (a slot name) in the shared form `ANSWER_FORMS[form]`."""
+    formats = tuple(f.replace("{ans}", "{" + answer + "}") for f in ANSWER_FORMS[form])
+    return Variant(slug, f"{question} {FORM_HINTS[form]}", formats, templates, focus)
 
 
 def _favour(rng: random.Random, words: tuple[str, ...], focus: int, parts: int = 4) -> str:
@@ -113,8 +132,8 @@ def _review(rng: random.Random, focus: int) -> dict:
     n1 = _favour(rng, REVIEW_NOUNS, focus)
     n2 = rng.choice([n for n in REVIEW_NOUNS if n != n1])
     label = {
-        "positive": ("positive", "good", "the review is positive", "yes"),
-        "negative": ("negative", "bad", "the review is negative", "no"),
+        "positive": ("positive", "good", "yes", "positive"),
+        "negative": ("negative", "bad", "no", "negative"),
     }[polarity]
     return {"n1": n1, "n2": n2, "a1": a1, "a2": a2, "label": label[focus]}
 
@@ -144,25 +163,19 @@ REVIEW = Family(
         "my friends said the {n1} was {a1} .",
     ),
     variants=(
-        Variant(
-            "restaurant_review_polarity", "Classify the review as positive or negative.", ("{label}",), (0, 1, 2), 0
+        _shared_form(
+            "restaurant_review_polarity", "Classify the review as positive or negative.", 0, "label", (0, 1, 2), 0
         ),
-        Variant(
-            "movie_review_good_bad",
-            "Read the review and answer good if the reviewer liked it, otherwise bad.",
-            ("{label}",),
-            (1, 2, 3),
-            1,
+        _shared_form("movie_review_good_bad", "Did the reviewer like it? Say good or bad.", 1, "label", (1, 2, 3), 1),
+        _shared_form(
+            "product_review_recommend", "Would the customer recommend it? Say yes or no.", 2, "label", (2, 3, 4), 2
         ),
         Variant(
             "hotel_review_sentence",
             "Say whether the review is positive or negative in a short sentence.",
-            ("{label}", "{label} ."),
-            (2, 3, 4),
-            2,
-        ),
-        Variant(
-            "product_review_recommend", "Would the customer recommend it? Answer yes or no.", ("{label}",), (3, 4, 5), 3
+            ("the review is {label}", "{label}"),
+            (3, 4, 5),
+            3,
         ),
     ),
     sample=_review,
@@ -196,18 +209,12 @@ COLOUR = Family(
         "the {object} that {owner} likes is {colour} .",
     ),
     variants=(
-        Variant("colour_extraction", "Extract the colour mentioned in the sentence.", ("{colour}",), (0, 1, 2), 0),
+        _shared_form("colour_extraction", "Extract the colour mentioned in the sentence.", 0, "colour", (0, 1, 2), 0),
+        _shared_form("colour_of_object", "What colour is the object?", 1, "colour", (1, 2, 3), 1),
+        _shared_form("colour_label", "Label the sentence with the colour it mentions.", 2, "colour", (2, 3, 4), 2),
         Variant(
-            "colour_of_object",
-            "What colour is the object? Answer with a sentence.",
-            ("the colour is {colour}", "{colour}"),
-            (1, 2, 3),
-            1,
+            "colour_statement", "State the colour of the thing described.", ("it is {colour}", "{colour}"), (3, 4, 5), 3
         ),
-        Variant(
-            "colour_label", "Label the sentence with the colour it mentions.", ("colour : {colour}",), (2, 3, 4), 2
-        ),
-        Variant("colour_statement", "State the colour of the thing described.", ("it is {colour}",), (3, 4, 5), 3),
     ),
     sample=_colour,
     facts=_colour_fact,
@@ -259,18 +266,16 @@ CITY = Family(
         "tickets to {city} sold out before the {event} .",
     ),
     variants=(
-        Variant("city_to_country", "Name the country of the city in the sentence.", ("{country}",), (0, 1, 2), 0),
+        _shared_form("city_to_country", "Name the country of the city in the sentence.", 0, "country", (0, 1, 2), 0),
+        _shared_form("country_of_trip", "In which country did the trip take place?", 1, "country", (1, 2, 3), 1),
+        _shared_form("travel_destination_country", "Give the destination country.", 2, "country", (2, 3, 4), 2),
         Variant(
             "city_location_sentence",
             "Where is the city? Answer with a full sentence.",
             ("{city} is in {country}", "{country}"),
-            (1, 2, 3),
-            1,
+            (3, 4, 5),
+            3,
         ),
-        Variant(
-            "country_of_trip", "In which country did the trip take place?", ("the country is {country}",), (2, 3, 4), 2
-        ),
-        Variant("travel_destination_country", "Give the destination country.", ("in {country}",), (3, 4, 5), 3),
     ),
     sample=_city,
     facts=_city_fact,
@@ -317,28 +322,19 @@ CATEGORY = Family(
         "a small {thing} appeared in the {place} .",
     ),
     variants=(
-        Variant(
+        _shared_form(
             "word_category",
             "Classify the thing in the sentence as animal, fruit, vehicle or tool.",
-            ("{category}",),
+            0,
+            "category",
             (0, 1, 2),
             0,
         ),
+        _shared_form("kind_of_thing", "What kind of thing is mentioned?", 1, "category", (1, 2, 3), 1),
+        _shared_form("category_label", "Give the category label of the mentioned thing.", 2, "category", (2, 3, 4), 2),
         Variant(
-            "category_sentence",
-            "What kind of thing is mentioned? Answer with a sentence.",
-            ("it is a {category}", "{category}"),
-            (1, 2, 3),
-            1,
+            "thing_is_a", "Say what the mentioned thing is.", ("{thing} is a {category}", "{category}"), (3, 4, 5), 3
         ),
-        Variant(
-            "category_label",
-            "Give the category label of the mentioned thing.",
-            ("category : {category}",),
-            (2, 3, 4),
-            2,
-        ),
-        Variant("thing_is_a", "Say what the mentioned thing is.", ("{thing} is a {category}",), (3, 4, 5), 3),
     ),
     sample=_category,
     facts=_category_fact,
@@ -396,18 +392,18 @@ PERSON = Family(
         "{name} walked into the {room} with a {item} .",
     ),
     variants=(
-        Variant("person_name_extraction", "Extract the name of the person in the sentence.", ("{name}",), (0, 1, 2), 0),
-        Variant(
-            "who_is_mentioned",
-            "Who is mentioned? Answer with a sentence.",
-            ("the person is {name}", "{name}"),
-            (1, 2, 3),
-            1,
+        _shared_form(
+            "person_name_extraction", "Extract the name of the person in the sentence.", 0, "name", (0, 1, 2), 0
         ),
+        _shared_form("who_is_mentioned", "Who is mentioned?", 1, "name", (1, 2, 3), 1),
+        _shared_form("name_label", "Label the sentence with the person's name.", 2, "name", (2, 3, 4), 2),
         Variant(
-            "agent_of_action", "Who did it? Answer with the name followed by did it.", ("{name} did it",), (2, 3, 4), 2
+            "agent_of_action",
+            "Who did it? Answer with the name followed by did it.",
+            ("{name} did it", "{name}"),
+            (3, 4, 5),
+            3,
         ),
-        Variant("name_label", "Label the sentence with the person's name.", ("name : {name}",), (3, 4, 5), 3),
     ),
     sample=_person,
     facts=_person_fact,
@@ -452,22 +448,17 @@ TOPIC = Family(
         "tonight : the {w1} , the {w2} and more .",
     ),
     variants=(
-        Variant(
+        _shared_form(
             "news_topic_classification",
             "Classify the news sentence as sports, science, music or politics.",
-            ("{topic}",),
+            0,
+            "topic",
             (0, 1, 2),
             0,
         ),
-        Variant(
-            "headline_topic_sentence",
-            "What is the topic? Answer with a sentence.",
-            ("the topic is {topic}", "{topic}"),
-            (1, 2, 3),
-            1,
-        ),
-        Variant("story_subject", "Say what the story is about.", ("this is about {topic}",), (2, 3, 4), 2),
-        Variant("news_section", "Which section of the newspaper does it belong to?", ("{topic} news",), (3, 4, 5), 3),
+        _shared_form("headline_topic", "What is the topic?", 1, "topic", (1, 2, 3), 1),
+        _shared_form("news_section", "Which section of the newspaper does it belong to?", 2, "topic", (2, 3, 4), 2),
+        Variant("story_subject", "Say what the story is about.", ("this is about {topic}", "{topic}"), (3, 4, 5), 3),
     ),
     sample=_topic,
     facts=_topic_fact,

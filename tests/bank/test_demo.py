@@ -45,7 +45,7 @@ def test_manifest_describes_the_build(info):
 def test_manifest_records_the_lora_init(info):
     from lorabatch.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
 
-    assert info["builder_version"] == "3"
+    assert info["builder_version"] == "4"
     assert (info["lora_init"], info["shared_fraction"]) == ("mixed", 0.38)  # the default
     numbers = [int(t["task_id"][4:]) for t in info["tasks"]]
     sharing = shared_init_tasks(numbers, 0, "mixed", 0.38)
@@ -283,6 +283,27 @@ def test_datasets_are_deterministic(tmp_path):
     a, b, c = (_tree_hashes(tmp_path / n) for n in "abc")
     assert a == b and len(a) == 3 * len(specs)
     assert a != c and a.keys() == c.keys()
+
+
+def test_answer_forms_recur_across_families():
+    """Variant i < 3 of every family answers in the shared form i and says so in its definition;
+    the fourth answers in a sentence of its own family (answer forms recur across NI categories)."""
+    from lorabatch.demo.families import ANSWER_FORMS, FAMILIES, FORM_HINTS, make_examples
+
+    specs = task_specs(len(FAMILIES), 4)
+    own_forms = set()
+    for spec in specs:
+        position = spec.number % 100 - 1
+        rows = make_examples(spec, 20, seed=3)
+        assert {r["input"].split("\n")[0] for r in rows} == {f"Definition: {spec.variant.definition}"}
+        first = [r["output"][0] for r in rows]
+        if position < 3:
+            assert spec.variant.definition.endswith(FORM_HINTS[position])
+            lead = ANSWER_FORMS[position][0].split("{ans}")[0]
+            assert all(a.startswith(lead) and len(a.split()) == len(lead.split()) + 1 for a in first), first
+        else:
+            own_forms.add(spec.variant.formats[0])
+    assert len(own_forms) == len(FAMILIES)  # each family's sentence form is its own
 
 
 def test_rouge_l_helper():
