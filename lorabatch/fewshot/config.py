@@ -59,11 +59,14 @@ class RefineConfig(StrictModel):
     l1: float = Field(0.05, ge=0, description="L1 penalty on the weights (LoraHub uses 0.05).")
     bound: float = Field(1.5, gt=0, description="Each weight stays in [−bound, bound] (LoraHub uses 1.5).")
     sigma: float = Field(0.3, gt=0, description="Initial CMA-ES step size.")
-    sources: Literal["pool", "start"] = Field(
+    sources: Literal["pool", "cover", "start"] = Field(
         "pool",
         description="Which K bank tasks are weighted: 'pool' — (from select) the chosen candidate's own top "
-        "tasks, then the few-shot pool's tasks whose own adapters score best on the criterion; 'start' — "
-        "the K largest coefficients of the starting point only.",
+        "tasks, then the few-shot pool's tasks whose own adapters score best on the criterion; 'cover' — "
+        "the same start, then pool tasks chosen greedily for the reference words of the few-shot examples "
+        "their answers add to those already covered (criterion 'rouge'; complementary adapters, e.g. one "
+        "with the content and one with the answer form); 'start' — the K largest coefficients of the "
+        "starting point only.",
     )
 
     @field_validator("sources", mode="before")

@@ -51,6 +51,7 @@ class FewShotLoss:
         self.peft = None
         self.slots: dict[int, str] = {}
         self.items: list[tuple[list[int], int]] = []
+        self.last_answers: list[str] = []
         self.forward_passes = 0
 
     def set_examples(self, rows: list[dict]) -> None:
@@ -119,14 +120,14 @@ class FewShotLoss:
         """Mean Rouge-L (stemmed, against output[0]) of greedy generations for the examples'
         prompts with `tensors` as the adapter — the evaluation's metric, on these examples — at
         most min(max_new_tokens, 2 × the longest answer + 8) tokens each. Every decoding step
-        counts as a forward pass."""
+        counts as a forward pass. The answers stay in `last_answers`."""
         import torch
 
         from lorabatch.scoring.rouge import rouge_l
 
         model, context = self._model_with(tensors)
         eos = self.tokenizer.eos_token_id
-        scores = []
+        scores, answers = [], []
         with torch.inference_mode(), context:
             for start in range(0, len(self.items), self.batch_size):
                 batch = self.items[start : start + self.batch_size]
@@ -150,7 +151,9 @@ class FewShotLoss:
                 self.forward_passes += max((len(o) for o in out), default=0)
                 for o, ref in zip(out, self.references[start : start + len(batch)]):
                     tokens = o[: o.index(eos) + 1] if eos in o else o
-                    scores.append(rouge_l(self.tokenizer.decode(tokens, skip_special_tokens=True), [ref]))
+                    answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
+                    scores.append(rouge_l(answers[-1], [ref]))
+        self.last_answers = answers
         return float(np.mean(scores))
 
     def _model_with(self, tensors: dict[str, np.ndarray] | None):

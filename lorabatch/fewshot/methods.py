@@ -119,12 +119,13 @@ def select(
     from lorabatch.synthesis.stage import mix_row
 
     started, passes = time.perf_counter(), evaluator.forward_passes
-    losses, rouges = {}, {}
+    losses, rouges, answers = {}, {}, {}
     for name, row in candidates:
         tensors, _, _ = mix_row(layout, row, synthesis_config)
         losses[name] = evaluator.loss(tensors)
         if criterion == "rouge":
             rouges[name] = evaluator.rouge(tensors, max_new_tokens)
+            answers[name] = evaluator.last_answers
     if criterion == "rouge":
         best = min(losses, key=lambda n: (-rouges[n], losses[n], n))
     else:
@@ -133,6 +134,7 @@ def select(
     details = {"criterion": criterion, "candidate_losses": losses}
     if rouges:
         details["candidate_rouge_l"] = rouges
+        details["candidate_answers"] = answers
     return FewShotResult(
         coefficients=dict(candidates)[best],
         choice=best,
@@ -168,13 +170,14 @@ def rank_pool(
     evaluator, layout, pool: list[int], criterion: str = "loss", max_new_tokens: int = 256
 ) -> tuple[list[int], dict]:
     """The pool's bank indices, best own adapter first (lowest loss; or highest few-shot Rouge-L,
-    the loss breaking ties), and {task id: {"loss", "rouge_l"}} of each."""
+    the loss breaking ties), and {task id: {"loss", "rouge_l", "answers"}} of each."""
     scores = {}
     for j in pool:
         tensors = {t.name: layout.read_tensor(j, t.name) for t in layout.tensors}
         scores[j] = {"loss": evaluator.loss(tensors)}
         if criterion == "rouge":
             scores[j]["rouge_l"] = evaluator.rouge(tensors, max_new_tokens)
+            scores[j]["answers"] = evaluator.last_answers
     order = sorted(pool, key=lambda j: (-scores[j].get("rouge_l", 0.0), scores[j]["loss"], j))
     return order, {layout.task_ids[j]: v for j, v in scores.items()}
 
@@ -284,12 +287,53 @@ def pool_scores_from_select(result: FewShotResult, candidates: list[tuple[str, n
     adapter (a one-hot row), read from select's record — no new evaluation."""
     losses = result.details["candidate_losses"]
     rouges = result.details.get("candidate_rouge_l", {})
+    answers = result.details.get("candidate_answers", {})
     out = {}
     for name, row in candidates:
         nz = np.flatnonzero(row)
         if len(nz) == 1 and row[nz[0]] == 1.0 and name in losses:
-            out[int(nz[0])] = {"loss": losses[name], **({"rouge_l": rouges[name]} if name in rouges else {})}
+            out[int(nz[0])] = {"loss": losses[name]}
+            if name in rouges:
+                out[int(nz[0])].update(rouge_l=rouges[name], answers=answers.get(name))
     return out
+
+
+def covering_order(
+    ranked: list[int], answers: dict[int, list[str] | None], references: list[str], covered_by: list[int]
+) -> list[int]:
+    """`ranked` reordered for complementarity: repeatedly the task whose answers add the most
+    reference words not yet covered, counted per example,
+
+        gain(j) = Σ_e |words(ref_e) ∩ words(answer_j,e) \ covered_e|,
+
+    starting from the words of the `covered_by` tasks' answers; ties, and every task once nothing
+    adds a word, keep `ranked`'s order. Words are Rouge-L's (rouge-score's tokenizer, stemmed).
+    So a task that has the content and one that has the answer form both come early, where the
+    ranking by Rouge-L alone puts every task of the right form first."""
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    tokenize = DefaultTokenizer(use_stemmer=True).tokenize
+    refs = [set(tokenize(r)) for r in references]
+
+    def words(j: int) -> list[set[str]]:
+        got = answers.get(j) or [""] * len(refs)
+        return [set(tokenize(a)) & ref for a, ref in zip(got, refs)]
+
+    covered = [set() for _ in refs]
+    for j in covered_by:
+        if answers.get(j):
+            covered = [c | w for c, w in zip(covered, words(j))]
+    left, order = list(ranked), []
+    hits = {j: words(j) for j in left}
+    while left:
+        gains = [sum(len(w - c) for w, c in zip(hits[j], covered)) for j in left]
+        if max(gains) == 0:
+            break
+        j = left[gains.index(max(gains))]
+        order.append(j)
+        covered = [c | w for c, w in zip(covered, hits[j])]
+        left.remove(j)
+    return order + left
 
 
 def order_by_scores(scores: dict[int, dict]) -> list[int]:
@@ -363,7 +407,7 @@ def refine_task(
         start_row, start_name = paper_rows[config.refine.start], config.refine.start
         scores, missing = {}, list(pool)
     sources = None
-    if config.refine.sources == "pool" and pool:
+    if config.refine.sources in ("pool", "cover") and pool:
         if missing:
             started, passes = time.perf_counter(), evaluator.forward_passes
             _, screened = rank_pool(evaluator, layout, missing, config.criterion, max_new_tokens)
@@ -380,7 +424,13 @@ def refine_task(
             if from_select
             else []
         )
-        sources = own + [j for j in ranked if j not in own]
+        rest = [j for j in ranked if j not in own]
+        if config.refine.sources == "cover" and config.criterion == "rouge":
+            answers = {j: scores[j].get("answers") for j in pool}
+            if from_select:
+                answers.update({j: chosen.details["candidate_answers"].get(chosen.choice) for j in own})
+            rest = covering_order(rest, answers, evaluator.references, own)
+        sources = own + rest
     result = refine(
         evaluator, layout, start_row, config.refine, seed, start_name, sources, config.criterion, max_new_tokens
     )
@@ -388,7 +438,9 @@ def refine_task(
     result.forward_passes += cost[1]
     result.evaluations += cost[2]
     if sources is not None:
-        result.details["pool"] = {layout.task_ids[j]: scores[j] for j in pool}
+        result.details["pool"] = {
+            layout.task_ids[j]: {k: v for k, v in scores[j].items() if k != "answers"} for j in pool
+        }
     # A one-hot choice is its bank adapter under any mixing, so the search started exactly there; a
     # dense choice (mixed as configured, over all its tasks) is not the exact top-K mixture the
     # search started from, and may stay better.

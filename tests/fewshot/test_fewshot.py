@@ -315,3 +315,39 @@ def test_uniform_adapter_is_the_mean_and_nearest_is_the_nearest_tasks_adapter(pr
         got, want = _tensors(RunLayout(run).adapter("nearest-JS", task)), _tensors(bank[nearest])
         assert got.keys() == want.keys()
         assert all(np.array_equal(got[k], want[k]) for k in got)
+
+
+def test_refine_cover_orders_the_pool_by_what_its_answers_add(pristine, tmp_path, local_ray):
+    """sources 'cover': after select's own task, the pool in the greedy covering order of the
+    reference words, computed here again from select's recorded answers."""
+    import json
+
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.fewshot.methods import covering_order
+    from lorabatch.fewshot.stage import few_shot_examples
+
+    run = _copy(pristine, tmp_path)
+    results = _run(run, pristine[1], refine={"top_k": 3, "budget": 12, "sources": "cover"})
+    manifest = {r["task_id"]: r for r in load_manifest(run).to_pylist()}
+    selected = {r["task_id"]: r for r in results["select"]}
+    checked = 0
+    for r in results["refine"]:
+        assert r["error"] is None
+        details, chosen = json.loads(r["details"]), selected[r["task_id"]]
+        recorded = json.loads(chosen["details"])
+        names = {
+            t: f"bank:{t}" if f"bank:{t}" in recorded["candidate_answers"] else "nearest-JS" for t in details["pool"]
+        }
+        own = [t for t, name in names.items() if name == chosen["choice"]]
+        if len(own) != 1:  # select chose a mixture: its own tasks come first, in its weights' order
+            continue
+        pool = details["pool"]
+        ranked = sorted((t for t in pool if t not in own), key=lambda t: (-pool[t]["rouge_l"], pool[t]["loss"], t))
+        answers = {t: recorded["candidate_answers"][names[t]] for t in pool}
+        refs = [
+            x["output"][0]
+            for x in few_shot_examples(manifest[r["task_id"]]["dataset_path"], "train", 6, 0, r["task_id"])
+        ]
+        assert details["sources"] == (own + covering_order(ranked, answers, refs, own))[:3]
+        checked += 1
+    assert checked >= 2
