@@ -11,6 +11,10 @@ For each of the first `--tasks` tasks, held out: its train split is the user's d
   task: features of the dataset and query distances to the bank (timed once per metric, counted in
   every setting of the metric), coefficients over the other tasks (attentional, normalized; the
   controls uniform and nearest-<metric>), mixing, and writing the adapter;
+- `select` and `refine` are `lorabatch predict --fewshot select|refine` (JS, the default metric,
+  and the default few-shot config: 16 of the dataset's rows) with the task left out of the bank
+  (`fewshot_predict(..., exclude=[task])`): wall seconds of the whole call, its query features and
+  distances included (refine's include select's, which it starts from);
 - `train` is `lorabatch train` on the same data with the demo builder's recipe (steps, batch, lr,
   2 threads, one Ray Train worker): wall seconds of the whole call (the Ray Train run's start and
   the model load included; Ray itself is started once, by the first task) and CPU-seconds of this
@@ -93,6 +97,18 @@ def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], o
                 )
             query = cost[f"query:{metric}"] if setting != "uniform" else (0.0, 0.0)
             made[setting] = (out_dir / setting, cost[setting][0] + query[0], cost[setting][1] + query[1])
+    return made
+
+
+def fewshot_settings(run: Path, data: Path, task_id: str, out_dir: Path) -> dict:
+    """{method: (adapter dir, wall s, CPU s)} of `lorabatch predict --fewshot` with the task left out."""
+    from lorabatch.fewshot.query import fewshot_predict
+
+    made, cost = {}, {}
+    for method in ("select", "refine"):
+        with Meter(cost, method):
+            fewshot_predict(run, data, out_dir / method, method=method, progress=False, exclude=[task_id])
+        made[method] = (out_dir / method, *cost[method])
     return made
 
 
@@ -182,6 +198,7 @@ def main() -> None:
         made = held_out_settings(run, index, dataset, metrics, work / task["task_id"], base_path)
         data = work / f"{task['task_id']}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+        made.update(fewshot_settings(run, data, task["task_id"], work / task["task_id"]))
         path, wall, cpu, info = train_setting(run, data, work / task["task_id"] / "train", size, args.threads)
         made["train"] = (path, wall, cpu)
         test = read_split(task["dataset_path"], "test", ["input", "output"]).to_pylist()[: args.eval]

@@ -301,7 +301,7 @@ def pool_scores_from_select(result: FewShotResult, candidates: list[tuple[str, n
 def covering_order(
     ranked: list[int], answers: dict[int, list[str] | None], references: list[str], covered_by: list[int]
 ) -> list[int]:
-    """`ranked` reordered for complementarity: repeatedly the task whose answers add the most
+    r"""`ranked` reordered for complementarity: repeatedly the task whose answers add the most
     reference words not yet covered, counted per example,
 
         gain(j) = Σ_e |words(ref_e) ∩ words(answer_j,e) \ covered_e|,

@@ -28,36 +28,47 @@ def sample_rows(dataset, k: int, seed: int, salt: str) -> list[dict]:
 
 
 def query_candidates(
-    q, bank_run: Path, metric: str, config: SynthesisConfig, fewshot: FewShotConfig
+    q, bank_run: Path, metric: str, config: SynthesisConfig, fewshot: FewShotConfig, keep: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """{name: C [1, N]}: the select candidates of a query row."""
+    """{name: C [1, N]}: the select candidates of a query row, over the bank tasks `keep` (None:
+    all; the others get weight 0, and the neural model, trained on the whole bank, is left out)."""
     from lorabatch.fewshot.methods import grid_candidates
     from lorabatch.synthesis.predict import query_coefficients
     from lorabatch.synthesis.stage import neural_model_dir
 
     n = q.layout.n_tasks
+    keep = np.arange(n) if keep is None else np.asarray(keep, dtype=np.int64)
+    d = q.distances[keep]
+
+    def full(c: np.ndarray) -> np.ndarray:
+        out = np.zeros((1, n))
+        out[0, keep] = c
+        return out
+
     out = {}
     for model in ("attentional", "normalized", "neural"):
-        if model == "neural" and not (neural_model_dir(bank_run, metric) / "model.safetensors").is_file():
+        if model == "neural" and (
+            len(keep) < n or not (neural_model_dir(bank_run, metric) / "model.safetensors").is_file()
+        ):
             continue
-        out[f"{metric}-{model}"] = query_coefficients(q.distances, model, config, bank_run, metric)[None, :]
-    out["uniform"] = np.full((1, n), 1.0 / n)
-    nearest = np.zeros((1, n))
-    nearest[0, int(np.argmin(q.distances))] = 1.0
-    out[f"nearest-{metric}"] = nearest
-    out.update(
-        grid_candidates(
-            {metric: q.distances[None, :]}, fewshot.select.temperatures, fewshot.select.top_k, exclude_self=False
-        )
-    )
+        out[f"{metric}-{model}"] = full(query_coefficients(d, model, config, bank_run, metric))
+    out["uniform"] = full(np.full(len(keep), 1.0 / len(keep)))
+    nearest = np.zeros(len(keep))
+    nearest[int(np.argmin(d))] = 1.0
+    out[f"nearest-{metric}"] = full(nearest)
+    grid = grid_candidates({metric: d[None, :]}, fewshot.select.temperatures, fewshot.select.top_k, exclude_self=False)
+    out.update({name: full(c[0]) for name, c in grid.items()})
     return out
 
 
-def query_pool(q, fewshot: FewShotConfig) -> list[int]:
-    """The `pool` bank tasks nearest to the query."""
+def query_pool(q, fewshot: FewShotConfig, keep: np.ndarray | None = None) -> list[int]:
+    """The `pool` bank tasks nearest to the query (among `keep`; None: all)."""
     from lorabatch.fewshot.stage import pool_of
 
-    return pool_of([q.distances], fewshot.pool)
+    if keep is None:
+        return pool_of([q.distances], fewshot.pool)
+    allowed = set(int(j) for j in keep)
+    return [j for j in pool_of([q.distances], q.layout.n_tasks) if j in allowed][: fewshot.pool]
 
 
 def fewshot_predict(
@@ -73,9 +84,13 @@ def fewshot_predict(
     seed: int = 0,
     progress: bool = True,
     top: int = 10,
+    exclude: tuple[str, ...] | list[str] = (),
 ):
     """Write the `select` or `refine` adapter of the dataset at `data` into `out`; returns a
-    `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`."""
+    `PredictResult` (its `coefficients` are the chosen ones) and the `FewShotResult`.
+
+    `exclude`: bank task ids that take no part (no weight in any candidate, not in the pool) —
+    a leave-one-out evaluation holds the dataset's own task out this way."""
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
     from lorabatch.fewshot.loss import FewShotLoss
     from lorabatch.fewshot.methods import candidate_rows, run_methods
@@ -89,7 +104,15 @@ def fewshot_predict(
     config = config or SynthesisConfig()
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
+    bank_ids = load_manifest(bank_run).column("task_id").to_pylist()
+    unknown = sorted(set(exclude) - set(bank_ids))
+    if unknown:
+        raise SynthesisError(f"exclude names tasks that are not in the bank {bank_run}: {unknown}")
+    if set(bank_ids) <= set(exclude):
+        raise SynthesisError("exclude leaves no bank task")
     q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
+    ids = q.layout.task_ids
+    keep = np.array([j for j, t in enumerate(ids) if t not in set(exclude)], dtype=np.int64)
     if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model
         fewshot = fewshot.model_copy(
             update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})}
@@ -104,9 +127,14 @@ def fewshot_predict(
         trust_remote_code=trust,
     )
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
-    matrices = query_candidates(q, bank_run, metric, config, fewshot)
+    matrices = query_candidates(q, bank_run, metric, config, fewshot, keep)
     paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
-    pool = query_pool(q, fewshot)
+    pool = query_pool(q, fewshot, keep)
+    start = q.coefficients
+    if exclude:
+        if f"{metric}-{model}" not in matrices:
+            raise SynthesisError(f"{metric}-{model} cannot leave tasks out (its model was trained on the whole bank)")
+        start = matrices[f"{metric}-{model}"][0]
     results = run_methods(
         evaluator,
         q.layout,
@@ -115,7 +143,7 @@ def fewshot_predict(
         config,
         candidate_rows(0, matrices, singles(pool, q.layout.task_ids)),
         pool,
-        {f"{metric}-{model}": q.coefficients},
+        {f"{metric}-{model}": start},
         paper,
         seed,
         fewshot.max_new_tokens or 256,
@@ -131,10 +159,9 @@ def fewshot_predict(
         syn,
         setting=method,
         target=f"query:{q.data_hash[:16]}",
-        extra={**q.provenance(data), "fewshot": record},
+        extra={**q.provenance(data), "fewshot": record, **({"excluded_tasks": sorted(exclude)} if exclude else {})},
         progress=progress,
     )
-    ids = q.layout.task_ids
     return PredictResult(
         out, ids, q.distances, result.coefficients, contributors(ids, result.coefficients, top), q.ignored_columns
     ), result

@@ -311,3 +311,33 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
     assert (
         isinstance(res.exception, ConfigError) and "--fewshot" in str(res.exception) and not (tmp_path / "x").exists()
     )
+
+
+def test_fewshot_predict_can_leave_bank_tasks_out(bank, tmp_path):
+    """`exclude` (a leave-one-out evaluation's held-out task): no candidate, pool task or refine
+    source gives it weight, and the provenance says it was left out."""
+    import pyarrow.parquet as pq
+
+    from lorabatch.fewshot.config import FewShotConfig
+    from lorabatch.fewshot.query import fewshot_predict
+
+    ids = [r["task_id"] for r in pq.read_table(RunLayout(bank.run_dir).manifest).to_pylist()]
+    nearest = ids[int(np.argmin(QUERY_D))]
+    data = write_jsonl(tmp_path / "d.jsonl", FEW_ROWS)
+    fewshot = FewShotConfig(examples=4, refine={"top_k": 2, "budget": 6})
+    kept = [j for j, t in enumerate(ids) if t != nearest]
+    for method in ("select", "refine"):
+        out = tmp_path / method
+        result, chosen = fewshot_predict(
+            bank.run_dir, data, out, method=method, fewshot=fewshot, progress=False, exclude=[nearest]
+        )
+        assert result.coefficients[ids.index(nearest)] == 0.0 and np.abs(result.coefficients[kept]).sum() > 0
+        prov = json.loads((out / "provenance.json").read_text())
+        assert prov["excluded_tasks"] == [nearest]
+        if method == "select":
+            assert all(name != f"bank:{nearest}" for name in chosen.details["candidate_losses"])
+        else:
+            assert nearest not in chosen.details["pool"] and nearest not in chosen.details["sources"]
+    with pytest.raises(SynthesisError, match="task999"):
+        fewshot_predict(bank.run_dir, data, tmp_path / "bad", method="select", fewshot=fewshot, exclude=["task999"])
+    assert not (tmp_path / "bad").exists()  # refused before any work
