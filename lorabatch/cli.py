@@ -150,7 +150,14 @@ def sweep(
         _check_job(cfg)
     require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "sweep", config):
-        run_sweep(cfg)
+        summary = run_sweep(cfg)
+    from lorabatch.fewshot.stage import format_costs
+    from lorabatch.scoring.aggregate import format_summary
+
+    typer.echo(format_summary(summary))
+    costs = format_costs(cfg.run_dir)
+    if costs:
+        typer.echo(costs)
 
 
 def _check_job(cfg) -> None:

@@ -3,12 +3,15 @@ not yet written) and scoring."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from lorabatch import telemetry
 from lorabatch.layout import RunLayout
 from lorabatch.sweep.stages import content_key, mark_done
+
+log = logging.getLogger(__name__)
 
 
 def fewshot_key(config) -> str:
@@ -56,7 +59,7 @@ def stage_fewshot(config, progress: bool) -> None:
             if not r["error"]
         )
         if intact:
-            print("[lorabatch] few-shot: select/refine cached", flush=True)
+            log.info("few-shot: select/refine cached")
             return
     started = time.time()
     results = run_fewshot(
@@ -77,14 +80,13 @@ def stage_fewshot(config, progress: bool) -> None:
             "forward_passes_per_task": sum(r["forward_passes"] for r in ok) / max(1, len(ok)),
             "seconds_per_task": sum(r["seconds"] for r in ok) / max(1, len(ok)),
         }
-        print(
-            f"[lorabatch] few-shot {method}: {len(ok)}/{len(rows)} tasks, "
-            f"{info[method]['forward_passes_per_task']:.0f} forward passes and {info[method]['seconds_per_task']:.2f} s per task",
-            flush=True,
+        log.info(
+            f"few-shot {method}: {len(ok)}/{len(rows)} tasks, "
+            f"{info[method]['forward_passes_per_task']:.0f} forward passes and {info[method]['seconds_per_task']:.2f} s per task"
         )
         for r in rows:
             if r["error"]:
-                print(f"[lorabatch]   {method} failed for {r['task_id']}: {r['error']}", flush=True)
+                log.warning(f"  {method} failed for {r['task_id']}: {r['error']}")
     mark_done(run_dir, "fewshot", key, started, info)
     telemetry.stage_done("fewshot")
 
@@ -104,7 +106,7 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
         result = generate_just_in_time(config, gen, progress=progress)
     else:
         result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
-    print(f"[lorabatch] {result.describe()}", flush=True)
+    log.info(result.describe())
     mark_done(
         run_dir, "generation", content_key(gen.results()), started, {"planned": result.planned, "failed": result.failed}
     )
@@ -125,7 +127,6 @@ def scoring_key(config) -> str:
 
 
 def stage_scoring(config, progress: bool) -> list[dict]:
-    from lorabatch.scoring.aggregate import format_summary
     from lorabatch.scoring.stage import run_scoring
 
     run_dir = Path(config.run_dir)
@@ -133,10 +134,4 @@ def stage_scoring(config, progress: bool) -> list[dict]:
     summary = run_scoring(run_dir, config.scoring, progress=progress)
     mark_done(run_dir, "scoring", scoring_key(config), started)
     telemetry.stage_done("scoring")
-    print(format_summary(summary), flush=True)
-    from lorabatch.fewshot.stage import format_costs
-
-    costs = format_costs(run_dir)
-    if costs:
-        print(costs, flush=True)
     return summary

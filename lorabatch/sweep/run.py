@@ -9,6 +9,7 @@ The report is refreshed after every stage, so it shows progress while the sweep 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,9 +20,7 @@ from lorabatch.layout import RunLayout
 from lorabatch.settings import BASE, ORACLE
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
 
-
-def _say(msg: str) -> None:
-    print(f"[lorabatch] {msg}", flush=True)
+log = logging.getLogger(__name__)
 
 
 def _refresh_report(run_dir: Path) -> None:
@@ -37,14 +36,14 @@ def stage_bank(config: LorabatchConfig, progress: bool):
     key = bank_key(config.bank)
     if key is not None and is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
         manifest = load_manifest(run_dir)
-        _say(f"bank: {manifest.num_rows} tasks (cached manifest)")
+        log.info(f"bank: {manifest.num_rows} tasks (cached manifest)")
         return manifest
     started = time.time()
     config.record()
     manifest = write_manifest(config.bank, run_dir, progress=progress)
     if key is not None:
         mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
-    _say(f"bank: {manifest.num_rows} tasks validated")
+    log.info(f"bank: {manifest.num_rows} tasks validated")
     return manifest
 
 
@@ -91,7 +90,7 @@ def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bo
         {"metrics": list(config.distances.metrics)},
     )
     telemetry.stage_done("distances")
-    _say(f"distances: {', '.join(config.distances.metrics)}")
+    log.info(f"distances: {', '.join(config.distances.metrics)}")
 
 
 def _manifest_hash(manifest) -> str:
@@ -131,7 +130,7 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
         compute_uniform_coefficients(run_dir)
     mark_done(run_dir, "coefficients", content_key(content_key(hashes), syn, config.seed), time.time())
     telemetry.stage_done("coefficients")
-    _say(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
+    log.info(f"coefficients: {len(config.distances.metrics)} metrics × {len(config.synthesis.models)} models")
 
 
 def settings_of(config: LorabatchConfig) -> list[str]:
@@ -164,7 +163,7 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
         paths = synthesize_setting(run_dir, setting, config.synthesis, progress=progress)
         adapters_synthesized(setting.name, len(paths))
     mark_done(run_dir, "synthesis", content_key(settings_of(config)), started)
-    _say("synthesis: every leave-one-out adapter written")
+    log.info("synthesis: every leave-one-out adapter written")
 
 
 def report_key(run_dir: Path) -> str:
@@ -173,7 +172,9 @@ def report_key(run_dir: Path) -> str:
     return content_key({stage: m.get("key") for stage, m in markers.items() if stage != "report"})
 
 
-def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
+def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
+    """Run (or resume) the sweep; returns the scores' summary rows (`scoring.aggregate`), which the
+    CLI prints. Progress goes to the `lorabatch.sweep` loggers."""
     from lorabatch.generation.backends import require_backend
     from lorabatch.raysession import ensure_ray
 
@@ -196,7 +197,8 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> None:
 
     stage_generation(config, manifest, settings_of(config), progress)
     _refresh_report(run_dir)
-    stage_scoring(config, progress)
+    summary = stage_scoring(config, progress)
     mark_done(run_dir, "report", report_key(run_dir), time.time())
     _refresh_report(run_dir)
-    _say(f"report: {RunLayout(run_dir).report_index}")
+    log.info(f"report: {RunLayout(run_dir).report_index}")
+    return summary

@@ -5,13 +5,16 @@ re-run reuses them."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.parquet as pq
+from typer.testing import CliRunner
 
+from lorabatch.cli import app
 from lorabatch.layout import RunLayout
 
 
-def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_config, tmp_path, capsys):
+def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_config, tmp_path, caplog):
     import ray
 
     from lorabatch.config import load_config
@@ -29,13 +32,18 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
         max_new_tokens=4,
         features_executor="local",
     )
-    config = load_config(path, {"fewshot.examples": 4, "fewshot.refine.budget": 8, "fewshot.refine.top_k": 2})
+    sets = ["fewshot.examples=4", "fewshot.refine.budget=8", "fewshot.refine.top_k=2"]
+    command = ["sweep", str(path), *[x for kv in sets for x in ("--set", kv)]]
+    caplog.set_level(logging.INFO, logger="lorabatch")
     try:
-        run_sweep(config, progress=False)
-        first = capsys.readouterr().out
+        res = CliRunner().invoke(app, command)  # the CLI prints the results table
+        assert res.exit_code == 0, res.output
+        first = res.output
         files = generation_files(run)
-        run_sweep(config, progress=False)
-        again = capsys.readouterr().out
+        caplog.clear()
+        overrides = {"fewshot.examples": 4, "fewshot.refine.budget": 8, "fewshot.refine.top_k": 2}
+        run_sweep(load_config(path, overrides), progress=False)
+        again = caplog.text  # progress goes to the loggers
     finally:
         ray.shutdown()
     settings = {"base", "oracle", "JS-attentional", "JS-normalized", "uniform", "nearest-JS", "select", "refine"}
