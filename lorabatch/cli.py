@@ -192,33 +192,26 @@ def synthesize(
     coefficients_only: bool = typer.Option(False, help="Write the coefficients (and neural model), no adapters."),
     wait: WaitOption = False,
 ):
-    """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit)."""
+    """Coefficients for every (metric, model), then all leave-one-out adapters (unless synthesis.jit):
+    the sweep's coefficients and synthesis stages, on the metrics given."""
     from lorabatch.config import load_config
     from lorabatch.raysession import ensure_ray
-    from lorabatch.synthesis.stage import (
-        SynthesisError,
-        compute_coefficients,
-        compute_uniform_coefficients,
-        mixture_settings,
-        synthesize_setting,
-    )
+    from lorabatch.sweep.run import stage_coefficients, stage_synthesis
+    from lorabatch.synthesis.stage import SynthesisError
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir, address=address))
     layout = RunLayout(cfg.run_dir)
     metrics = metric or layout.distance_metrics()
     if not metrics:
         raise SynthesisError(f"no distances in {layout.distances_dir}: compute them first")
+    cfg = cfg.model_copy(update={"distances": cfg.distances.model_copy(update={"metrics": list(metrics)})})
     syn = cfg.synthesis
     with _run_lock(cfg.run_dir, wait, "synthesize", config):
         if syn.executor == "ray" and not (syn.jit or coefficients_only):
             ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
-        for m in metrics:
-            compute_coefficients(cfg.run_dir, m, syn, seed=cfg.seed)
-        if "uniform" in syn.controls:
-            compute_uniform_coefficients(cfg.run_dir)
+        stage_coefficients(cfg, progress=True)
         if not (syn.jit or coefficients_only):
-            for setting in mixture_settings(metrics, syn):
-                paths = synthesize_setting(cfg.run_dir, setting, syn)
+            for setting, paths in stage_synthesis(cfg, progress=True).items():
                 typer.echo(f"{setting}: {len(paths)} adapters in {paths[0].parent}")
     typer.echo(f"coefficients in {layout.coefficients_dir}")
 

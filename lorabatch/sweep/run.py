@@ -114,12 +114,14 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
     from lorabatch.synthesis.stage import compute_coefficients
 
     run_dir = Path(config.run_dir)
+    layout = RunLayout(run_dir)
     syn = config.synthesis.results()
     hashes = _distance_hashes(run_dir, config.distances.metrics)
     for metric in config.distances.metrics:
         stage = f"coefficients-{metric}"
         key = content_key(content_key({metric: hashes[metric]}), syn, config.seed)
-        if is_done(run_dir, stage, key):
+        present = all(layout.coefficients_file(metric, model).is_file() for model in config.synthesis.models)
+        if present and is_done(run_dir, stage, key):
             continue
         started = time.time()
         compute_coefficients(run_dir, metric, config.synthesis, seed=config.seed, progress=progress)
@@ -142,9 +144,9 @@ def settings_of(config: LorabatchConfig) -> list[str]:
     return [BASE, ORACLE, *mixtures, *config.fewshot.methods]
 
 
-def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
+def stage_synthesis(config: LorabatchConfig, progress: bool) -> dict[str, list[Path]]:
     """All leave-one-out adapters up front (in just-in-time mode the generation stage makes them,
-    wave by wave, so this stage only records that)."""
+    wave by wave, so this stage only records that); returns {setting: adapter directories}."""
     run_dir = Path(config.run_dir)
     if config.synthesis.jit:
         mark_done(
@@ -154,16 +156,18 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> None:
             time.time(),
             {"mode": "just-in-time, with generation"},
         )
-        return
+        return {}
     from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
     from lorabatch.telemetry import adapters_synthesized
 
     started = time.time()
+    written = {}
     for setting in mixture_settings(config.distances.metrics, config.synthesis):
-        paths = synthesize_setting(run_dir, setting, config.synthesis, progress=progress)
-        adapters_synthesized(setting.name, len(paths))
+        written[setting.name] = synthesize_setting(run_dir, setting, config.synthesis, progress=progress)
+        adapters_synthesized(setting.name, len(written[setting.name]))
     mark_done(run_dir, "synthesis", content_key(settings_of(config)), started)
     log.info("synthesis: every leave-one-out adapter written")
+    return written
 
 
 def report_key(run_dir: Path) -> str:

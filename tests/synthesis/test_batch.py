@@ -162,3 +162,9 @@ def test_cli_synthesize_writes_coefficients_and_adapters(fresh_run, tmp_path):
     assert meta["top_k"] == 2 and (np.count_nonzero(c, axis=1) == 2).all()
     prov = json.loads((adapter_dir(fresh_run.run_dir, "JS-attentional", "task3") / "provenance.json").read_text())
     assert prov["coefficients"] == pytest.approx({fresh_run.task_ids[j]: c[2, j] for j in np.flatnonzero(c[2])})
+    # The stage is cached by its inputs, but a deleted coefficients file is computed again.
+    path = RunLayout(fresh_run.run_dir).coefficients_file("JS", "attentional")
+    path.unlink()
+    res = CliRunner().invoke(app, ["synthesize", str(tmp_path / "run.yaml"), "--coefficients-only"])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(read_coefficients(path)[2], c)
