@@ -65,10 +65,8 @@ def query_pool(q, fewshot: FewShotConfig, keep: np.ndarray | None = None) -> lis
     """The `pool` bank tasks nearest to the query (among `keep`; None: all)."""
     from lorabatch.fewshot.stage import pool_of
 
-    if keep is None:
-        return pool_of([q.distances], fewshot.pool)
-    allowed = set(int(j) for j in keep)
-    return [j for j in pool_of([q.distances], q.layout.n_tasks) if j in allowed][: fewshot.pool]
+    left_out = () if keep is None else sorted(set(range(q.layout.n_tasks)) - {int(j) for j in keep})
+    return pool_of([q.distances], fewshot.pool, exclude=left_out)
 
 
 def fewshot_predict(
@@ -104,7 +102,8 @@ def fewshot_predict(
     config = config or SynthesisConfig()
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
-    bank_ids = load_manifest(bank_run).column("task_id").to_pylist()
+    manifest = load_manifest(bank_run)
+    bank_ids = manifest.column("task_id").to_pylist()
     unknown = sorted(set(exclude) - set(bank_ids))
     if unknown:
         raise SynthesisError(f"exclude names tasks that are not in the bank {bank_run}: {unknown}")
@@ -117,7 +116,7 @@ def fewshot_predict(
         fewshot = fewshot.model_copy(
             update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})}
         )
-    trust = trusts_remote_code(load_manifest(bank_run))
+    trust = trusts_remote_code(manifest)
     evaluator = FewShotLoss(
         str(q.base_model_path),
         q.layout.adapter_config,

@@ -120,7 +120,7 @@ class FewShotWorker:
 
     def pool(self, i: int) -> list[int]:
         """The few-shot pool of task i (see `pool_of`)."""
-        return pool_of([d[i] for d in self.distances.values()], self.config.pool, exclude=i)
+        return pool_of([d[i] for d in self.distances.values()], self.config.pool, exclude=(i,))
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -180,10 +180,11 @@ class FewShotWorker:
         return rows
 
 
-def pool_of(distance_rows: list[np.ndarray], size: int, exclude: int | None = None) -> list[int]:
+def pool_of(distance_rows: list[np.ndarray], size: int, exclude=()) -> list[int]:
     """The few-shot pool: `size` distinct bank tasks taken round-robin from each metric's nearest
-    list (every metric's nearest, then every metric's second, …), `exclude` left out."""
-    orders = [[int(j) for j in np.argsort(d, kind="stable") if j != exclude] for d in distance_rows]
+    list (every metric's nearest, then every metric's second, …), the indices in `exclude` left out."""
+    left_out = {int(j) for j in exclude}
+    orders = [[int(j) for j in np.argsort(d, kind="stable") if j not in left_out] for d in distance_rows]
     out: dict[int, None] = {}
     for rank in range(max((len(o) for o in orders), default=0)):
         for order in orders:
