@@ -45,3 +45,18 @@ def require_ray(what: str) -> None:
             f"{what} runs on Ray, which this process has not connected to: call "
             "lorabatch.raysession.ensure_ray() first (every lorabatch command does), or choose the 'local' executor"
         )
+
+
+def actor_pool_size(concurrency: int | str, num_cpus: float, num_gpus: float, items: int) -> int:
+    """The actors of a pool: `concurrency`, or for 'auto' as many as the cluster's resources hold.
+
+    'auto' = ⌊cluster GPUs / num_gpus⌋ when the actors take GPUs, else ⌊cluster CPUs / num_cpus⌋,
+    at least 1 and at most `items` (an actor without work only costs its start).
+    """
+    import ray
+
+    if concurrency != "auto":
+        return int(concurrency)
+    resources = ray.cluster_resources()
+    held = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1) / num_cpus
+    return max(1, min(int(held), items))

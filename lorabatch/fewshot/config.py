@@ -109,7 +109,12 @@ class FewShotConfig(StrictModel):
     seed: int | None = Field(None, description="Seed of the example sample and of CMA-ES (None: the run's seed).")
     device: str = Field("auto", description="torch device of the loss workers ('auto': cuda when present).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Base model dtype for the loss.")
-    concurrency: int = RuntimeField(1, ge=1, description="Loss workers (Ray actors, each holding the base model).")
+    concurrency: int | Literal["auto"] = RuntimeField(
+        1,
+        description="Loss workers (Ray actors, each holding the base model in memory). 'auto': as many as "
+        "the cluster's CPUs (GPUs, when the workers take GPUs) hold at `num_cpus` (`num_gpus`) each, at "
+        "most one per task — for small base models; with a large one mind the memory of that many copies.",
+    )
     num_cpus: float = RuntimeField(1.0, gt=0, description="CPUs per loss worker.")
     num_gpus: float | None = RuntimeField(
         None, ge=0, description="GPUs per loss worker (None: 1 if the cluster has GPUs)."
@@ -119,6 +124,13 @@ class FewShotConfig(StrictModel):
     @classmethod
     def _unique(cls, value):
         return no_duplicates(value, "methods")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive(cls, value):
+        if value != "auto" and value < 1:
+            raise ValueError(f"must be at least 1 or 'auto', got {value}")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -230,6 +230,7 @@ def run_fewshot(
 
     from lorabatch.atomic import write_parquet
     from lorabatch.bank.manifest import load_manifest
+    from lorabatch.raysession import actor_pool_size
 
     if not fewshot.methods:
         return {}
@@ -254,7 +255,9 @@ def run_fewshot(
         ),
         batch_size=1,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=fewshot.concurrency),
+        compute=ray.data.ActorPoolStrategy(
+            size=actor_pool_size(fewshot.concurrency, fewshot.num_cpus, num_gpus, len(tasks))
+        ),
         num_cpus=fewshot.num_cpus,
         num_gpus=num_gpus,
     )

@@ -9,6 +9,7 @@ pending, so the report can be written after every stage.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from datetime import datetime, timezone
@@ -172,6 +173,11 @@ def _improvement_plot(run_dir: Path) -> str:
     return f"<img alt='per-task improvement' src='{_png(fig)}'>"
 
 
+# The report is refreshed after every stage, and a heatmap takes ~0.5 s to draw: each is drawn
+# once per content of its file (this process), not once per refresh.
+_HEATMAPS: dict[tuple[str, str, str, str], str] = {}
+
+
 def _matrix_section(folder: Path, value: str, cmap: str, what: str, coefficients: bool = False) -> str:
     import pyarrow.parquet as pq
 
@@ -183,11 +189,15 @@ def _matrix_section(folder: Path, value: str, cmap: str, what: str, coefficients
     out = []
     for f in files:
         name = str(f.relative_to(folder).with_suffix(""))
-        table = pq.read_table(f, columns=["target", "source", value])
-        matrix, labels = _square(table, value)
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        key = (digest, name, value, cmap)
+        if key not in _HEATMAPS:
+            table = pq.read_table(f, columns=["target", "source", value])
+            matrix, labels = _square(table, value)
+            _HEATMAPS[key] = _heatmap(matrix, labels, name, cmap, value)
         out.append(
             f"<figure><img alt='{html.escape(what)} {html.escape(name)}' "
-            f"src='{_heatmap(matrix, labels, name, cmap, value)}'><figcaption>{html.escape(name)}</figcaption></figure>"
+            f"src='{_HEATMAPS[key]}'><figcaption>{html.escape(name)}</figcaption></figure>"
         )
     return "<div class='grid'>" + "".join(out) + "</div>"
 

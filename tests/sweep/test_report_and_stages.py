@@ -108,3 +108,25 @@ def test_scoring_and_report_markers_are_keyed_by_their_inputs(tmp_path):
     part("part-b.parquet", "2")
     stage_scoring(config(), progress=False)
     assert read_marker(tmp_path, "scoring")["key"] != first and report_key(tmp_path) != report
+
+
+def test_heatmaps_are_redrawn_when_their_file_changes(tmp_path):
+    """Heatmaps are drawn once per file content: a refresh with the same distances reuses the
+    image, a changed distance file (same path) gets a new one."""
+    import re
+
+    tasks = ["task1", "task2", "task3"]
+    layout = RunLayout(tmp_path)
+    layout.distances_dir.mkdir()
+
+    def image(matrix) -> str:
+        pq.write_table(_square_table(tasks, matrix, "d"), layout.distances("JS"))
+        return re.findall(r"src='(data:image/png;base64,[^']+)'", write_report(tmp_path).read_text())[0]
+
+    rng = np.random.default_rng(1)
+    first = rng.random((3, 3))
+    before = image(first)
+    assert image(first) == before
+    flipped = first.copy()
+    flipped[0, 1], flipped[2, 0] = 5.0, 0.0
+    assert image(flipped) != before
