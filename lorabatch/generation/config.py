@@ -112,7 +112,7 @@ class GenerationConfig(StrictModel):
     backend: str = Field(
         "auto",
         description="'vllm' (multi-LoRA through ray.data.llm), 'hf' (transformers + PEFT) or 'auto' "
-        "(vllm when the vllm package is importable, else hf).",
+        "(vllm where the cluster has a GPU and vllm imports, else hf: on CPUs batched PEFT measured faster).",
     )
     tasks: list[str] | Literal["all"] = Field("all", description="Task ids of the manifest to evaluate, or 'all'.")
     settings: list[str] | None = Field(

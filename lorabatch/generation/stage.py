@@ -44,15 +44,14 @@ def _slices(table, rows_per_block: int) -> list:
 
 
 def build_context(run_dir, config, backend: str, seed: int):
-    import ray
-
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
+    from lorabatch.generation.backends import cluster_has_gpu
     from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
 
     manifest = load_manifest(run_dir)
     base = manifest.column("base_model_path")[0].as_py()
     max_pos = max_positions_of(base)
-    has_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    has_gpu = cluster_has_gpu()
     ctx = RunContext(
         run_dir=str(Path(run_dir).resolve()),
         base_model_path=base,
@@ -90,14 +89,14 @@ def run_generation(
 
     from lorabatch import telemetry
     from lorabatch.atomic import write_parquet
-    from lorabatch.generation.backends import backend_class, ray_is_local, require_backend
+    from lorabatch.generation.backends import backend_class, cluster_has_gpu, ray_is_local, require_backend
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
 
     started = time.time()
     run_dir = Path(run_dir)
-    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local())
+    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local(), has_gpu=cluster_has_gpu())
     manifest, ctx = build_context(run_dir, config, backend, seed)
     work = plan_work(run_dir, manifest, config, adapter_ids)
 

@@ -77,7 +77,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
     """Generate the rows of `gen` (a GenerationConfig with its settings filled in), synthesizing the
     adapters of each wave just before it; returns the summed `GenerationResult`."""
     from lorabatch.bank.manifest import load_manifest
-    from lorabatch.generation.backends import resolve_backend_name
+    from lorabatch.generation.backends import cluster_has_gpu, resolve_backend_name
     from lorabatch.generation.plan import pending_work, plan_work, select_tasks
     from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
     from lorabatch.generation.store import done_keys
@@ -97,9 +97,8 @@ def generate_just_in_time(config, gen, progress: bool = True):
     }
     work = plan_work(run_dir, manifest, gen, ids)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
-    total = GenerationResult(
-        resolve_backend_name(gen.backend), work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0
-    )
+    backend = resolve_backend_name(gen.backend, has_gpu=cluster_has_gpu())
+    total = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
 
     pending_pairs = pending_tasks_by_setting(pending)
     if syn.jit_delete:

@@ -264,3 +264,23 @@ def test_failed_generation_run_keeps_the_previous_plan(fresh_run, gen, monkeypat
     with pytest.raises(BackendUnavailableError, match="needs the vllm package"):
         require_backend("vllm", local=True)
     assert require_backend("vllm", local=False) == "vllm" and require_backend("auto", local=True) == "hf"
+
+
+def test_auto_backend_is_vllm_only_on_gpus(fresh_run, gen, monkeypatch):
+    """'auto': batched PEFT on CPUs even where vllm(-cpu) is installed (it measured faster there),
+    vLLM where the cluster has a GPU and vllm imports, hf without vllm; explicit names are kept."""
+    from lorabatch.generation import backends
+    from lorabatch.generation.stage import run_generation
+
+    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    assert backends.resolve_backend_name("auto") == "hf"
+    assert backends.resolve_backend_name("auto", has_gpu=True) == "vllm"
+    assert backends.resolve_backend_name("vllm") == "vllm" and backends.resolve_backend_name("hf", has_gpu=True) == "hf"
+    # Rows that fail before generation start no engine: the name reported is the stage's resolution.
+    config = gen.config(backend="auto", settings=[gen.BROKEN_SYNTH], retry_failed=True)
+    assert run_generation(fresh_run, config, progress=False).backend == "hf"
+    monkeypatch.setattr(backends, "cluster_has_gpu", lambda: True)
+    assert run_generation(fresh_run, config, progress=False).backend == "vllm"
+
+    monkeypatch.setattr(backends, "vllm_available", lambda: False)
+    assert backends.resolve_backend_name("auto", has_gpu=True) == "hf"
