@@ -43,7 +43,8 @@ def _slices(table, rows_per_block: int) -> list:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
 
 
-def build_context(run_dir, config, backend: str, seed: int):
+def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None = None):
+    """(manifest, RunContext) of a generation run; `has_gpu` as the caller found it (default: asks Ray)."""
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
     from lorabatch.generation.backends import cluster_has_gpu
     from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
@@ -51,7 +52,8 @@ def build_context(run_dir, config, backend: str, seed: int):
     manifest = load_manifest(run_dir)
     base = manifest.column("base_model_path")[0].as_py()
     max_pos = max_positions_of(base)
-    has_gpu = cluster_has_gpu()
+    if has_gpu is None:
+        has_gpu = cluster_has_gpu()
     ctx = RunContext(
         run_dir=str(Path(run_dir).resolve()),
         base_model_path=base,
@@ -96,8 +98,9 @@ def run_generation(
 
     started = time.time()
     run_dir = Path(run_dir)
-    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local(), has_gpu=cluster_has_gpu())
-    manifest, ctx = build_context(run_dir, config, backend, seed)
+    has_gpu = cluster_has_gpu()
+    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local(), has_gpu=has_gpu)
+    manifest, ctx = build_context(run_dir, config, backend, seed, has_gpu=has_gpu)
     work = plan_work(run_dir, manifest, config, adapter_ids)
 
     def record_plan() -> None:
