@@ -49,7 +49,8 @@ def peft_sequential(run: Path, cfg) -> tuple[int, float, dict]:
 
     ctx, work, _ = planned_rows(run, cfg, "hf")
     start = time.perf_counter()
-    base = AutoModelForCausalLM.from_pretrained(ctx.base_model_path, dtype=torch.float32).eval()
+    dtype = torch.float32 if cfg.hf.dtype == "auto" else getattr(torch, cfg.hf.dtype)
+    base = AutoModelForCausalLM.from_pretrained(ctx.base_model_path, dtype=dtype).eval()
     eos = base.generation_config.eos_token_id
     eos = eos[0] if isinstance(eos, list) else eos
     tokens = 0
@@ -102,7 +103,7 @@ def vllm_direct(run: Path, cfg, max_loras: int) -> tuple[int, float, float]:
         enable_lora=True,
         max_lora_rank=vllm_rank(max_rank),
         max_loras=max_loras,
-        dtype="float32",
+        dtype="float32" if cfg.vllm.dtype == "auto" else cfg.vllm.dtype,
         enforce_eager=True,
         gpu_memory_utilization=0.2,
         max_model_len=ctx.input_limit + cfg.max_new_tokens,

@@ -1,9 +1,10 @@
 """Generation where compute matters: a Mistral-shaped model of a few hundred million parameters,
 32 rank-16 adapters, 64 new tokens per row, four ways in one run.
 
-    python bench/generation_midsize.py                   # ~281 M parameters, 32 adapters × 8 rows
-    python bench/generation_midsize.py --hidden 64 --layers 2 --intermediate 128 --vocab 1000 \
-        --adapters 4 --examples 2 --max-new-tokens 8     # smoke run: checks the script
+    python bench/generation_midsize.py                   # ~284 M parameters, 32 adapters × 8 rows
+    python bench/generation_midsize.py --dtype bfloat16  # every way in bf16 (AMX where the CPU has it)
+    python bench/generation_midsize.py --hidden 64 --heads 1 --kv-heads 1 --layers 2 --intermediate 128 \
+        --vocab 1000 --adapters 4 --examples 2 --max-new-tokens 8     # smoke run: checks the script
 
 Built under `--workdir` (not timed): a MistralForCausalLM with random float32 weights (sizes by
 flags; safetensors) and a word-level tokenizer, `--adapters` PEFT LoRAs (rank `--rank` on
@@ -166,6 +167,12 @@ def main() -> None:
     ap.add_argument(
         "--one-per-call-examples", type=int, default=1, help="prompts per adapter timed one per call (0: skip)"
     )
+    ap.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="dtype every way computes in (the weights are built in float32; bfloat16 uses AMX where the CPU has it)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /tmp")
     ap.add_argument("--keep", action="store_true", help="keep the workdir")
     args = ap.parse_args()
@@ -194,7 +201,8 @@ def main() -> None:
         build_manifest(parse_config({"run_dir": str(first), "bank": bank}), progress=False)
         print(
             f"model: Mistral-shaped, {n_params:,} parameters (hidden {args.hidden}, {args.layers} layers, "
-            f"MLP {args.intermediate}, {args.heads}/{args.kv_heads} heads, V={args.vocab}), float32; {args.adapters} "
+            f"MLP {args.intermediate}, {args.heads}/{args.kv_heads} heads, V={args.vocab}), computed in {args.dtype}; "
+            f"{args.adapters} "
             f"rank-{args.rank} q/k/v adapters; {args.adapters * args.examples} rows of {args.prompt_tokens} prompt tokens "
             f"× {args.max_new_tokens} new tokens; built in {time.perf_counter() - t0:.0f} s (not timed)",
             flush=True,
@@ -213,12 +221,13 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             resources={"num_cpus": args.engine_cpus},
+            hf={"dtype": args.dtype},
         )
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         sides: dict[str, tuple[int, float, str]] = {}
 
-        vcfg = GenerationConfig(backend="vllm", vllm={"dtype": "float32", "max_loras": args.max_loras}, **common)
+        vcfg = GenerationConfig(backend="vllm", vllm={"dtype": args.dtype, "max_loras": args.max_loras}, **common)
         vrun = fresh_run("pipeline")
         r = run_generation(vrun, vcfg, progress=False)
         sides["pipeline (generation.backend=vllm)"] = (
@@ -244,7 +253,7 @@ def main() -> None:
             tokens, seconds, peft_one = peft_sequential(fresh_run("peft-one"), ocfg)
             sides["PEFT one prompt per call"] = (tokens, seconds, f"{len(peft_one)} rows, model load included")
 
-        dcfg = GenerationConfig(backend="vllm", **common)
+        dcfg = GenerationConfig(backend="vllm", vllm={"dtype": args.dtype}, **common)
         tokens, seconds, started = vllm_direct(vrun, dcfg, args.max_loras)
         sides["vLLM alone (LLM.generate, LoRARequest per row)"] = (
             tokens,
