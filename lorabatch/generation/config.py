@@ -112,7 +112,8 @@ class GenerationConfig(StrictModel):
     backend: str = Field(
         "auto",
         description="'vllm' (multi-LoRA through ray.data.llm), 'hf' (transformers + PEFT) or 'auto' "
-        "(vllm where the cluster has a GPU and vllm imports, else hf: on CPUs batched PEFT measured faster).",
+        "(vllm where vllm imports and the cluster has a GPU, or on a CPU with AMX for vLLM in bfloat16 and a base "
+        "model of ≥ 250 M parameters; else hf: elsewhere on CPUs batched PEFT measured faster).",
     )
     tasks: list[str] | Literal["all"] = Field("all", description="Task ids of the manifest to evaluate, or 'all'.")
     settings: list[str] | None = Field(

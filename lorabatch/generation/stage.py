@@ -43,6 +43,19 @@ def _slices(table, rows_per_block: int) -> list:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
 
 
+def auto_favours_vllm_on_cpu(run_dir, config, has_gpu: bool) -> bool:
+    """For `generation.backend: auto` on a cluster without GPU: whether the run's base model and
+    `vllm.dtype` are a case where vLLM measured faster on this machine's CPU
+    (`backends.cpu_favours_vllm`). False for any other backend, or where there is a GPU."""
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.generation.backends import cpu_favours_vllm
+
+    if config.backend != "auto" or has_gpu:
+        return False
+    base = load_manifest(run_dir).column("base_model_path")[0].as_py()
+    return cpu_favours_vllm(base, config.vllm.dtype)
+
+
 def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None = None):
     """(manifest, RunContext) of a generation run; `has_gpu` as the caller found it (default: asks Ray)."""
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
@@ -99,7 +112,12 @@ def run_generation(
     started = time.time()
     run_dir = Path(run_dir)
     has_gpu = cluster_has_gpu()
-    backend = require_backend(config.backend, local=ray.is_initialized() and ray_is_local(), has_gpu=has_gpu)
+    backend = require_backend(
+        config.backend,
+        local=ray.is_initialized() and ray_is_local(),
+        has_gpu=has_gpu,
+        cpu_vllm=auto_favours_vllm_on_cpu(run_dir, config, has_gpu),
+    )
     manifest, ctx = build_context(run_dir, config, backend, seed, has_gpu=has_gpu)
     work = plan_work(run_dir, manifest, config, adapter_ids)
 

@@ -79,7 +79,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
     from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import cluster_has_gpu, resolve_backend_name
     from lorabatch.generation.plan import pending_work, plan_work, select_tasks
-    from lorabatch.generation.stage import GenerationResult, run_generation, write_plan_file
+    from lorabatch.generation.stage import GenerationResult, auto_favours_vllm_on_cpu, run_generation, write_plan_file
     from lorabatch.generation.store import done_keys
     from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
     from lorabatch.telemetry import adapters_synthesized
@@ -97,7 +97,10 @@ def generate_just_in_time(config, gen, progress: bool = True):
     }
     work = plan_work(run_dir, manifest, gen, ids)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
-    backend = resolve_backend_name(gen.backend, has_gpu=cluster_has_gpu())
+    has_gpu = cluster_has_gpu()
+    backend = resolve_backend_name(
+        gen.backend, has_gpu=has_gpu, cpu_vllm=auto_favours_vllm_on_cpu(run_dir, gen, has_gpu)
+    )
     total = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
 
     pending_pairs = pending_tasks_by_setting(pending)

@@ -284,3 +284,44 @@ def test_auto_backend_is_vllm_only_on_gpus(fresh_run, gen, monkeypatch):
 
     monkeypatch.setattr(backends, "vllm_available", lambda: False)
     assert backends.resolve_backend_name("auto", has_gpu=True) == "hf"
+
+
+def test_auto_backend_is_vllm_on_cpus_where_it_measured_faster(fresh_run, gen, monkeypatch, tmp_path):
+    """On a cluster without GPU, 'auto' picks vLLM only for vLLM in bfloat16 on a CPU with AMX and a
+    base model of at least CPU_VLLM_MIN_PARAMETERS, counted from the safetensors headers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.generation import backends
+    from lorabatch.generation.stage import run_generation
+
+    shards = tmp_path / "model"
+    shards.mkdir()
+    save_file({"a": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(5)}, str(shards / "model-1.safetensors"))
+    save_file({"c": torch.zeros(2, 3, 7, dtype=torch.float16)}, str(shards / "model-2.safetensors"))
+    assert backends.checkpoint_parameters(shards) == 12 + 5 + 42
+    assert backends.checkpoint_parameters(tmp_path / "absent") == 0
+
+    base = load_manifest(fresh_run).column("base_model_path")[0].as_py()
+    n = backends.checkpoint_parameters(base)
+    assert n > 0
+    assert backends.vllm_compute_dtype(base, "auto") == "float32"  # the tiny bank's checkpoint
+    monkeypatch.setattr(backends, "vllm_available", lambda: True)
+    monkeypatch.setattr(backends, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(backends, "CPU_VLLM_MIN_PARAMETERS", n)
+    assert backends.cpu_favours_vllm(base, "bfloat16")
+    assert not backends.cpu_favours_vllm(base, "auto")  # float32: batched PEFT measured faster
+    monkeypatch.setattr(backends, "CPU_VLLM_MIN_PARAMETERS", n + 1)
+    assert not backends.cpu_favours_vllm(base, "bfloat16")  # a smaller model than measured
+    monkeypatch.setattr(backends, "CPU_VLLM_MIN_PARAMETERS", n)
+    monkeypatch.setattr(backends, "cpu_has_amx_bf16", lambda: False)
+    assert not backends.cpu_favours_vllm(base, "bfloat16")
+    monkeypatch.setattr(backends, "cpu_has_amx_bf16", lambda: True)
+
+    # Rows that fail before generation start no engine: the name reported is the stage's resolution.
+    config = gen.config(backend="auto", settings=[gen.BROKEN_SYNTH], retry_failed=True, vllm={"dtype": "bfloat16"})
+    assert run_generation(fresh_run, config, progress=False).backend == "vllm"
+    fp32 = gen.config(backend="auto", settings=[gen.BROKEN_SYNTH], retry_failed=True)
+    assert run_generation(fresh_run, fp32, progress=False).backend == "hf"
+    assert run_generation(fresh_run, config.model_copy(update={"backend": "hf"}), progress=False).backend == "hf"
