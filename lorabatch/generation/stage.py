@@ -46,7 +46,8 @@ def _slices(table, rows_per_block: int) -> list:
 def auto_favours_vllm_on_cpu(run_dir, config, has_gpu: bool) -> bool:
     """For `generation.backend: auto` on a cluster without GPU: whether the run's base model and
     `vllm.dtype` are a case where vLLM measured faster on this machine's CPU
-    (`backends.cpu_favours_vllm`). False for any other backend, or where there is a GPU."""
+    (`backends.cpu_favours_vllm`; a cluster's CPU nodes are taken to be like the driver's). False
+    for any other backend, or where there is a GPU."""
     from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import cpu_favours_vllm
 
