@@ -44,6 +44,9 @@ from lorabatch.features import FeatureSet, sample_token_ids  # noqa: E402
 from lorabatch.features.store import load_bank_features, save_features  # noqa: E402
 from lorabatch.layout import RunLayout  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hostinfo import cpu_model  # noqa: E402
+
 METRICS = ("KL", "JS", "WD", "MMD")
 LAWS = {"realistic": 4000.0, "dense": None}  # exponential cut-off of the Zipf law (rank scale)
 
@@ -77,12 +80,7 @@ def synthetic_features(
 
 
 def machine_info() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import scipy
 
     return (

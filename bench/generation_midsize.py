@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from generation import parity, peft_sequential, vllm_direct  # noqa: E402
+from hostinfo import cpu_model  # noqa: E402
 
 ORG = "midsize"
 BASE = "mistral-midsize"
@@ -49,12 +50,7 @@ SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import torch
     import vllm
 

@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from hostinfo import cpu_model  # noqa: E402
+
 GOAL_S = 600.0
 
 
@@ -39,12 +43,7 @@ def readme_block(marker: str) -> str:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return (
         f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | python {platform.python_version()} | "
         f"load average {os.getloadavg()[0]:.1f}"

@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from distances import LAWS  # noqa: E402  the realistic law's exponential cut-off
+from hostinfo import cpu_model  # noqa: E402
 from synthesis import paper_shaped_shapes  # noqa: E402  (bench/synthesis.py: the adapter shapes of the paper's bank)
 
 ORG = "paperbench"
@@ -137,12 +138,7 @@ def disk_usage(root: Path) -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     import psutil
     import torch
 

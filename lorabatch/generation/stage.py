@@ -43,27 +43,28 @@ def _slices(table, rows_per_block: int) -> list:
     return [table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table]
 
 
-def auto_favours_vllm_on_cpu(run_dir, config, has_gpu: bool) -> bool:
-    """For `generation.backend: auto` on a cluster without GPU: whether the run's base model and
+def auto_favours_vllm_on_cpu(manifest, config, has_gpu: bool) -> bool:
+    """For `generation.backend: auto` on a cluster without GPU: whether the base model of the bank
+    `manifest` (the run's manifest table) and
     `vllm.dtype` are a case where vLLM measured faster on this machine's CPU
     (`backends.cpu_favours_vllm`; a cluster's CPU nodes are taken to be like the driver's). False
     for any other backend, or where there is a GPU."""
-    from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import cpu_favours_vllm
 
     if config.backend != "auto" or has_gpu:
         return False
-    base = load_manifest(run_dir).column("base_model_path")[0].as_py()
-    return cpu_favours_vllm(base, config.vllm.dtype)
+    return cpu_favours_vllm(manifest.column("base_model_path")[0].as_py(), config.vllm.dtype)
 
 
-def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None = None):
-    """(manifest, RunContext) of a generation run; `has_gpu` as the caller found it (default: asks Ray)."""
+def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None = None, manifest=None):
+    """(manifest, RunContext) of a generation run; `has_gpu` as the caller found it (default: asks
+    Ray), `manifest` as the caller read it (default: read here)."""
     from lorabatch.bank.manifest import load_manifest, trusts_remote_code
     from lorabatch.generation.backends import cluster_has_gpu
     from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
 
-    manifest = load_manifest(run_dir)
+    if manifest is None:
+        manifest = load_manifest(run_dir)
     base = manifest.column("base_model_path")[0].as_py()
     max_pos = max_positions_of(base)
     if has_gpu is None:
@@ -105,6 +106,7 @@ def run_generation(
 
     from lorabatch import telemetry
     from lorabatch.atomic import write_parquet
+    from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import backend_class, cluster_has_gpu, ray_is_local, require_backend
     from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
     from lorabatch.generation.preflight import preflight
@@ -113,13 +115,14 @@ def run_generation(
     started = time.time()
     run_dir = Path(run_dir)
     has_gpu = cluster_has_gpu()
+    manifest = load_manifest(run_dir)
     backend = require_backend(
         config.backend,
         local=ray.is_initialized() and ray_is_local(),
         has_gpu=has_gpu,
-        cpu_vllm=auto_favours_vllm_on_cpu(run_dir, config, has_gpu),
+        cpu_vllm=auto_favours_vllm_on_cpu(manifest, config, has_gpu),
     )
-    manifest, ctx = build_context(run_dir, config, backend, seed, has_gpu=has_gpu)
+    _, ctx = build_context(run_dir, config, backend, seed, has_gpu=has_gpu, manifest=manifest)
     work = plan_work(run_dir, manifest, config, adapter_ids)
 
     def record_plan() -> None:

@@ -99,7 +99,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
     has_gpu = cluster_has_gpu()
     backend = resolve_backend_name(
-        gen.backend, has_gpu=has_gpu, cpu_vllm=auto_favours_vllm_on_cpu(run_dir, gen, has_gpu)
+        gen.backend, has_gpu=has_gpu, cpu_vllm=auto_favours_vllm_on_cpu(manifest, gen, has_gpu)
     )
     total = GenerationResult(backend, work.num_rows, work.num_rows - pending.num_rows, 0, 0, 0, 0.0, 0)
 
