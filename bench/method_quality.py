@@ -7,9 +7,9 @@ controls, with what each costs per task next to training that task's LoRA.
 
 Reads only what the sweep wrote (RUN/scores/{summary,tasks}.parquet, RUN/fewshot/*.parquet,
 RUN/stages/*.json) and, for the training baseline, the demo bank's `demo_bank.json` (seconds the
-builder spent training each task's LoRA, on the machine and thread count it records). Goals of the
-project, checked here: the best training-free setting closes ≥ 50 % of the base→oracle gap, beats
-`uniform`, every `nearest-<metric>` and every paper setting, and improves ≥ 90 % of tasks.
+builder spent training each task's LoRA, on the machine and thread count it records). The
+project's quality goals (`lorabatch.scoring.goals`) are checked on the summary and printed below
+the table; every row carries Rouge-L, exact match and content.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lorabatch.layout import RunLayout  # noqa: E402
+from lorabatch.scoring.goals import quality_goals  # noqa: E402
 from lorabatch.settings import Setting, display_order  # noqa: E402
 
 
@@ -74,43 +75,35 @@ def collect(run: Path, bank: Path | None) -> dict:
         rows.append(
             {**r, "seconds_per_task": cost, "forward_passes_per_task": fewshot.get(s, {}).get("forward_passes")}
         )
-    free = [r for r in rows if r["setting"] not in ("base", "oracle")]
-    best = max(free, key=lambda r: r["rouge_l"]) if free else None
-    goals = None
-    if best is not None:
-        others = [
-            r
-            for r in free
-            if r["setting"] != best["setting"] and Setting.parse(r["setting"]).kind in ("paper", "uniform", "nearest")
-        ]
-        goals = {
-            "best": best["setting"],
-            "gap_closed>=50%": best["gap_closed"] >= 0.5,
-            "beats uniform, nearest and every paper setting": all(best["rouge_l"] > o["rouge_l"] for o in others),
-            "improves>=90% of tasks": best["share_improved"] >= 0.9,
-        }
+    goals = quality_goals(summary)
     return {"rows": rows, "training": training, "goals": goals, "n_tasks": n_tasks}
 
 
 def markdown(result: dict) -> str:
-    head = "| setting | Rouge-L | gap closed | tasks improved | Δ vs uniform | beats uniform | s / task | forward passes / task |"
-    lines = [head, "|" + "---|" * 8]
+    head = (
+        "| setting | Rouge-L | exact match | content | gap closed | tasks improved | Δ vs uniform | beats uniform "
+        "| s / task | forward passes / task |"
+    )
+    lines = [head, "|" + "---|" * 10]
     for r in result["rows"]:
         beats = {True: "yes", False: "**no**", None: "–"}[r.get("beats_uniform")]
         lines.append(
-            f"| {r['setting']} | {_fmt(r['rouge_l'], '.3f')} | {_fmt(r['gap_closed'], '.0%')} | {_fmt(r['share_improved'], '.0%')} "
+            f"| {r['setting']} | {_fmt(r['rouge_l'], '.3f')} | {_fmt(r.get('exact_match'), '.3f')} "
+            f"| {_fmt(r.get('content'), '.3f')} | {_fmt(r['gap_closed'], '.0%')} | {_fmt(r['share_improved'], '.0%')} "
             f"| {_fmt(r.get('vs_uniform'), '+.3f')} | {beats} | {_fmt(r['seconds_per_task'], '.3f')} | {_fmt(r['forward_passes_per_task'], '.0f')} |"
         )
     t = result["training"]
     if t:
         lines.append(
-            f"| *training the task's LoRA ({t['steps']} AdamW steps, {t['threads']} threads)* | | | | | | {t['seconds']:.1f} | |"
+            f"| *training the task's LoRA ({t['steps']} AdamW steps, {t['threads']} threads)* | | | | | | | | {t['seconds']:.1f} | |"
         )
-    if result["goals"]:
+    g = result["goals"]
+    if g["best"]:
+        verdict = {True: "met", False: "NOT met", None: "not checked"}
         lines.append("")
         lines.append(
-            f"Best training-free setting: **{result['goals']['best']}**. Goals: "
-            + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["goals"].items() if k != "best")
+            f"Best training-free setting: **{g['best']}**; best paper setting: **{g['best_paper']}**. Goals: "
+            + "; ".join(f"{k}: {verdict[v]}" for k, v in g["goals"].items())
         )
     return "\n".join(lines)
 

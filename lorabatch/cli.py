@@ -67,9 +67,19 @@ def bank_build_demo(
         help="Task LoRAs trained at once (default: the cores over --threads). Above 1 they train on Ray Train; "
         "1 trains them in this process, one after another. The bank is the same whatever this is.",
     ),
+    base: str = typer.Option(
+        "instruct",
+        help="'instruct': the base model goes through an instruction phase and answers the tasks' content in "
+        "its own words, as Mistral-7B-Instruct does (builder 5); 'plain': no instruction phase.",
+    ),
+    families: Optional[str] = typer.Option(
+        None,
+        help="Task families as 'module:attribute' (a tuple of lorabatch.demo.families.Family); default: the demo's.",
+    ),
 ):
     """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
     from lorabatch.demo.build import build_demo_bank
+    from lorabatch.demo.families import load_families
 
     build_demo_bank(
         out,
@@ -80,6 +90,8 @@ def bank_build_demo(
         lora_init=lora_init,
         shared_fraction=shared_fraction,
         parallel=parallel,
+        base=base,
+        families=load_families(families),
     )
 
 

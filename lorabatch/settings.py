@@ -6,6 +6,8 @@
                           neural) on the `metric` distances, leave-one-out, mixed
     uniform               control: every other bank task weighted equally (no task information)
     nearest-<metric>      control: the single closest other task by `metric`
+    icl                   control: the base model with k of the task's training examples in its
+                          prompt (in-context learning, no adapter)
     select                per task, the candidate adapter with the lowest few-shot loss on the
                           task's own training examples (lorabatch.fewshot)
     refine                per task, coefficients of the top-K tasks optimised on that loss by an
@@ -26,12 +28,13 @@ UNIFORM = "uniform"
 NEAREST = "nearest"
 SELECT = "select"
 REFINE = "refine"
+ICL = "icl"
 COEFFICIENT_MODELS = ("attentional", "normalized", "neural")
 CONTROLS = (UNIFORM, NEAREST)
 FEWSHOT_METHODS = (SELECT, REFINE)
 
 # kind → where a setting's adapters come from
-KINDS = ("base", "oracle", "paper", "uniform", "nearest", "select", "refine")
+KINDS = ("base", "oracle", "paper", "uniform", "nearest", "icl", "select", "refine")
 
 
 class UnknownSettingError(LorabatchError, ValueError):
@@ -65,11 +68,11 @@ class Setting:
 
     @property
     def is_control(self) -> bool:
-        return self.kind in CONTROLS
+        return self.kind in CONTROLS or self.kind == ICL
 
     @classmethod
     def parse(cls, name: str) -> "Setting":
-        if name in (BASE, ORACLE, UNIFORM, SELECT, REFINE):
+        if name in (BASE, ORACLE, UNIFORM, ICL, SELECT, REFINE):
             return cls(name)
         head, sep, tail = name.partition("-")
         if sep and head == NEAREST and tail:
@@ -78,7 +81,7 @@ class Setting:
         if sep and metric and model in COEFFICIENT_MODELS:
             return cls("paper", metric=metric, model=model)
         raise UnknownSettingError(
-            f"unknown setting {name!r}: expected base, oracle, uniform, select, refine, nearest-<metric> "
+            f"unknown setting {name!r}: expected base, oracle, uniform, icl, select, refine, nearest-<metric> "
             f"or <metric>-<model> with model one of {list(COEFFICIENT_MODELS)}"
         )
 
@@ -92,10 +95,10 @@ class Setting:
 
 
 def display_order(name: str) -> tuple:
-    """Table order: base, paper settings, controls, select, refine, oracle."""
+    """Table order: base, paper settings, controls (uniform, nearest, icl), select, refine, oracle."""
     try:
         kind = Setting.parse(name).kind
     except UnknownSettingError:
         kind = "paper"
-    rank = {"base": 0, "paper": 1, UNIFORM: 2, NEAREST: 3, SELECT: 4, REFINE: 5, "oracle": 6}[kind]
+    rank = {"base": 0, "paper": 1, UNIFORM: 2, NEAREST: 3, ICL: 4, SELECT: 5, REFINE: 6, "oracle": 7}[kind]
     return (rank, name)

@@ -47,6 +47,7 @@ def write_sweep_config(sweep_bank):
         features_executor="ray",
         controls=(),
         fewshot=(),
+        fewshot_controls=(),
         **generation,
     ):
         config = {
@@ -57,7 +58,7 @@ def write_sweep_config(sweep_bank):
             "features": {"executor": features_executor},
             "distances": {"metrics": list(metrics), "executor": "local"},
             "synthesis": {"models": list(models), "executor": "local", "controls": list(controls)},
-            "fewshot": {"methods": list(fewshot)},
+            "fewshot": {"methods": list(fewshot), "controls": list(fewshot_controls)},
             "generation": {"backend": "hf", "max_new_tokens": 16, "batch_size": 4, **generation},
             "scoring": {"executor": "local"},
         }

@@ -43,6 +43,18 @@ class DemoBankConfig(StrictModel):
         description="Under lora_init 'mixed': the fraction of tasks that share one lora_A init "
         "(0.38 in the real Lots-of-LoRAs bank). Ignored by 'shared' and 'independent'.",
     )
+    base: Literal["instruct", "plain"] = Field(
+        "instruct",
+        description="The base model's regime: 'instruct' (builder 5: after pre-training, an instruction "
+        "phase on data of its own teaches it to answer the families' questions with the right content in a "
+        "verbose house style, as Mistral-7B-Instruct does; the adapters teach each task's exact form) or "
+        "'plain' (no instruction phase: a base that knows no task in the instruction format).",
+    )
+    families: str | None = Field(
+        None,
+        description="Task families to build from, as 'module:attribute' naming a tuple of "
+        "lorabatch.demo.families.Family (None: the demo's six).",
+    )
     parallel: Optional[int] = RuntimeField(
         None,
         ge=1,

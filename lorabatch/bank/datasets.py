@@ -32,6 +32,24 @@ def read_split(dataset_dir: str | Path, split: str, columns: list[str] | None = 
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
+def sample_examples(dataset_dir: str | Path, split: str, k: int, seed: int, task_id: str) -> list[dict]:
+    """A seeded sample of k rows of `split` with a non-empty output, in file order: the few-shot
+    examples of a task (its `select`/`refine` criterion and its `icl` prompt). The draw depends on
+    `seed` and `task_id` only. Raises `DatasetError` for the test split or a split without outputs."""
+    import zlib
+
+    import numpy as np
+
+    if split == "test":
+        raise DatasetError("few-shot examples never come from the test split")
+    rows = [r for r in read_split(dataset_dir, split, columns=["input", "output", "id"]).to_pylist() if r["output"]]
+    if not rows:
+        raise DatasetError(f"{dataset_dir}: the {split} split has no example with an output")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(task_id.encode())])
+    picked = np.sort(rng.choice(len(rows), size=min(k, len(rows)), replace=False))
+    return [rows[int(i)] for i in picked]
+
+
 def dataset_content_hash(dataset_dir: str | Path) -> str:
     """sha256 over every split file's name and bytes: the cache key of features of this dataset."""
     h = hashlib.sha256()

@@ -40,6 +40,7 @@ def ensure_demo_bank(bank_config) -> None:
     if bank_config.demo is None:
         return
     from lorabatch.demo.build import build_demo_bank
+    from lorabatch.demo.families import load_families
 
     demo = bank_config.demo
     build_demo_bank(
@@ -50,6 +51,8 @@ def ensure_demo_bank(bank_config) -> None:
         lora_init=demo.lora_init,
         shared_fraction=demo.shared_fraction,
         parallel=demo.parallel,
+        base=demo.base,
+        families=load_families(demo.families),
     )
 
 

@@ -5,7 +5,14 @@ Layout (the Lots-of-LoRAs layout, as a local "hub" directory)::
     OUT/lorabatch-demo/tiny-mistral/                  base model (safetensors) + tokenizer
     OUT/lorabatch-demo/tiny-mistral-r8-task<N>/       PEFT LoRA of task N (q/k/v, r 8, alpha 16)
     OUT/lorabatch-demo/task<N>_<slug>/data/{train,valid,test}-00000-of-00001.parquet
-    OUT/demo_bank.json                                what was built (LoRA init included), timings, own-vs-base Rouge-L
+    OUT/demo_bank.json                                what was built (LoRA init included), timings, acceptance on valid
+
+Builder 5 makes the base model instruction-following (`lorabatch.demo.instruct`): after its
+plain-text pre-training it answers the families' questions with the right content in a verbose
+house style of its own, and each task adapter teaches its task's exact form — the regime of the
+real bank, whose base is Mistral-7B-Instruct. `base="plain"` skips that phase (builder 4's
+regime: a base that knows no task in the instruction format). The bank is accepted on rows that
+carry no method (`lorabatch.demo.accept`: base, own adapters, `uniform`, valid split).
 
 The bank is built in a temporary directory next to OUT that replaces OUT only when everything,
 the evaluation included, has succeeded: an interrupted build never leaves a bank-looking OUT.
@@ -23,6 +30,7 @@ from pathlib import Path
 
 from lorabatch.demo.families import (
     FAMILIES,
+    Family,
     TaskSpec,
     make_examples,
     pretraining_sentences,
@@ -43,8 +51,11 @@ from lorabatch.errors import LorabatchError
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = "4"  # 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds; 3: lora_A at 1/16 of the LoRA learning rate; 4: answer forms shared across families, shorter training
-# Training the task LoRAs on Ray Train, several at once, left the bank as it was (bit-identical adapters): still 3.
+# 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds; 3: lora_A at
+# 1/16 of the LoRA learning rate; 4: answer forms shared across families, shorter training;
+# 5: an instruction-following base (instruction phase), acceptance on the valid split.
+BUILDER_VERSION = "5"
+BASES = ("instruct", "plain")  # the base model's regime: instruction-following, or builder 4's
 ORG = "lorabatch-demo"
 BASE_REPO = f"{ORG}/tiny-mistral"
 ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
@@ -71,15 +82,19 @@ class DemoSize:
     n_variants: int
     examples_per_task: int  # split 80/10/10
     pretrain_sentences: int
-    eval_examples: int  # test examples per task scored for own vs base
+    eval_examples: int  # valid examples per task scored for acceptance (at most the split's)
+    instruct_per_variant: int  # instruction-phase rows per variant of each family
     train: TrainSettings = field(default_factory=TrainSettings)
     dims: ModelDims = field(default_factory=ModelDims)
-    max_new_tokens: int = 8  # the longest demo answer has 5 words
+    max_new_tokens: int = 16  # the longest answer has 6 words
+    instruct_terse_share: float = 0.45  # of them answered with the bare content (the rest: house style)
 
 
 SIZES: dict[str, DemoSize] = {
-    "small": DemoSize(3, 3, 150, 4000, 15, TrainSettings(pretrain_steps=400, lora_steps=130)),
-    "default": DemoSize(6, 4, 250, 8000, 25, TrainSettings(pretrain_steps=600, lora_steps=200)),
+    "small": DemoSize(3, 3, 150, 4000, 15, 200, TrainSettings(pretrain_steps=400, instruct_steps=200, lora_steps=130)),
+    "default": DemoSize(
+        6, 4, 250, 8000, 25, 200, TrainSettings(pretrain_steps=600, instruct_steps=300, lora_steps=200)
+    ),
     # The builder's mechanics in tests (seconds, not minutes); its adapters learn little.
     "tiny": DemoSize(
         1,
@@ -87,7 +102,10 @@ SIZES: dict[str, DemoSize] = {
         40,
         300,
         4,
-        TrainSettings(pretrain_steps=20, pretrain_batch=8, lora_steps=12, lora_batch=8),
+        20,
+        TrainSettings(
+            pretrain_steps=20, pretrain_batch=8, instruct_steps=10, instruct_batch=8, lora_steps=12, lora_batch=8
+        ),
         ModelDims(
             hidden_size=32,
             intermediate_size=64,
@@ -134,6 +152,8 @@ def build_demo_bank(
     lora_init: str = "mixed",
     shared_fraction: float = DEFAULT_SHARED_FRACTION,
     parallel: int | None = None,
+    base: str = "instruct",
+    families: tuple[Family, ...] | None = None,
 ) -> Path:
     """Build the demo bank into `out` (or keep the one there); returns `out`.
 
@@ -144,7 +164,9 @@ def build_demo_bank(
     (`lorabatch.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
     `parallel`: task LoRAs trained at once (None: `default_parallel`): above 1 on Ray Train, each
     on one worker of `threads` threads; 1 in this process, one after another. The bank does not
-    depend on it.
+    depend on it. `base`: "instruct" (an instruction phase after pre-training) or "plain".
+    `families`: the task families to build from (default: `FAMILIES`, the demo's); the size's
+    family count is capped at their number.
     A different demo bank in `out` is rebuilt; any other non-empty `out` is refused.
     """
     if size not in SIZES:
@@ -153,12 +175,18 @@ def build_demo_bank(
         raise LorabatchError(f"unknown lora_init {lora_init!r}; choose one of {list(LORA_INITS)}")
     if not 0.0 <= shared_fraction <= 1.0:  # also refuses NaN
         raise LorabatchError(f"shared_fraction must lie in [0, 1], got {shared_fraction!r}")
+    if base not in BASES:
+        raise LorabatchError(f"unknown demo base {base!r}; choose one of {list(BASES)}")
+    families = FAMILIES if families is None else tuple(families)
+    if not families or len({f.name for f in families}) != len(families):
+        raise LorabatchError(f"families must be non-empty with distinct names, got {[f.name for f in families]}")
     fraction = _recorded_fraction(lora_init, shared_fraction)
     out = Path(out)
     have = read_manifest(out)
     if have is not None and not force:
-        want = (BUILDER_VERSION, size, seed, lora_init, fraction)
-        if tuple(have.get(k) for k in ("builder_version", "size", "seed", "lora_init", "shared_fraction")) == want:
+        want = (BUILDER_VERSION, size, seed, lora_init, fraction, base, [f.name for f in families])
+        keys = ("builder_version", "size", "seed", "lora_init", "shared_fraction", "base", "family_set")
+        if tuple(have.get(k) for k in keys) == want:
             with _log_to_stderr(progress):
                 log.info(
                     "%s already holds the %s demo bank (seed %d, lora_init %s, builder %s): kept",
@@ -194,6 +222,8 @@ def build_demo_bank(
             lora_init,
             fraction,
             parallel or default_parallel(threads or DEFAULT_THREADS),
+            base,
+            families,
         )
 
 
@@ -215,28 +245,34 @@ def _build(
     lora_init: str,
     shared_fraction: float | None,
     parallel: int,
+    base: str,
+    all_families: tuple[Family, ...],
 ) -> Path:
     import torch
 
     from lorabatch.atomic import atomic_dir, write_json
+    from lorabatch.demo.accept import accept_bank
+    from lorabatch.demo.instruct import bank_sentences, instruction_examples
     from lorabatch.demo.model import new_model
     from lorabatch.demo.tokenizer import train_tokenizer
-    from lorabatch.demo.train import pretrain
+    from lorabatch.demo.train import instruct, pretrain
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    specs = task_specs(cfg.n_families, cfg.n_variants)
-    families = FAMILIES[: cfg.n_families]
+    n_families = min(cfg.n_families, len(all_families))
+    specs = task_specs(n_families, cfg.n_variants, all_families)
+    families = all_families[:n_families]
     numbers = [spec.number for spec in specs]
     fraction = DEFAULT_SHARED_FRACTION if shared_fraction is None else shared_fraction
     init_seeds = lora_init_seeds(numbers, seed, lora_init, fraction)
     sharing = shared_init_tasks(numbers, seed, lora_init, fraction)
     log.info(
-        "building the %s demo bank (seed %d) into %s: %d families x %d variants = %d tasks, %d threads",
+        "building the %s demo bank (seed %d, %s base) into %s: %d families x %d variants = %d tasks, %d threads",
         size,
         seed,
+        base,
         out,
-        cfg.n_families,
+        n_families,
         cfg.n_variants,
         len(specs),
         torch.get_num_threads(),
@@ -255,9 +291,15 @@ def _build(
         t = time.perf_counter()
         splits = write_datasets(org, specs, cfg.examples_per_task, seed)
         sentences = pretraining_sentences(families, cfg.pretrain_sentences, seed)
-        texts = sentences + [
-            t for s in splits.values() for rows in s.values() for r in rows for t in (r["input"], *r["output"])
-        ]
+        bank_rows = [r for s in splits.values() for rows in s.values() for r in rows]
+        instruction = (
+            instruction_examples(
+                specs, bank_sentences(bank_rows), cfg.instruct_per_variant, seed, cfg.instruct_terse_share
+            )
+            if base == "instruct"
+            else []
+        )
+        texts = sentences + [t for r in bank_rows + instruction for t in (r["input"], *r["output"])]
         tokenizer = train_tokenizer(texts, base_dir)
         timings["datasets_and_tokenizer"] = time.perf_counter() - t
         log.info(
@@ -277,9 +319,25 @@ def _build(
             len(sentences),
         )
         pre_losses = pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
-        model.save_pretrained(base_dir)
         timings["pretrain"] = time.perf_counter() - t
-        log.info("base model saved: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
+        log.info("pre-training: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
+        instruct_losses: list[float] = []
+        if instruction:
+            t = time.perf_counter()
+            log.info(
+                "instruction phase: %d steps on %d rows of the base's own (no bank row, house style)",
+                cfg.train.instruct_steps,
+                len(instruction),
+            )
+            instruct_losses = instruct(model, tokenizer, instruction, cfg.train, seed, progress)
+            timings["instruct"] = time.perf_counter() - t
+            log.info(
+                "instruction phase: loss %.2f -> %.3f in %.0f s",
+                instruct_losses[0],
+                _tail(instruct_losses),
+                timings["instruct"],
+            )
+        model.save_pretrained(base_dir)
 
         t = time.perf_counter()
         threads = torch.get_num_threads()
@@ -293,8 +351,23 @@ def _build(
         timings["lora"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        scores = _evaluate(org, specs, splits, cfg, progress)
-        timings["evaluate"] = time.perf_counter() - t
+        acceptance = accept_bank(
+            base_dir,
+            {spec.task_id: _adapter_dir(org, cfg, spec) for spec in specs},
+            {spec.task_id: splits[spec.number]["valid"][: cfg.eval_examples] for spec in specs},
+            cfg.max_new_tokens,
+            progress,
+        )
+        timings["accept"] = time.perf_counter() - t
+        scores = {
+            spec.number: {
+                "own": s["oracle"]["rouge_l"],
+                "base": s["base"]["rouge_l"],
+                "n": len(splits[spec.number]["valid"][: cfg.eval_examples]),
+            }
+            for spec in specs
+            for s in (acceptance["tasks"][spec.task_id],)
+        }
 
         tasks = [
             {
@@ -303,10 +376,12 @@ def _build(
                 "family": spec.family.name,
                 "variant": spec.variant.slug,
                 "definition": spec.variant.definition,
+                "answer_slot": spec.variant.answer,
                 "output_format": spec.variant.formats[0],
                 **{f"n_{k}": len(v) for k, v in splits[spec.number].items()},
                 "lora_loss": [round(x, 4) for x in lora_losses[spec.number]],
                 "rouge_l": scores[spec.number],
+                "valid": acceptance["tasks"][spec.task_id],
                 "lora_init_seed": init_seeds[spec.number],
                 "shared_init": spec.number in sharing,
                 "train_seconds": round(train_seconds[spec.number], 2),
@@ -320,6 +395,8 @@ def _build(
             "complete": True,
             "size": size,
             "seed": seed,
+            "base": base,
+            "family_set": [f.name for f in all_families],
             "lora_init": lora_init,
             "shared_fraction": shared_fraction,
             "shared_init_tasks": [f"task{n}" for n in sharing],
@@ -341,14 +418,21 @@ def _build(
                 "pretrain_sentences": cfg.pretrain_sentences,
                 "examples_per_task": cfg.examples_per_task,
                 "pretrain_loss": [round(pre_losses[0], 4), round(_tail(pre_losses), 4)],
+                "instruct_rows": len(instruction),
+                "instruct_terse_share": cfg.instruct_terse_share if instruction else None,
+                "instruct_loss": (
+                    [round(instruct_losses[0], 4), round(_tail(instruct_losses), 4)] if instruct_losses else None
+                ),
             },
             "evaluation": {
-                "metric": "rougeL F-measure, stemmed, against output[0]",
+                "metric": "rougeL F-measure, stemmed, against output[0]; exact match; content",
+                "split": "valid",
                 "decoding": "greedy",
                 "prompt": "raw input",
                 "max_new_tokens": cfg.max_new_tokens,
                 "examples_per_task": cfg.eval_examples,
             },
+            "acceptance": {k: v for k, v in acceptance.items() if k != "tasks"},
             "rouge_l": {"per_family": per_family, "mean": _mean_scores([x["rouge_l"] for x in tasks])},
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "threads": torch.get_num_threads(),
@@ -359,7 +443,15 @@ def _build(
         _readable(tmp)
     log.info("demo bank ready in %.0f s: %s", time.perf_counter() - started, out)
     for name, s in per_family.items():
-        log.info("  %-18s own adapter Rouge-L %.3f   base %.3f", name, s["own"], s["base"])
+        log.info("  %-18s own adapter Rouge-L %.3f   base %.3f (valid)", name, s["own"], s["base"])
+    for name, c in acceptance["criteria"].items():
+        log.info(
+            "  acceptance %-20s %.3f  %s %s",
+            name,
+            acceptance["figures"][name],
+            c["bounds"],
+            "met" if c["met"] else "NOT met",
+        )
     return out
 
 
@@ -468,46 +560,20 @@ def _adapter_dir(org: Path, cfg: DemoSize, spec: TaskSpec) -> Path:
 
 
 def _copy_adapter(checkpoint_dir: Path, target: Path) -> None:
-    """The PEFT files of a final checkpoint as a bank adapter directory."""
+    """The PEFT files of a final checkpoint as a bank adapter directory (its config's
+    `target_modules` sorted)."""
     import shutil
 
     from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     target.mkdir(parents=True)
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        shutil.copyfile(checkpoint_dir / name, target / name)
-
-
-def _evaluate(org: Path, specs: list[TaskSpec], splits: dict, cfg: DemoSize, progress: bool) -> dict[int, dict]:
-    """Own adapter vs base on each task's first `eval_examples` test rows, from the saved files."""
-    from peft import PeftModel
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lorabatch.demo.evaluate import own_vs_base
-
-    base_dir = org / "tiny-mistral"
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir)
-    model = PeftModel.from_pretrained(base, _adapter_dir(org, cfg, specs[0]), adapter_name=specs[0].task_id)
-    for spec in specs[1:]:
-        model.load_adapter(_adapter_dir(org, cfg, spec), adapter_name=spec.task_id)
-    model.eval()
-    scores = {}
-    for spec in tqdm(specs, desc="own vs base", unit="task", disable=not progress or None):
-        model.set_adapter(spec.task_id)
-        result = own_vs_base(model, tokenizer, splits[spec.number]["test"][: cfg.eval_examples], cfg.max_new_tokens)
-        scores[spec.number] = result
-        log.info(
-            "%s Rouge-L own %.3f base %.3f (e.g. %r vs %r, reference %r)",
-            spec.name,
-            result["own"],
-            result["base"],
-            result["example"]["own"],
-            result["example"]["base"],
-            result["example"]["reference"],
-        )
-    return scores
+    shutil.copyfile(checkpoint_dir / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)
+    # PEFT writes target_modules from a set, in an order that follows the process's string hash
+    # seed: sorted, the same build gives the same bytes.
+    config = json.loads((checkpoint_dir / ADAPTER_CONFIG).read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    (target / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _readable(root: Path) -> None:

@@ -21,22 +21,32 @@ generated from a `random.Random` seeded by the caller, so datasets are reproduci
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass
 from typing import Callable
+
+from lorabatch.errors import LorabatchError
 
 Instance = tuple[str, dict]  # (sentence, slot values the answer formats refer to)
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One task of a family: a slug, its definition sentence and the output formats it uses."""
+    """One task of a family: a slug, its definition (a question, then how to write the answer),
+    the slot holding the answer's content and the output formats it uses."""
 
     slug: str
-    definition: str
+    question: str  # what the task asks, without the answer's form
+    form_hint: str  # how the answer is written ("Answer with one word.")
+    answer: str  # the slot whose value is the answer's content
     formats: tuple[str, ...]  # output[0] uses the first; others become extra references
     templates: tuple[int, ...]  # indices into the family's templates
     focus: int  # which part of the family's content words this variant favours
+
+    @property
+    def definition(self) -> str:
+        return f"{self.question} {self.form_hint}"
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ FORM_HINTS = ("Answer with one word.", "Begin with: the answer is.", "Write it a
 def _shared_form(slug: str, question: str, form: int, answer: str, templates: tuple[int, ...], focus: int) -> Variant:
     """A variant that answers `answer` (a slot name) in the shared form `ANSWER_FORMS[form]`."""
     formats = tuple(f.replace("{ans}", "{" + answer + "}") for f in ANSWER_FORMS[form])
-    return Variant(slug, f"{question} {FORM_HINTS[form]}", formats, templates, focus)
+    return Variant(slug, question, FORM_HINTS[form], answer, formats, templates, focus)
 
 
 def _favour(rng: random.Random, words: tuple[str, ...], focus: int, parts: int = 4) -> str:
@@ -172,7 +182,9 @@ REVIEW = Family(
         ),
         Variant(
             "hotel_review_sentence",
-            "Say whether the review is positive or negative in a short sentence.",
+            "Say whether the review is positive or negative.",
+            "Answer in a short sentence.",
+            "label",
             ("the review is {label}", "{label}"),
             (3, 4, 5),
             3,
@@ -213,7 +225,13 @@ COLOUR = Family(
         _shared_form("colour_of_object", "What colour is the object?", 1, "colour", (1, 2, 3), 1),
         _shared_form("colour_label", "Label the sentence with the colour it mentions.", 2, "colour", (2, 3, 4), 2),
         Variant(
-            "colour_statement", "State the colour of the thing described.", ("it is {colour}", "{colour}"), (3, 4, 5), 3
+            "colour_statement",
+            "State the colour of the thing described.",
+            "Begin with: it is.",
+            "colour",
+            ("it is {colour}", "{colour}"),
+            (3, 4, 5),
+            3,
         ),
     ),
     sample=_colour,
@@ -271,7 +289,9 @@ CITY = Family(
         _shared_form("travel_destination_country", "Give the destination country.", 2, "country", (2, 3, 4), 2),
         Variant(
             "city_location_sentence",
-            "Where is the city? Answer with a full sentence.",
+            "Where is the city?",
+            "Answer with a full sentence.",
+            "country",
             ("{city} is in {country}", "{country}"),
             (3, 4, 5),
             3,
@@ -333,7 +353,13 @@ CATEGORY = Family(
         _shared_form("kind_of_thing", "What kind of thing is mentioned?", 1, "category", (1, 2, 3), 1),
         _shared_form("category_label", "Give the category label of the mentioned thing.", 2, "category", (2, 3, 4), 2),
         Variant(
-            "thing_is_a", "Say what the mentioned thing is.", ("{thing} is a {category}", "{category}"), (3, 4, 5), 3
+            "thing_is_a",
+            "Say what the mentioned thing is.",
+            "Answer with a full sentence.",
+            "category",
+            ("{thing} is a {category}", "{category}"),
+            (3, 4, 5),
+            3,
         ),
     ),
     sample=_category,
@@ -399,7 +425,9 @@ PERSON = Family(
         _shared_form("name_label", "Label the sentence with the person's name.", 2, "name", (2, 3, 4), 2),
         Variant(
             "agent_of_action",
-            "Who did it? Answer with the name followed by did it.",
+            "Who did it?",
+            "Answer with the name followed by did it.",
+            "name",
             ("{name} did it", "{name}"),
             (3, 4, 5),
             3,
@@ -458,7 +486,15 @@ TOPIC = Family(
         ),
         _shared_form("headline_topic", "What is the topic?", 1, "topic", (1, 2, 3), 1),
         _shared_form("news_section", "Which section of the newspaper does it belong to?", 2, "topic", (2, 3, 4), 2),
-        Variant("story_subject", "Say what the story is about.", ("this is about {topic}", "{topic}"), (3, 4, 5), 3),
+        Variant(
+            "story_subject",
+            "Say what the story is about.",
+            "Begin with: this is about.",
+            "topic",
+            ("this is about {topic}", "{topic}"),
+            (3, 4, 5),
+            3,
+        ),
     ),
     sample=_topic,
     facts=_topic_fact,
@@ -496,18 +532,23 @@ class TaskSpec:
         return f"task{self.number}_{self.variant.slug}"
 
 
-def task_specs(n_families: int, n_variants: int) -> list[TaskSpec]:
-    """The first `n_families` families × `n_variants` variants; task number = 100·family + variant.
+def task_specs(n_families: int, n_variants: int, families: tuple[Family, ...] | None = None) -> list[TaskSpec]:
+    """The first `n_families` of `families` (default `FAMILIES`) × their first `n_variants`
+    variants; task number = 100·family + variant.
 
     Numbers are stable across sizes (a small bank's tasks are a subset of the default bank's) and
     not contiguous, like the real bank's.
     """
-    if not 1 <= n_families <= len(FAMILIES):
-        raise ValueError(f"n_families must be in 1..{len(FAMILIES)}, got {n_families}")
-    if not 1 <= n_variants <= 4:
-        raise ValueError(f"n_variants must be in 1..4, got {n_variants}")
+    families = FAMILIES if families is None else tuple(families)
+    if not 1 <= n_families <= len(families):
+        raise ValueError(f"n_families must be in 1..{len(families)}, got {n_families}")
+    short = [f.name for f in families[:n_families] if len(f.variants) < n_variants]
+    if n_variants < 1 or short:
+        raise ValueError(
+            f"n_variants must be at least 1 and at most every family's variants, got {n_variants} ({short})"
+        )
     return [
-        TaskSpec(100 * (f + 1) + v + 1, FAMILIES[f], FAMILIES[f].variants[v])
+        TaskSpec(100 * (f + 1) + v + 1, families[f], families[f].variants[v])
         for f in range(n_families)
         for v in range(n_variants)
     ]
@@ -556,3 +597,24 @@ def pretraining_sentences(families: tuple[Family, ...] | list[Family], n: int, s
         else:
             out.append(rng.choice(GENERIC))
     return out
+
+
+def load_families(spec: str | None) -> tuple[Family, ...] | None:
+    """The families named by `spec` = 'module:attribute' (a sequence of `Family`); None for None.
+
+    Raises `LorabatchError` naming the spec when the module or attribute is missing or holds
+    something other than families.
+    """
+    if spec is None:
+        return None
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise LorabatchError(f"families must be given as 'module:attribute', got {spec!r}")
+    try:
+        value = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise LorabatchError(f"families {spec!r}: {e}") from e
+    families = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not families or not all(isinstance(f, Family) for f in families):
+        raise LorabatchError(f"families {spec!r} must be a non-empty sequence of Family, got {type(value).__name__}")
+    return families

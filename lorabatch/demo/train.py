@@ -21,7 +21,7 @@ from lorabatch.training.batches import (
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec, lora_parameter_groups, reset_lora
 
-__all__ = ["TrainSettings", "lora_model", "pretrain", "reset_lora", "train_lora"]
+__all__ = ["TrainSettings", "instruct", "lora_model", "pretrain", "reset_lora", "train_lora"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class TrainSettings:
     pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     sentences_per_document: int = 4
+    # the instruction phase (builder 5): every weight, loss on the house-style answers only
+    instruct_steps: int = 300
+    instruct_batch: int = 32
+    instruct_lr: float = 1e-3
     lora_steps: int = 200
     lora_batch: int = 32
     lora_lr: float = 5e-3  # 1e-2 left copying tasks stuck at the marginal answer
@@ -130,6 +134,30 @@ def pretrain(
         tokenizer.pad_token_id,
         seed,
         "pre-train base",
+        progress,
+    )
+
+
+def instruct(
+    model, tokenizer, rows: list[dict], settings: TrainSettings, seed: int, progress: bool = True
+) -> list[float]:
+    """The instruction phase of the base model (`lorabatch.demo.instruct`): next-token training
+    of every weight on `rows`, the loss on the answer tokens and EOS only; returns step losses."""
+    import torch
+
+    torch.manual_seed(seed)
+    items = encode_examples(tokenizer, rows)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _fit(
+        model,
+        params,
+        items,
+        settings.instruct_steps,
+        settings.instruct_batch,
+        settings.instruct_lr,
+        tokenizer.pad_token_id,
+        seed,
+        "instruct base",
         progress,
     )
 

@@ -80,6 +80,12 @@ class FewShotConfig(StrictModel):
         default_factory=lambda: ["select", "refine"],
         description="Few-shot settings of the sweep ([] turns the stage off).",
     )
+    controls: list[Literal["icl"]] = Field(
+        default_factory=lambda: ["icl"],
+        description="In-context controls of the sweep: 'icl' — the base model with the k few-shot examples in "
+        "its prompt (the first ones dropped where the model's context is too short), no adapter: what a "
+        "few-shot adapter must beat ([] leaves it out).",
+    )
     split: Literal["train", "valid"] = Field(
         "train", description="Split the few-shot examples come from (never the test split)."
     )
@@ -124,6 +130,11 @@ class FewShotConfig(StrictModel):
     @classmethod
     def _unique(cls, value):
         return no_duplicates(value, "methods")
+
+    @field_validator("controls")
+    @classmethod
+    def _unique_controls(cls, value):
+        return no_duplicates(value, "controls")
 
     @field_validator("concurrency")
     @classmethod

@@ -20,12 +20,12 @@ model once; a task that fails is recorded with its error and the others go on.
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from lorabatch.errors import LorabatchError
+from lorabatch.bank.datasets import sample_examples
+from lorabatch.errors import DatasetError, LorabatchError
 from lorabatch.layout import RunLayout
 from lorabatch.settings import REFINE, SELECT, Setting
 
@@ -35,17 +35,12 @@ class FewShotError(LorabatchError):
 
 
 def few_shot_examples(dataset_path: str, split: str, k: int, seed: int, task_id: str) -> list[dict]:
-    """A seeded sample of k rows of `split` (with a non-empty output), in file order."""
-    from lorabatch.bank.datasets import read_split
-
-    if split == "test":
-        raise FewShotError("few-shot examples never come from the test split")
-    rows = [r for r in read_split(dataset_path, split, columns=["input", "output", "id"]).to_pylist() if r["output"]]
-    if not rows:
-        raise FewShotError(f"{dataset_path}: the {split} split has no example with an output")
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(task_id.encode())])
-    picked = np.sort(rng.choice(len(rows), size=min(k, len(rows)), replace=False))
-    return [rows[int(i)] for i in picked]
+    """A seeded sample of k rows of `split` (with a non-empty output), in file order
+    (`bank.datasets.sample_examples`: the same rows as the `icl` control's prompt)."""
+    try:
+        return sample_examples(dataset_path, split, k, seed, task_id)
+    except DatasetError as e:
+        raise FewShotError(str(e)) from e
 
 
 def _result_schema():

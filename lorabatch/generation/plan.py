@@ -1,7 +1,8 @@
 """The work of the generation stage: one row per (task, setting, example), and what is left of it.
 
-Settings: `base` (no adapter), `oracle` (the task's own bank adapter, from the manifest) and every
-synthesized setting `<metric>-<model>`, whose adapter for task t is `RUN/adapters/<setting>/<t>/`.
+Settings: `base` (no adapter), `oracle` (the task's own bank adapter, from the manifest), `icl`
+(no adapter, k training examples before each prompt: `generation.icl`) and every synthesized
+setting `<metric>-<model>`, whose adapter for task t is `RUN/adapters/<setting>/<t>/`.
 A synthesized adapter that does not exist is not skipped here: its rows go on and fail with a
 clear error in the preflight, so a missing adapter is visible in the results.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorabatch.errors import LorabatchError
+from lorabatch.generation.icl import ICL, in_context_prompts
 from lorabatch.generation.schema import BASE_SETTING, KEY_COLUMNS, ORACLE_SETTING, work_schema
 from lorabatch.layout import RunLayout
 
@@ -45,12 +47,15 @@ def select_tasks(manifest, tasks) -> list[dict]:
     return sorted((known[w] for w in order), key=lambda r: order[r["task_id"]])
 
 
-def plan_work(run_dir, manifest, config, adapter_ids: dict | None = None) -> "pa.Table":  # noqa: F821
+def plan_work(
+    run_dir, manifest, config, adapter_ids: dict | None = None, icl_shots: dict[str, list[dict]] | None = None
+) -> "pa.Table":  # noqa: F821
     """The work rows of `config` (a GenerationConfig) as a pyarrow Table with `work_schema()`.
 
     Rows are ordered by setting, then task, then example, so consecutive rows share an adapter.
     Each row carries its `fingerprint` (`generation.fingerprint`); `adapter_ids` {(setting, task):
     identity} gives the identity of adapters that do not exist yet (just-in-time synthesis).
+    `icl_shots` {task: rows} holds the in-context examples the `icl` setting needs.
     """
     import pyarrow as pa
 
@@ -62,34 +67,43 @@ def plan_work(run_dir, manifest, config, adapter_ids: dict | None = None) -> "pa
     if not tasks:
         raise GenerationPlanError("the bank manifest has no tasks")
     settings = list(config.settings) if config.settings is not None else discover_settings(run_dir)
+    if ICL in settings and icl_shots is None:
+        raise GenerationPlanError(
+            "the 'icl' setting needs the tasks' in-context examples: run it through `lorabatch sweep` "
+            "(fewshot.controls), which draws them"
+        )
     examples = {}
     for task in tasks:
         table = read_split(task["dataset_path"], config.split, columns=["input", "output", "id"])
         if config.examples_per_task is not None:
             table = table.slice(0, config.examples_per_task)
         examples[task["task_id"]] = table.to_pylist()
+    icl = in_context_prompts(manifest, config, icl_shots) if ICL in settings else None
     columns: dict[str, list] = {name: [] for name in work_schema().names}
     params = params_json(config)
     for setting in settings:
         for task in tasks:
+            rows = examples[task["task_id"]]
+            prefix = icl.prefix(task["task_id"], [ex["input"] for ex in rows]) if setting == ICL else ""
             adapter = adapter_for(run_dir, setting, task)
             identity = (adapter_ids or {}).get((setting, task["task_id"]))
             if identity is None:
                 sha = task["adapter_sha256"] if setting == ORACLE_SETTING else None
                 identity = adapter_identity(adapter, sha)
-            for ex in examples[task["task_id"]]:
+            for ex in rows:
+                prompt = prefix + ex["input"]
                 columns["task_id"].append(task["task_id"])
                 columns["setting"].append(setting)
                 columns["example_id"].append(str(ex["id"]))
-                columns["prompt"].append(ex["input"])
+                columns["prompt"].append(prompt)
                 columns["references"].append(list(ex["output"] or []))
                 columns["adapter_path"].append(adapter)
-                columns["fingerprint"].append(row_fingerprint(identity, ex["input"], params))
+                columns["fingerprint"].append(row_fingerprint(identity, prompt, params))
     return pa.table(columns, schema=work_schema())
 
 
 def adapter_for(run_dir: Path, setting: str, task: dict) -> str | None:
-    if setting == BASE_SETTING:
+    if setting in (BASE_SETTING, ICL):
         return None
     if setting == ORACLE_SETTING:
         return str(Path(task["adapter_path"]).resolve())

@@ -93,13 +93,15 @@ def run_generation(
     write_plan: bool = True,
     adapter_ids: dict | None = None,
     plan=None,
+    icl_shots: dict[str, list[dict]] | None = None,
 ) -> GenerationResult:
     """Generate every pending row of `config` (a GenerationConfig) into RUN/generations/.
 
     Ray must be initialised (in-process or connected) by the caller; see `ensure_ray`.
     `write_plan=False` leaves RUN/generations/plan.json alone; `plan` (a work table) is what it
     records instead of this call's own work (a caller generating a plan in waves passes the whole
-    plan to its first call); `adapter_ids` is passed on to `plan_work`.
+    plan to its first call); `adapter_ids` and `icl_shots` (the `icl` setting's examples) are passed
+    on to `plan_work`.
     """
     import pyarrow.compute as pc
     import ray
@@ -123,7 +125,7 @@ def run_generation(
         cpu_vllm=auto_favours_vllm_on_cpu(manifest, config, has_gpu),
     )
     _, ctx = build_context(run_dir, config, backend, seed, has_gpu=has_gpu, manifest=manifest)
-    work = plan_work(run_dir, manifest, config, adapter_ids)
+    work = plan_work(run_dir, manifest, config, adapter_ids, icl_shots)
 
     def record_plan() -> None:
         if write_plan:

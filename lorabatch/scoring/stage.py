@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
-from lorabatch.scoring.aggregate import score_examples, summarize, task_scores
+from lorabatch.scoring.aggregate import score_examples, summarize, task_scores, task_templates
 
 GENERATION_COLUMNS = ["task_id", "setting", "example_id", "prediction", "references", "error"]
 
@@ -18,10 +18,12 @@ class ScoringError(LorabatchError):
     """Nothing to score (no generations) or unreadable inputs."""
 
 
-def _score_batch(batch, reference: str, failed_rows: str):
+def _score_batch(batch, reference: str, failed_rows: str, templates: dict[str, list[str]]):
     import pyarrow as pa
 
-    return pa.Table.from_pylist(score_examples(batch.to_pylist(), reference, failed_rows), schema=_examples_schema())
+    return pa.Table.from_pylist(
+        score_examples(batch.to_pylist(), reference, failed_rows, templates), schema=_examples_schema()
+    )
 
 
 def _examples_schema():
@@ -34,6 +36,7 @@ def _examples_schema():
             ("example_id", pa.string()),
             ("rouge_l", pa.float64()),
             ("exact_match", pa.float64()),
+            ("content", pa.float64()),
             ("error", pa.string()),
         ]
     )
@@ -49,6 +52,8 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
     generations = read_generations(run_dir, columns=GENERATION_COLUMNS)
     if generations.num_rows == 0:
         raise ScoringError(f"no generations in {RunLayout(run_dir).generations}: run `lorabatch generate` first")
+    # A task's template words depend on all its references: found here, before rows are split.
+    templates = task_templates(generations.select(["task_id", "example_id", "references"]).to_pylist())
     if config.executor == "ray":
         import ray
         from ray.data import DataContext
@@ -57,13 +62,13 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
         slices = [generations.slice(i, config.batch_size) for i in range(0, generations.num_rows, config.batch_size)]
         ds = ray.data.from_arrow(slices).map_batches(
             _score_batch,
-            fn_kwargs={"reference": config.reference, "failed_rows": config.failed_rows},
+            fn_kwargs={"reference": config.reference, "failed_rows": config.failed_rows, "templates": templates},
             batch_format="pyarrow",
             batch_size=config.batch_size,
         )
         examples = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()]).to_pylist()
     else:
-        examples = score_examples(generations.to_pylist(), config.reference, config.failed_rows)
+        examples = score_examples(generations.to_pylist(), config.reference, config.failed_rows, templates)
     examples.sort(key=lambda e: (e["setting"], e["task_id"], e["example_id"]))
     tasks = task_scores(examples)
     summary = summarize(tasks)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lorabatch import telemetry
 from lorabatch.layout import RunLayout
+from lorabatch.settings import ICL
 from lorabatch.sweep.stages import content_key, mark_done
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,10 @@ def fewshot_key(config) -> str:
     syn = config.synthesis.model_dump(
         mode="json", include={"mixing", "exact_rank", "cat_max_rank", "output_dtype", "controls", "models"}
     )
+    # `controls` (icl) only adds generation rows: select and refine do not depend on it.
+    fewshot = {k: v for k, v in config.fewshot.results().items() if k != "controls"}
     return content_key(
-        config.fewshot.results(),
+        fewshot,
         syn,
         config.seed,
         config.generation.max_new_tokens,
@@ -102,15 +105,30 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
     if gen.settings is None:
         gen = gen.model_copy(update={"settings": settings})
     started = time.time()
+    shots = icl_shots(config, manifest, gen.tasks) if ICL in gen.settings else None
     if config.synthesis.jit:
-        result = generate_just_in_time(config, gen, progress=progress)
+        result = generate_just_in_time(config, gen, progress=progress, icl_shots=shots)
     else:
-        result = run_generation(run_dir, gen, seed=config.seed, progress=progress)
+        result = run_generation(run_dir, gen, seed=config.seed, progress=progress, icl_shots=shots)
     log.info(result.describe())
     mark_done(
         run_dir, "generation", content_key(gen.results()), started, {"planned": result.planned, "failed": result.failed}
     )
     telemetry.stage_done("generation")
+
+
+def icl_shots(config, manifest, tasks="all") -> dict[str, list[dict]]:
+    """The `icl` control's examples of every task: the few-shot examples `select` and `refine` are
+    judged on (`fewshot.examples` rows of `fewshot.split`, drawn with the few-shot seed)."""
+    from lorabatch.bank.datasets import sample_examples
+    from lorabatch.generation.plan import select_tasks
+
+    fs = config.fewshot
+    seed = fs.seed if fs.seed is not None else config.seed
+    return {
+        t["task_id"]: sample_examples(t["dataset_path"], fs.split, fs.examples, seed, t["task_id"])
+        for t in select_tasks(manifest, tasks)
+    }
 
 
 def generations_key(run_dir) -> str:

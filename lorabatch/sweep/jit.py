@@ -73,9 +73,10 @@ def pending_tasks_by_setting(pending) -> dict[str, list[str]]:
     return {s: list(t) for s, t in out.items()}
 
 
-def generate_just_in_time(config, gen, progress: bool = True):
+def generate_just_in_time(config, gen, progress: bool = True, icl_shots: dict | None = None):
     """Generate the rows of `gen` (a GenerationConfig with its settings filled in), synthesizing the
-    adapters of each wave just before it; returns the summed `GenerationResult`."""
+    adapters of each wave just before it; returns the summed `GenerationResult`. `icl_shots`: the
+    `icl` setting's examples (`generation.plan.plan_work`)."""
     from lorabatch.bank.manifest import load_manifest
     from lorabatch.generation.backends import cluster_has_gpu, resolve_backend_name
     from lorabatch.generation.plan import pending_work, plan_work, select_tasks
@@ -95,7 +96,7 @@ def generate_just_in_time(config, gen, progress: bool = True):
         if _mixture(setting)
         for task, identity in expected_identities(run_dir, setting, [t["task_id"] for t in tasks], syn, layout).items()
     }
-    work = plan_work(run_dir, manifest, gen, ids)
+    work = plan_work(run_dir, manifest, gen, ids, icl_shots)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
     has_gpu = cluster_has_gpu()
     backend = resolve_backend_name(
@@ -127,7 +128,14 @@ def generate_just_in_time(config, gen, progress: bool = True):
                 adapters_synthesized(setting, len(wave.tasks))
         # The first call records the whole plan, once its generation starts.
         result = run_generation(
-            run_dir, wave_gen, seed=config.seed, progress=progress, write_plan=i == 0, adapter_ids=ids, plan=work
+            run_dir,
+            wave_gen,
+            seed=config.seed,
+            progress=progress,
+            write_plan=i == 0,
+            adapter_ids=ids,
+            plan=work,
+            icl_shots=icl_shots if wave is None else None,
         )
         if wave is not None and syn.jit_delete:
             for setting in wave.settings:

@@ -30,6 +30,7 @@ SUMMARY_COLUMNS = [
     ("gap_closed", "base→oracle gap closed", "{:.0%}"),
     ("vs_uniform", "Δ vs uniform", "{:+.3f}"),
     ("exact_match", "exact match", "{:.3f}"),
+    ("content", "content", "{:.3f}"),
     ("n_tasks", "tasks", "{}"),
     ("n_examples", "examples", "{}"),
     ("n_errors", "errors", "{}"),

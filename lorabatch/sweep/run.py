@@ -137,11 +137,11 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
 
 def settings_of(config: LorabatchConfig) -> list[str]:
     """The sweep's settings: base, oracle, <metric>-<model> for every metric and model, the
-    controls, then the few-shot methods (select, refine)."""
+    controls (uniform, nearest-<metric>, then icl), then the few-shot methods (select, refine)."""
     from lorabatch.synthesis.stage import mixture_settings
 
     mixtures = [s.name for s in mixture_settings(config.distances.metrics, config.synthesis)]
-    return [BASE, ORACLE, *mixtures, *config.fewshot.methods]
+    return [BASE, ORACLE, *mixtures, *config.fewshot.controls, *config.fewshot.methods]
 
 
 def stage_synthesis(config: LorabatchConfig, progress: bool) -> dict[str, list[Path]]:

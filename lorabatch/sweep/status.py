@@ -50,4 +50,28 @@ def status_lines(run_dir: str | Path) -> list[str]:
             p = planned.get(s)
             pending = "?" if p is None else str(max(0, p - d["done"] - d["failed"]))
             lines.append(f"{s:<22} {d['done']:>7} {d['failed']:>7} {pending:>8} {p if p is not None else '?':>8}")
+    return lines + score_lines(run_dir)
+
+
+def score_lines(run_dir: Path) -> list[str]:
+    """Per setting, the last scoring's Rouge-L, exact match and content (RUN/scores/summary.parquet),
+    or nothing before the first scoring."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    path = RunLayout(run_dir).score_table("summary")
+    if not path.is_file():
+        return []
+
+    def f(v) -> str:
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines = ["", f"{'scores (last scoring)':<22} {'Rouge-L':>8} {'exact':>7} {'content':>8} {'gap closed':>11}"]
+    for r in sorted(pq.read_table(path).to_pylist(), key=lambda r: display_order(r["setting"])):
+        gap = r.get("gap_closed")
+        gap_text = "–" if gap is None or math.isnan(gap) else f"{gap:.0%}"
+        lines.append(
+            f"{r['setting']:<22} {f(r.get('rouge_l')):>8} {f(r.get('exact_match')):>7} {f(r.get('content')):>8} {gap_text:>11}"
+        )
     return lines

@@ -45,7 +45,7 @@ def test_manifest_describes_the_build(info):
 def test_manifest_records_the_lora_init(info):
     from lorabatch.demo.lora_init import shared_init_seed, shared_init_tasks, task_seed
 
-    assert info["builder_version"] == "4"
+    assert info["builder_version"] == "5" and info["base"] == "instruct"
     assert (info["lora_init"], info["shared_fraction"]) == ("mixed", 0.38)  # the default
     numbers = [int(t["task_id"][4:]) for t in info["tasks"]]
     sharing = shared_init_tasks(numbers, 0, "mixed", 0.38)
@@ -211,7 +211,7 @@ def test_own_vs_base_recomputed_independently(small_demo_bank, info):
 
     task = info["tasks"][1]
     n = info["evaluation"]["examples_per_task"]
-    rows = read_split(_dataset_dir(small_demo_bank, task["name"]), "test").to_pylist()[:n]
+    rows = read_split(_dataset_dir(small_demo_bank, task["name"]), "valid").to_pylist()[:n]
     base_dir = small_demo_bank / BASE_REPO
     tok = AutoTokenizer.from_pretrained(base_dir)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -221,7 +221,12 @@ def test_own_vs_base_recomputed_independently(small_demo_bank, info):
         for row in rows:  # one prompt at a time: no padding involved
             enc = tok(row["input"], return_tensors="pt")
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=info["evaluation"]["max_new_tokens"],
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
             text = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             total += scorer.score(row["output"][0], text)["rougeL"].fmeasure
         return total / len(rows)

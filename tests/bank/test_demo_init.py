@@ -9,6 +9,7 @@ import json
 import pytest
 
 from lorabatch.config import parse_config
+from lorabatch.demo.families import FAMILIES
 from lorabatch.demo.lora_init import lora_init_seeds, shared_init_seed, shared_init_tasks, task_seed
 from lorabatch.errors import ConfigError, LorabatchError
 
@@ -186,9 +187,11 @@ def fake_build(monkeypatch):
 
     calls = []
 
-    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel):
+    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel, base, families):
         calls.append(
             {
+                "base": base,
+                "families": [f.name for f in families],
                 "size": size,
                 "seed": seed,
                 "lora_init": lora_init,
@@ -205,6 +208,7 @@ def fake_build(monkeypatch):
 
 def _fake_bank(root, **fields):
     from lorabatch.demo.build import BUILDER_VERSION, MANIFEST
+    from lorabatch.demo.families import FAMILIES
 
     root.mkdir()
     info = {
@@ -212,6 +216,8 @@ def _fake_bank(root, **fields):
         "complete": True,
         "size": "small",
         "seed": 0,
+        "base": "instruct",
+        "family_set": [f.name for f in FAMILIES],
         "lora_init": "mixed",
         "shared_fraction": 0.38,
         "threads": 2,
@@ -231,6 +237,8 @@ def _fake_bank(root, **fields):
         ({"shared_fraction": 0.5}, False),
         ({"seed": 1}, False),
         ({"force": True}, False),
+        ({"base": "plain"}, False),
+        ({"families": FAMILIES[:2]}, False),
     ],
 )
 def test_existing_bank_kept_only_if_its_init_matches(tmp_path, fake_build, kwargs, kept):

@@ -1,4 +1,4 @@
-"""A sweep with the controls (uniform, nearest-<metric>) and the few-shot settings (select,
+"""A sweep with the controls (uniform, nearest-<metric>, icl) and the few-shot settings (select,
 refine): every one is generated, scored against uniform, listed by status and the report, and a
 re-run reuses them."""
 
@@ -10,7 +10,9 @@ import logging
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+from lorabatch.bank.datasets import sample_examples
 from lorabatch.cli import app
+from lorabatch.generation.store import read_generations
 from lorabatch.layout import RunLayout
 
 
@@ -28,6 +30,7 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
         run,
         controls=("uniform", "nearest"),
         fewshot=("select", "refine"),
+        fewshot_controls=("icl",),
         examples_per_task=3,
         max_new_tokens=4,
         features_executor="local",
@@ -46,7 +49,7 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
         again = caplog.text  # progress goes to the loggers
     finally:
         ray.shutdown()
-    settings = {"base", "oracle", "JS-attentional", "JS-normalized", "uniform", "nearest-JS", "select", "refine"}
+    settings = {"base", "oracle", "JS-attentional", "JS-normalized", "uniform", "nearest-JS", "icl", "select", "refine"}
     summary = {r["setting"]: r for r in pq.read_table(RunLayout(run).score_table("summary")).to_pylist()}
     assert set(summary) == settings
     assert all(r["n_errors"] == 0 and r["n_tasks"] == 4 for r in summary.values())
@@ -72,12 +75,43 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
         assert all(r["forward_passes"] >= r["evaluations"] > 0 and r["seconds"] > 0 for r in rows)
         prov = json.loads((RunLayout(run).adapter(method, rows[0]["task_id"]) / "provenance.json").read_text())
         assert prov["setting"] == method and prov["fewshot"]["loss"] == rows[0]["loss"]
+    # icl: the base model with the task's few-shot examples (those select was judged on) before
+    # each test prompt, no adapter; the same prompts as base after that prefix.
+    generations = {
+        (r["setting"], r["task_id"], r["example_id"]): r
+        for r in read_generations(run).to_pylist()
+        if r["setting"] in ("base", "icl")
+    }
+    selected = {
+        r["task_id"]: json.loads(r["details"]) for r in pq.read_table(RunLayout(run).fewshot("select")).to_pylist()
+    }
+    manifest = {r["task_id"]: r for r in pq.read_table(RunLayout(run).manifest).to_pylist()}
+    for (setting, task, example), row in generations.items():
+        if setting != "icl":
+            continue
+        base = generations[("base", task, example)]
+        shots = sample_examples(manifest[task]["dataset_path"], "train", 4, 0, task)
+        assert row["adapter_path"] is None and row["prompt"].endswith(base["prompt"])
+        prefix = row["prompt"][: -len(base["prompt"])]
+        assert (
+            prefix
+            and prefix.endswith("\n\n")
+            and prefix in "".join(f"{s['input']} {s['output'][0]}\n\n" for s in shots)
+        )
+        assert selected[task]  # select ran on these tasks with the same k and seed
+    assert summary["icl"]["n_tasks"] == 4 and summary["icl"]["beats_uniform"] is not None
+    assert all(r["content"] == r["content"] for r in summary.values())  # a content score on every row
     # status and the report list them too.
     lines = status_lines(run)
     assert any(l.startswith("fewshot ") and "done" in l for l in lines)
-    for s in ("uniform", "nearest-JS", "select", "refine"):
+    for s in ("uniform", "nearest-JS", "icl", "select", "refine"):
         assert any(l.split()[:2] == [s, "12"] for l in lines), lines  # 4 tasks × 3 examples done
+    scores = lines[lines.index(next(l for l in lines if l.startswith("scores"))) + 1 :]
+    for s, r in summary.items():
+        line = next(l for l in scores if l.split()[0] == s)
+        assert line.split()[1:4] == [f"{r['rouge_l']:.3f}", f"{r['exact_match']:.3f}", f"{r['content']:.3f}"]
     page = RunLayout(run).report_index.read_text()
+    assert "<th>content</th>" in page and ">icl<" in page
     assert "<table id='fewshot'>" in page
     assert ("class='below-uniform'" in page) == any(r["beats_uniform"] is False for r in summary.values())
     # A re-run with nothing changed reuses the few-shot results and every generated row.
