@@ -547,6 +547,11 @@ def main() -> None:
     except LorabatchError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except SystemExit:
+        # typer reports any KeyboardInterrupt as status 130; after SIGTERM the status is 143.
+        if interrupt.received() is not None:
+            sys.exit(interrupt.received())
+        raise
 
 
 if __name__ == "__main__":

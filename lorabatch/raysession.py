@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
 
 
@@ -34,6 +35,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
         # the daemons of a local instance (and so its workers) inherit this environment.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
+    interrupt.reclaim()  # ray.init takes SIGTERM over; a stopped command must still keep its work
 
 
 def require_ray(what: str) -> None:
