@@ -91,13 +91,12 @@ def bank_manifest(
     wait: WaitOption = False,
 ):
     """Resolve the bank, validate it, and write RUN/bank/manifest.parquet."""
-    from lorabatch.bank.manifest import write_manifest
+    from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import load_config
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir))
     with _run_lock(cfg.run_dir, wait, "bank manifest", config):
-        cfg.record()
-        table = write_manifest(cfg.bank, cfg.run_dir)
+        table = build_manifest(cfg)
     typer.echo(f"{table.num_rows} tasks validated; manifest at {RunLayout(cfg.run_dir).manifest}")
 
 

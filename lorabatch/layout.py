@@ -150,6 +150,11 @@ class RunLayout:
         return self.generations / "plan.json"
 
     @property
+    def generation_plan_rows(self) -> Path:
+        """The planned rows' keys and fingerprints, beside plan.json (what `lorabatch status` counts)."""
+        return self.generations / "plan.parquet"
+
+    @property
     def zero_adapter(self) -> Path:
         return self.generations / ZERO_ADAPTER_DIR
 

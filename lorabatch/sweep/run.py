@@ -36,11 +36,13 @@ def stage_bank(config: LorabatchConfig, progress: bool):
     key = bank_key(config.bank)
     if key is not None and is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
         manifest = load_manifest(run_dir)
+        config.record()
         log.info(f"bank: {manifest.num_rows} tasks (cached manifest)")
         return manifest
     started = time.time()
-    config.record()
     manifest = write_manifest(config.bank, run_dir, progress=progress)
+    # Only now: a config whose bank fails validation must not replace the one the results came from.
+    config.record()
     if key is not None:
         mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
     log.info(f"bank: {manifest.num_rows} tasks validated")
@@ -51,11 +53,17 @@ def bank_key(bank_config) -> str | None:
     """Key of the bank stage: the bank config and the identity of every resolved file (path, size,
     mtime, inode; the snapshot revision and blob for hub repos), so that a bank changed on disk is
     validated again. None when the bank cannot be resolved (the stage then reports why)."""
-    from lorabatch.bank.identity import bank_files_identity
     from lorabatch.bank.manifest import ensure_demo_bank
-    from lorabatch.errors import LorabatchError
 
     ensure_demo_bank(bank_config)
+    return resolved_bank_key(bank_config)
+
+
+def resolved_bank_key(bank_config) -> str | None:
+    """`bank_key` of the bank as it is on disk now, building nothing (None if it cannot be resolved)."""
+    from lorabatch.bank.identity import bank_files_identity
+    from lorabatch.errors import LorabatchError
+
     try:
         identity = bank_files_identity(bank_config)
     except LorabatchError:
