@@ -74,6 +74,11 @@ class LorabatchConfig(StrictModel):
     def _run_dir_not_a_file(cls, value: Path):
         if value.exists() and not value.is_dir():
             raise ValueError(f"{str(value)!r} exists and is not a directory")
+        for parent in value.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise ValueError(f"{str(value)!r} cannot be created: {str(parent)!r} is not a directory")
+                break
         return value
 
     @model_validator(mode="after")
@@ -107,14 +112,35 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return problems
 
 
-def parse_config(data: Any, source: str | None = None) -> LorabatchConfig:
-    """Validate an already-parsed mapping; raise `ConfigError` listing every problem."""
+def parse_config(data: Any, source: str | None = None, overridden: tuple[str, ...] = ()) -> LorabatchConfig:
+    """Validate an already-parsed mapping; raise `ConfigError` listing every problem.
+
+    `overridden`: the dotted fields set from the command line; their problems are attributed to
+    it, not to `source` (the file)."""
     if not isinstance(data, dict):
         raise ConfigError([f"<root>: expected a mapping of fields, got {type(data).__name__}"], source)
     try:
         return LorabatchConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err), source) from None
+        problems = format_validation_error(err)
+        flagged = [_overlaps(item.get("loc", ()), overridden) for item in err.errors()]
+        if all(flagged) or (any(flagged) and source is None):
+            source = "command-line flags"
+        elif any(flagged):
+            problems = [f"{p} (from the command line)" if f else p for p, f in zip(problems, flagged)]
+            source = f"{source} and command-line flags"
+        raise ConfigError(problems, source) from None
+
+
+def _overlaps(loc: tuple, overridden: tuple[str, ...]) -> bool:
+    """True if the field at `loc` is, holds or lies inside a field set on the command line."""
+    path = [str(p) for p in loc]
+    for dotted in overridden:
+        keys = dotted.split(".")
+        n = min(len(keys), len(path))
+        if n and keys[:n] == path[:n]:
+            return True
+    return False
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LorabatchConfig:
@@ -130,7 +156,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), overridden=tuple(overrides or ()))
 
 
 def set_dotted(data: dict, dotted: str, value: Any) -> None:
