@@ -10,7 +10,7 @@
                                                   <metric>/neural/ the trained coefficient model
     RUN/adapters/<setting>/<task>/                PEFT dir + provenance.json
     RUN/fewshot/<method>.parquet                  the few-shot methods' per-task records
-    RUN/generations/part-*.parquet, plan.json     generation rows; the sweep's plan
+    RUN/generations/part-*.parquet, plan.json     generation rows; the sweep's plan (plan.parquet: its rows)
     RUN/scores/{examples,tasks,summary}.parquet   scores
     RUN/report/index.html                         the report
     RUN/stages/<stage>.json                       stage markers (`sweep.stages`)
