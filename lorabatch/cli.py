@@ -207,7 +207,7 @@ def synthesize(
     syn = cfg.synthesis
     with _run_lock(cfg.run_dir, wait, "synthesize", config):
         if syn.executor == "ray" and not (syn.jit or coefficients_only):
-            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         stage_coefficients(cfg, progress=True)
         if not (syn.jit or coefficients_only):
             for setting, paths in stage_synthesis(cfg, progress=True).items():
@@ -252,7 +252,7 @@ def distances(
         if feats.executor == "ray" or dist.executor != "local":
             from lorabatch.raysession import ensure_ray
 
-            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         features = compute_bank_features(manifest, cfg.run_dir, feats)
         typer.echo(f"features of {len(features)} datasets in {RunLayout(cfg.run_dir).features}")
         compute_distances(cfg.run_dir, dist)
@@ -436,7 +436,7 @@ def generate(
     cfg = load_config(config, overrides)
     require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "generate", config):
-        ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+        ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
     typer.echo(result.describe())
     typer.echo(f"generations in {RunLayout(cfg.run_dir).generations}")

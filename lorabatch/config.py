@@ -18,10 +18,31 @@ from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
+from lorabatch.raysession import FAULT_TOLERANCE
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.training.config import TrainingConfig
+
+
+class FaultToleranceConfig(StrictModel):
+    """What survives a lost node or process; the reasons for the defaults are in `lorabatch.raysession`."""
+
+    actor_restarts: int = Field(
+        FAULT_TOLERANCE["actor_restarts"],
+        ge=-1,
+        description="Restarts of a stage's actor (generation, few-shot, features workers) whose process or node died; -1: no limit.",
+    )
+    actor_task_retries: int = Field(
+        FAULT_TOLERANCE["actor_task_retries"],
+        ge=-1,
+        description="Retries of the batches a dead actor held, on its restarted self or another; -1: no limit.",
+    )
+    task_retries: int = Field(
+        FAULT_TOLERANCE["task_retries"],
+        ge=-1,
+        description="Reruns of a Ray task (distance blocks, scoring, writes) whose process or node died; -1: no limit.",
+    )
 
 
 class RayConfig(StrictModel):
@@ -32,6 +53,10 @@ class RayConfig(StrictModel):
     )
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs for an in-process Ray instance (None: all of this machine's)."
+    )
+    fault_tolerance: FaultToleranceConfig = Field(
+        default_factory=FaultToleranceConfig,
+        description="Restarts and retries when a node or a worker process is lost.",
     )
 
 

@@ -15,15 +15,34 @@ import os
 from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
 
+# What survives a lost node or process (`ray.fault_tolerance` in the run config). Every stage's
+# work is idempotent — rows are keyed, files written atomically and named by their content — so
+# redoing work a dead process or node held costs time only. A process killed with its node is
+# restarted (actors) or its task rerun, up to these counts per actor / task: enough for repeated
+# node losses, yet a process that dies each time it starts (a model too big for the node's memory)
+# stops the run with Ray's error instead of restarting forever. Exceptions raised by lorabatch's
+# own code are not retried (they are recorded per row where a row can fail alone), and no block
+# may fail (Ray Data's errored-block budget is 0): a block lost would be rows silently missing.
+FAULT_TOLERANCE = {"actor_restarts": 5, "actor_task_retries": 5, "task_retries": 5}
+_fault_tolerance = dict(FAULT_TOLERANCE)
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+
+def ensure_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    fault_tolerance: dict | None = None,
+) -> None:
     """Connect to `address` (or RAY_ADDRESS) if given, else start a local Ray instance.
 
     Does nothing when Ray is already initialised in this process. `num_cpus` only applies to a
-    local instance; a cluster's resources are its own.
+    local instance; a cluster's resources are its own. `fault_tolerance` ({name: count} as in
+    `FAULT_TOLERANCE`) sets the retries of the actors and tasks this process starts from now on.
     """
     import ray
 
+    _fault_tolerance.update(fault_tolerance or {})
+    _apply_data_context()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -36,6 +55,29 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False)
     interrupt.reclaim()  # ray.init takes SIGTERM over; a stopped command must still keep its work
+
+
+def _apply_data_context() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.max_errored_blocks = 0
+    ctx.actor_task_retry_on_errors = False
+
+
+def actor_fault_tolerance() -> dict:
+    """Ray remote args of the stages' actors (Ray Data actor pools): restarts after the actor's
+    process or node died, and retries of the tasks it held."""
+    return {
+        "max_restarts": _fault_tolerance["actor_restarts"],
+        "max_task_retries": _fault_tolerance["actor_task_retries"],
+    }
+
+
+def task_fault_tolerance() -> dict:
+    """Ray remote args of the stages' tasks (Ray Data task pools, writes): reruns after the task's
+    process or node died."""
+    return {"max_retries": _fault_tolerance["task_retries"]}
 
 
 def require_ray(what: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lorabatch.generation.schema import conform, generation_schema
 from lorabatch.layout import RunLayout
+from lorabatch.raysession import task_fault_tolerance
 
 
 @dataclass
@@ -162,7 +163,7 @@ def run_generation(
         DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
         out = engine.generate(ds)
-        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1})
+        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1, **task_fault_tolerance()})
 
     from lorabatch.generation.store import read_generations
 

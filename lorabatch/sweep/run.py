@@ -193,7 +193,7 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
     manifest = stage_bank(config, progress)
     telemetry.stage_done("bank")
     _refresh_report(run_dir)
