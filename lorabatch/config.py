@@ -41,7 +41,7 @@ class FaultToleranceConfig(StrictModel):
     task_retries: int = Field(
         FAULT_TOLERANCE["task_retries"],
         ge=-1,
-        description="Reruns of a Ray task (distance blocks, scoring, writes) whose process or node died; -1: no limit.",
+        description="Reruns of a Ray task (distance blocks, synthesis chunks, generation writes) whose process or node died; -1: no limit.",
     )
 
 

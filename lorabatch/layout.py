@@ -2,6 +2,7 @@
 
     RUN/config.yaml                               the validated, fully resolved config
     RUN/run.lock                                  the lock of the command using the run (`runlock`)
+    RUN/faults.json                               nodes lost while a sweep ran (stage, time)
     RUN/bank/manifest.parquet                     the bank stage's manifest
     RUN/features/{features.json,index.parquet}    the bank's features; entries in features/datasets/<key>/
     RUN/distances/<metric>.parquet                target, source, d
@@ -148,6 +149,11 @@ class RunLayout:
     @property
     def generation_plan(self) -> Path:
         return self.generations / "plan.json"
+
+    @property
+    def faults(self) -> Path:
+        """Nodes of the cluster lost while the run's commands ran (`sweep.run.record_faults`)."""
+        return self.root / "faults.json"
 
     @property
     def generation_plan_rows(self) -> Path:

@@ -10,10 +10,13 @@ stages use the connection they find (`require_ray`) and never start one.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
+
+_log = logging.getLogger(__name__)
 
 # What survives a lost node or process (`ray.fault_tolerance` in the run config). Every stage's
 # work is idempotent — rows are keyed, files written atomically and named by their content — so
@@ -104,3 +107,87 @@ def actor_pool_size(concurrency: int | str, num_cpus: float, num_gpus: float, it
     resources = ray.cluster_resources()
     held = resources.get("GPU", 0) / num_gpus if num_gpus else resources.get("CPU", 1) / num_cpus
     return max(1, min(int(held), items))
+
+
+class NodeWatch:
+    """While a run is under way, say in one line when a node of the cluster is lost, and keep a
+    record of it (`events`: node id, address, stage, time) for the run directory.
+
+    Ray retries the lost node's work on the others (`FAULT_TOLERANCE`); what it prints meanwhile —
+    the raylet's state dump and one line per retried task — is replaced by that line
+    (`_quiet_fault_messages`). `stage` is set by the caller as the run moves on."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        import threading
+
+        self.period_s = period_s
+        self.stage = ""
+        self.events: list[dict] = []
+        self._alive: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lorabatch-node-watch", daemon=True)
+
+    def __enter__(self) -> "NodeWatch":
+        self._alive = self._alive_nodes()
+        _quiet_fault_messages()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.check()  # a loss in the last period
+        except Exception:  # noqa: BLE001 - Ray may be gone already (the run was stopped)
+            pass
+
+    @staticmethod
+    def _alive_nodes() -> dict[str, str]:
+        import ray
+
+        return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - a connection going away ends the run elsewhere
+                return
+
+    def check(self) -> None:
+        """Record and report every node that was alive at the last check and is not now."""
+        import time
+
+        now = self._alive_nodes()
+        for node_id, address in self._alive.items():
+            if node_id not in now:
+                self.events.append({"node_id": node_id, "address": address, "stage": self.stage, "at": time.time()})
+                _log.warning(
+                    f"node {address} ({node_id[:8]}) was lost during {self.stage or 'the run'}: "
+                    f"its work is retried on the remaining {len(now)} node(s)"
+                )
+        self._alive = now
+
+
+_FAULT_NOISE = ("Raylet is terminated", "has been marked dead", "retries remaining, so the task will be retried")
+
+
+def _quiet_fault_messages() -> None:
+    """Drop the messages Ray's raylets send the driver about a lost node or a retried task
+    (`NodeWatch` says it in one line); every other message is printed as Ray would."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "lorabatch_quiet", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            lines = [line for line in data.get("lines", []) if not any(n in line for n in _FAULT_NOISE)]
+            if not lines:
+                return
+            data = {**data, "lines": lines}
+        original(data, ignore_prefix)
+
+    print_to_stdstream.lorabatch_quiet = True
+    ray_worker.print_to_stdstream = print_to_stdstream

@@ -186,29 +186,59 @@ def report_key(run_dir: Path) -> str:
 
 def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; returns the scores' summary rows (`scoring.aggregate`), which the
-    CLI prints. Progress goes to the `lorabatch.sweep` loggers."""
+    CLI prints. Progress goes to the `lorabatch.sweep` loggers. A node of the cluster lost on the
+    way is reported in one line and recorded in RUN/faults.json; Ray retries its work."""
     from lorabatch.generation.backends import require_backend
-    from lorabatch.raysession import ensure_ray
+    from lorabatch.raysession import NodeWatch, ensure_ray
 
     require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
+    watch = NodeWatch()
+    try:
+        with watch:
+            return _run_stages(config, progress, watch)
+    finally:
+        if watch.events:
+            record_faults(run_dir, watch.events)
+
+
+def record_faults(run_dir: Path, events: list[dict]) -> None:
+    """Append `events` (nodes lost: node_id, address, stage, at) to RUN/faults.json."""
+    import json
+
+    from lorabatch.atomic import write_json
+
+    path = RunLayout(run_dir).faults
+    earlier = json.loads(path.read_text()).get("nodes_lost", []) if path.is_file() else []
+    write_json(path, {"nodes_lost": earlier + events})
+
+
+def _run_stages(config: LorabatchConfig, progress: bool, watch) -> list[dict]:
+    run_dir = Path(config.run_dir)
+    watch.stage = "bank"
     manifest = stage_bank(config, progress)
     telemetry.stage_done("bank")
     _refresh_report(run_dir)
+    watch.stage = "features and distances"
     stage_features_and_distances(config, manifest, progress)
     _refresh_report(run_dir)
+    watch.stage = "coefficients"
     stage_coefficients(config, progress)
     _refresh_report(run_dir)
+    watch.stage = "synthesis"
     stage_synthesis(config, progress)
     from lorabatch.sweep.evaluation import stage_fewshot, stage_generation, stage_scoring
 
+    watch.stage = "fewshot"
     stage_fewshot(config, progress)
     _refresh_report(run_dir)
 
+    watch.stage = "generation"
     stage_generation(config, manifest, settings_of(config), progress)
     _refresh_report(run_dir)
+    watch.stage = "scoring"
     summary = stage_scoring(config, progress)
     mark_done(run_dir, "report", report_key(run_dir), time.time())
     _refresh_report(run_dir)

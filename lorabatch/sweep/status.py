@@ -91,4 +91,14 @@ def status_lines(run_dir: str | Path) -> list[str]:
             lines.append(f"{s:<22} {d['done']:>7} {d['failed']:>7} {pending:>8} {p if p is not None else '?':>8}")
     if other:
         lines += ["", f"{other} generated row(s) of earlier plans are kept on disk and not counted above"]
+    faults = RunLayout(run_dir).faults
+    if faults.is_file():
+        import json
+
+        lost = json.loads(faults.read_text()).get("nodes_lost", [])
+        stages = sorted({e.get("stage", "?") for e in lost})
+        lines += [
+            "",
+            f"nodes lost while the sweep ran: {len(lost)} (during {', '.join(stages)}); their work was retried",
+        ]
     return lines
