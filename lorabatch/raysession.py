@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
@@ -111,11 +112,13 @@ def actor_pool_size(concurrency: int | str, num_cpus: float, num_gpus: float, it
 
 class NodeWatch:
     """While a run is under way, say in one line when a node of the cluster is lost, and keep a
-    record of it (`events`: node id, address, stage, time) for the run directory.
+    record (`events`: node id, address, stage, time; `retries`: tasks Ray retried) for the run
+    directory.
 
     Ray retries the lost node's work on the others (`FAULT_TOLERANCE`); what it prints meanwhile —
-    the raylet's state dump and one line per retried task — is replaced by that line
-    (`_quiet_fault_messages`). `stage` is set by the caller as the run moves on."""
+    the raylet's state dump and one line per retried task — is replaced by these lines. A node
+    is reported when Ray's message that it was marked dead arrives, or when the control plane no
+    longer lists it alive, whichever comes first. `stage` is set by the caller as the run moves on."""
 
     def __init__(self, period_s: float = 1.0) -> None:
         import threading
@@ -123,23 +126,29 @@ class NodeWatch:
         self.period_s = period_s
         self.stage = ""
         self.events: list[dict] = []
+        self.retries = 0
         self._alive: dict[str, str] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lorabatch-node-watch", daemon=True)
 
     def __enter__(self) -> "NodeWatch":
+        global _watch
         self._alive = self._alive_nodes()
         _quiet_fault_messages()
+        _watch = self
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        global _watch
         self._stop.set()
         self._thread.join(timeout=5)
         try:
             self.check()  # a loss in the last period
         except Exception:  # noqa: BLE001 - Ray may be gone already (the run was stopped)
             pass
+        _watch = None
 
     @staticmethod
     def _alive_nodes() -> dict[str, str]:
@@ -151,30 +160,58 @@ class NodeWatch:
         while not self._stop.wait(self.period_s):
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - a connection going away ends the run elsewhere
-                return
+            except Exception as err:  # noqa: BLE001 - the control plane may answer again
+                _log.debug(f"node watch: {err!r}")
 
     def check(self) -> None:
-        """Record and report every node that was alive at the last check and is not now."""
+        """Report every node that was alive at the last check and is not now."""
+        now = self._alive_nodes()
+        for node_id in list(self._alive):
+            if node_id not in now:
+                self.lost(node_id, remaining=len(now))
+
+    def lost(self, node_id: str, remaining: int | None = None) -> None:
+        """Record and report node `node_id` as lost (once)."""
         import time
 
-        now = self._alive_nodes()
-        for node_id, address in self._alive.items():
-            if node_id not in now:
-                self.events.append({"node_id": node_id, "address": address, "stage": self.stage, "at": time.time()})
-                _log.warning(
-                    f"node {address} ({node_id[:8]}) was lost during {self.stage or 'the run'}: "
-                    f"its work is retried on the remaining {len(now)} node(s)"
-                )
-        self._alive = now
+        with self._lock:
+            if node_id not in self._alive:
+                return
+            address = self._alive.pop(node_id)
+            self.events.append({"node_id": node_id, "address": address, "stage": self.stage, "at": time.time()})
+        left = remaining if remaining is not None else len(self._alive)
+        _log.warning(
+            f"node {address} ({node_id[:8]}) was lost during {self.stage or 'the run'}: "
+            f"its work is retried on the remaining {left} node(s)"
+        )
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
+            first = self.retries == 1
+        if first:
+            _log.warning("a Ray worker process or node was lost: its tasks are retried (ray.fault_tolerance)")
 
 
+_watch: NodeWatch | None = None
+_NODE_DEAD = re.compile(r"node id: ([0-9a-f]{56}) .*has been marked dead")
 _FAULT_NOISE = ("Raylet is terminated", "has been marked dead", "retries remaining, so the task will be retried")
 
 
+def _on_fault_message(line: str) -> None:
+    watch = _watch
+    if watch is None:
+        return
+    dead = _NODE_DEAD.search(line)
+    if dead:
+        watch.lost(dead.group(1))
+    elif "retries remaining, so the task will be retried" in line:
+        watch.retried()
+
+
 def _quiet_fault_messages() -> None:
-    """Drop the messages Ray's raylets send the driver about a lost node or a retried task
-    (`NodeWatch` says it in one line); every other message is printed as Ray would."""
+    """Turn the messages Ray's raylets send the driver about a lost node or a retried task into
+    `NodeWatch`'s lines; every other message is printed as Ray would."""
     import ray._private.worker as ray_worker
 
     original = ray_worker.print_to_stdstream
@@ -183,7 +220,12 @@ def _quiet_fault_messages() -> None:
 
     def print_to_stdstream(data, ignore_prefix):
         if data.get("pid") == "raylet":
-            lines = [line for line in data.get("lines", []) if not any(n in line for n in _FAULT_NOISE)]
+            lines = []
+            for line in data.get("lines", []):
+                if any(n in line for n in _FAULT_NOISE):
+                    _on_fault_message(line)
+                else:
+                    lines.append(line)
             if not lines:
                 return
             data = {**data, "lines": lines}

@@ -195,24 +195,36 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
+    from lorabatch.sweep.storage import check_shared_storage
+
+    checked = check_shared_storage(run_dir)
+    if checked:
+        log.info(f"run directory {run_dir.resolve()}: visible from all {checked} node(s) that hold work")
     watch = NodeWatch()
     try:
         with watch:
             return _run_stages(config, progress, watch)
     finally:
-        if watch.events:
-            record_faults(run_dir, watch.events)
+        if watch.events or watch.retries:
+            record_faults(run_dir, watch.events, watch.retries)
 
 
-def record_faults(run_dir: Path, events: list[dict]) -> None:
-    """Append `events` (nodes lost: node_id, address, stage, at) to RUN/faults.json."""
+def record_faults(run_dir: Path, events: list[dict], retries: int = 0) -> None:
+    """Add `events` (nodes lost: node_id, address, stage, at) and `retries` (tasks Ray retried
+    after their process or node was lost) to RUN/faults.json."""
     import json
 
     from lorabatch.atomic import write_json
 
     path = RunLayout(run_dir).faults
-    earlier = json.loads(path.read_text()).get("nodes_lost", []) if path.is_file() else []
-    write_json(path, {"nodes_lost": earlier + events})
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(
+        path,
+        {
+            "nodes_lost": earlier.get("nodes_lost", []) + events,
+            "tasks_retried": earlier.get("tasks_retried", 0) + retries,
+        },
+    )
 
 
 def _run_stages(config: LorabatchConfig, progress: bool, watch) -> list[dict]:

@@ -95,10 +95,11 @@ def status_lines(run_dir: str | Path) -> list[str]:
     if faults.is_file():
         import json
 
-        lost = json.loads(faults.read_text()).get("nodes_lost", [])
-        stages = sorted({e.get("stage", "?") for e in lost})
+        record = json.loads(faults.read_text())
+        lost = record.get("nodes_lost", [])
+        during = f" (during {', '.join(sorted({e.get('stage', '?') for e in lost}))})" if lost else ""
         lines += [
             "",
-            f"nodes lost while the sweep ran: {len(lost)} (during {', '.join(stages)}); their work was retried",
+            f"nodes lost while the sweep ran: {len(lost)}{during}; tasks retried: {record.get('tasks_retried', 0)}",
         ]
     return lines

@@ -75,8 +75,9 @@ def one_node_run(multinode_config, tmp_path_factory) -> Path:
     return root / "run"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
+    """One cluster for the module: the clean run first, then the run that loses a worker node."""
     with LoopbackNetwork() as net:
         nodes = MultiNodeCluster(VENV_BIN / "ray", net, workers=2, cpus_per_worker=2)
         try:
@@ -151,6 +152,7 @@ def test_sweep_job_runs_on_the_worker_nodes_with_the_one_node_result(cluster, mu
         assert ran_on.get(name) and ran_on[name] <= workers, (stage, ran_on.get(name), workers)
     generators = {a["node_id"] for a in cluster.state("actors") if "HFGenerator" in a["class_name"]}
     assert generators == workers  # one generation actor on each worker node
+    assert "visible from all 2 node(s) that hold work" in logs  # the shared-storage check ran
     _assert_exactly_once_and_equal(run, one_node_run)
 
 
@@ -180,7 +182,7 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
         if "raylet" not in faults and parts >= 2:
             cluster.kill_raylet(lost_node)  # the node goes away with the actor and tasks it held
             faults["raylet"] = time.monotonic() - started
-        elif "raylet" in faults and "actor" not in faults and parts >= 6:
+        elif "raylet" in faults and "actor" not in faults:
             pid = _actor_pid(cluster, other, "HFGenerator")
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)  # and then a generation actor on the surviving node
@@ -189,16 +191,19 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     _submit(cluster, "faults", multinode_config(run))
     status, logs = _wait(cluster, "faults", inject)
     wall = time.monotonic() - started
+    (tmp_path / "job.log").write_text(logs)
     assert status == "SUCCEEDED", logs[-6000:]
     assert set(faults) == {"raylet", "actor"}, faults  # both faults landed while generation ran
     lost, duplicated = _assert_exactly_once_and_equal(run, one_node_run)
 
     # The user was told once, in lorabatch's words, and the run recorded it.
     told = [line for line in logs.splitlines() if "was lost during generation" in line]
-    assert len(told) == 1 and lost_id[:8] in told[0], told
+    assert len(told) == 1 and lost_id[:8] in told[0], [line for line in logs.splitlines() if "lost" in line]
     assert "[state-dump]" not in logs and "retries remaining" not in logs
-    recorded = json.loads(RunLayout(run).faults.read_text())["nodes_lost"]
-    assert [(e["node_id"], e["stage"]) for e in recorded] == [(lost_id, "generation")]
+    assert sum("its tasks are retried" in line for line in logs.splitlines()) <= 1
+    recorded = json.loads(RunLayout(run).faults.read_text())
+    assert [(e["node_id"], e["stage"]) for e in recorded["nodes_lost"]] == [(lost_id, "generation")]
+    assert recorded["tasks_retried"] >= 1
     print(
         f"[multinode] faults: worker raylet killed at {faults['raylet']:.0f} s, generation actor killed at "
         f"{faults['actor']:.0f} s; rows lost {lost}, duplicated {duplicated}; sweep job {wall:.0f} s"

@@ -101,8 +101,6 @@ def test_nodes_lost_are_recorded_and_reported(tmp_path):
     from lorabatch.sweep.run import record_faults
 
     record_faults(tmp_path, [{"node_id": "a" * 56, "address": "10.0.0.2", "stage": "generation", "at": 1.0}])
-    record_faults(tmp_path, [{"node_id": "b" * 56, "address": "10.0.0.3", "stage": "fewshot", "at": 2.0}])
+    record_faults(tmp_path, [{"node_id": "b" * 56, "address": "10.0.0.3", "stage": "fewshot", "at": 2.0}], retries=3)
     assert [e["node_id"][0] for e in json.loads(RunLayout(tmp_path).faults.read_text())["nodes_lost"]] == ["a", "b"]
-    assert "nodes lost while the sweep ran: 2 (during fewshot, generation); their work was retried" in status_lines(
-        tmp_path
-    )
+    assert "nodes lost while the sweep ran: 2 (during fewshot, generation); tasks retried: 3" in status_lines(tmp_path)
