@@ -214,9 +214,9 @@ def _quiet_fault_messages() -> None:
     `NodeWatch`'s lines; every other message is printed as Ray would."""
     import ray._private.worker as ray_worker
 
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "lorabatch_quiet", False):
-        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "lorabatch_quiet", False):
+        return  # (a Ray without this private hook prints its messages as they are)
 
     def print_to_stdstream(data, ignore_prefix):
         if data.get("pid") == "raylet":

@@ -75,7 +75,16 @@ class Node:
 
 
 class MultiNodeCluster:
-    def __init__(self, ray_bin: str | Path, net: LoopbackNetwork, workers: int = 2, cpus_per_worker: int = 1):
+    def __init__(
+        self,
+        ray_bin: str | Path,
+        net: LoopbackNetwork,
+        workers: int = 2,
+        cpus_per_worker: int = 1,
+        hidden: dict[int, Path] | None = None,
+    ):
+        """`hidden` {worker index: directory}: that worker node sees an empty file system mounted
+        over the directory (a node that lacks the shared storage); needs a mount namespace."""
         self.ray_bin = str(ray_bin)
         self.net = net
         self.temp_dir = Path(tempfile.mkdtemp(prefix="lbmn-", dir="/tmp"))
@@ -89,6 +98,7 @@ class MultiNodeCluster:
         self.env["RAY_health_check_timeout_ms"] = "1000"
         self.env["RAY_health_check_failure_threshold"] = "3"
         self.n_workers, self.cpus_per_worker = workers, cpus_per_worker
+        self.hidden = hidden or {}
         self.gcs_port, self.dashboard_port = free_ports(2)
         self.head: Node | None = None
         self.workers: list[Node] = []
@@ -112,7 +122,7 @@ class MultiNodeCluster:
             self.command(self.ray_bin, *args), env=self.env, capture_output=True, text=True, timeout=timeout
         )
 
-    def _start_node(self, name: str, num_cpus: int, head: bool) -> Node:
+    def _start_node(self, name: str, num_cpus: int, head: bool, hide: Path | None = None) -> Node:
         node_manager, object_manager, runtime_env, agent_http, agent_grpc, metrics = free_ports(6)
         low = self._next_worker_port
         self._next_worker_port += 200  # worker ports of each node apart from the others'
@@ -145,6 +155,8 @@ class MultiNodeCluster:
             # runtime_resources/, and one node's runtime-env agent replaces the working_dir
             # another node's job driver is importing from.
             cmd += ["--address", self.address, "--temp-dir", str(self.temp_dir / name)]
+        if hide is not None:  # a mount namespace of its own, with an empty tmpfs over `hide`
+            cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide), *cmd]
         proc = subprocess.Popen(
             self.command(*cmd),
             env=self.env,
@@ -164,7 +176,9 @@ class MultiNodeCluster:
         try:
             self.head = self._start_node("head", 0, head=True)
             for k in range(self.n_workers):
-                self.workers.append(self._start_node(f"worker{k + 1}", self.cpus_per_worker, head=False))
+                self.workers.append(
+                    self._start_node(f"worker{k + 1}", self.cpus_per_worker, head=False, hide=self.hidden.get(k))
+                )
         except BaseException:
             self.stop()
             raise

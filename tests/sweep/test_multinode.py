@@ -156,24 +156,12 @@ def test_sweep_job_runs_on_the_worker_nodes_with_the_one_node_result(cluster, mu
     _assert_exactly_once_and_equal(run, one_node_run)
 
 
-def _actor_pid(cluster: MultiNodeCluster, node, class_fragment: str) -> int | None:
-    import psutil
-
-    for pid in session_tree(node.sid):
-        try:
-            if class_fragment in " ".join(psutil.Process(pid).cmdline()):
-                return pid
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
 def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     cluster, multinode_config, one_node_run, tmp_path
 ):
     run = tmp_path / "run"
     lost_node, other = cluster.workers
-    lost_id = cluster.node_id_of(lost_node)
+    lost_id, other_id = cluster.node_id_of(lost_node), cluster.node_id_of(other)
     faults: dict[str, float] = {}
     started = time.monotonic()
 
@@ -183,10 +171,12 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
             cluster.kill_raylet(lost_node)  # the node goes away with the actor and tasks it held
             faults["raylet"] = time.monotonic() - started
         elif "raylet" in faults and "actor" not in faults:
-            pid = _actor_pid(cluster, other, "HFGenerator")
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)  # and then a generation actor on the surviving node
-                faults["actor"] = time.monotonic() - started
+            # Then a generation actor on the surviving node (its pid from Ray's state API).
+            for actor in cluster.state("actors", "state=ALIVE"):
+                if "HFGenerator" in actor["class_name"] and actor["node_id"] == other_id and actor.get("pid"):
+                    os.kill(actor["pid"], signal.SIGKILL)
+                    faults["actor"] = time.monotonic() - started
+                    break
 
     _submit(cluster, "faults", multinode_config(run))
     status, logs = _wait(cluster, "faults", inject)
@@ -208,3 +198,23 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
         f"[multinode] faults: worker raylet killed at {faults['raylet']:.0f} s, generation actor killed at "
         f"{faults['actor']:.0f} s; rows lost {lost}, duplicated {duplicated}; sweep job {wall:.0f} s"
     )
+
+
+def test_a_node_that_cannot_see_the_run_directory_stops_the_sweep_naming_it(multinode_config, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with LoopbackNetwork() as net:
+        nodes = MultiNodeCluster(VENV_BIN / "ray", net, workers=2, hidden={1: shared})
+        try:
+            nodes.start()
+            blind = nodes.node_id_of(nodes.workers[1])
+            _submit(nodes, "storage", multinode_config(shared / "run"))
+            status, logs = _wait(nodes, "storage")
+        finally:
+            assert nodes.stop() == set()
+    assert status == "FAILED"
+    assert f"the run directory {shared / 'run'} is not visible from every node of the cluster" in logs
+    assert f"node 127.0.0.1 ({blind[:8]}): cannot read {shared / 'run'}/.storage-probe-" in logs
+    assert "Traceback" not in logs
+    # Stopped before any work: the bank stage never ran.
+    assert not RunLayout(shared / "run").manifest.exists()
