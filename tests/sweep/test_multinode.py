@@ -21,7 +21,7 @@ from lorabatch.generation.schema import KEY_COLUMNS
 from lorabatch.generation.store import generation_files, read_generations
 from lorabatch.layout import RunLayout
 from tests.helpers.multinode import LoopbackNetwork, MultiNodeCluster
-from tests.helpers.processes import private_ray_env, run_in_session, session_tree
+from tests.helpers.processes import private_ray_env, run_in_session
 from tests.sweep.test_interrupt_resume import _assert_same_summary, _summary
 from tests.sweep.test_ray_job import TERMINAL, UPLOAD_EXCLUDES, _job_status
 
