@@ -165,15 +165,19 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     faults: dict[str, float] = {}
     started = time.monotonic()
 
+    def generators() -> list[dict]:
+        return [a for a in cluster.state("actors", "state=ALIVE") if "HFGenerator" in a["class_name"]]
+
     def inject() -> None:
-        parts = len(generation_files(run))
-        if "raylet" not in faults and parts >= 2:
-            cluster.kill_raylet(lost_node)  # the node goes away with the actor and tasks it held
-            faults["raylet"] = time.monotonic() - started
-        elif "raylet" in faults and "actor" not in faults:
-            # Then a generation actor on the surviving node (its pid from Ray's state API).
-            for actor in cluster.state("actors", "state=ALIVE"):
-                if "HFGenerator" in actor["class_name"] and actor["node_id"] == other_id and actor.get("pid"):
+        # Generation is under way once its actors are up: then lose the node holding one of them,
+        # and right after, the generation actor on the surviving node (pids from Ray's state API).
+        if "raylet" not in faults:
+            if any(a["node_id"] == lost_id for a in generators()):
+                cluster.kill_raylet(lost_node)
+                faults["raylet"] = time.monotonic() - started
+        elif "actor" not in faults:
+            for actor in generators():
+                if actor["node_id"] == other_id and actor.get("pid"):
                     os.kill(actor["pid"], signal.SIGKILL)
                     faults["actor"] = time.monotonic() - started
                     break
