@@ -165,8 +165,12 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     faults: dict[str, float] = {}
     started = time.monotonic()
 
+    seen: list[tuple] = []
+
     def generators() -> list[dict]:
-        return [a for a in cluster.state("actors", "state=ALIVE") if "HFGenerator" in a["class_name"]]
+        actors = cluster.state("actors")
+        seen[:] = [(a["class_name"], a["state"], a["node_id"][:8]) for a in actors]
+        return [a for a in actors if "HFGenerator" in a["class_name"] and a["state"] == "ALIVE"]
 
     def inject() -> None:
         # Generation is under way once its actors are up: then lose the node holding one of them,
@@ -187,7 +191,7 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     wall = time.monotonic() - started
     (tmp_path / "job.log").write_text(logs)
     assert status == "SUCCEEDED", logs[-6000:]
-    assert set(faults) == {"raylet", "actor"}, faults  # both faults landed while generation ran
+    assert set(faults) == {"raylet", "actor"}, (faults, lost_id[:8], other_id[:8], seen)  # both landed in generation
     lost, duplicated = _assert_exactly_once_and_equal(run, one_node_run)
 
     # The user was told once, in lorabatch's words, and the run recorded it.
