@@ -169,7 +169,7 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
 
     def generators() -> list[dict]:
         actors = cluster.state("actors")
-        seen[:] = [(a["class_name"], a["state"], a["node_id"][:8]) for a in actors]
+        seen[:] = [(a["class_name"], a["state"], (a.get("node_id") or "")[:8]) for a in actors]
         return [a for a in actors if "HFGenerator" in a["class_name"] and a["state"] == "ALIVE"]
 
     def inject() -> None:
