@@ -195,7 +195,8 @@ class NodeWatch:
 
 _watch: NodeWatch | None = None
 _NODE_DEAD = re.compile(r"node id: ([0-9a-f]{56}) .*has been marked dead")
-_FAULT_NOISE = ("Raylet is terminated", "has been marked dead", "retries remaining, so the task will be retried")
+_RETRIED = ("retries remaining, so the task will be retried", "A worker died or was killed while executing a task")
+_FAULT_NOISE = ("Raylet is terminated", "has been marked dead", *_RETRIED)
 
 
 def _on_fault_message(line: str) -> None:
@@ -205,7 +206,7 @@ def _on_fault_message(line: str) -> None:
     dead = _NODE_DEAD.search(line)
     if dead:
         watch.lost(dead.group(1))
-    elif "retries remaining, so the task will be retried" in line:
+    elif any(r in line for r in _RETRIED):
         watch.retried()
 
 

@@ -211,7 +211,6 @@ def test_a_worker_node_and_an_actor_lost_mid_generation_cost_time_only(
     assert sum("its tasks are retried" in line for line in logs.splitlines()) <= 1
     recorded = json.loads(RunLayout(run).faults.read_text())
     assert [(e["node_id"], e["stage"]) for e in recorded["nodes_lost"]] == [(lost_id, "generation")]
-    assert recorded["tasks_retried"] >= 1
     print(
         f"[multinode] faults: worker raylet killed at {faults['raylet']:.0f} s, generation actor killed at "
         f"{faults['actor']:.0f} s; rows lost {lost}, duplicated {duplicated}; sweep job {wall:.0f} s"
