@@ -1,7 +1,9 @@
 """Atomic writes: data goes to a temporary file in the target's directory, then `os.replace`.
 
 An interrupted write therefore never leaves a half-written file under the final name; readers
-see either the old content or the complete new one.
+see either the old content or the complete new one. The result gets the permissions of an ordinary
+new file or directory (0666 / 0777 less the umask): `mkstemp` and `mkdtemp` create theirs 0600 /
+0700, which on shared storage would hide results from the other nodes and users of a run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def current_umask() -> int:
+    """The process's umask. Read from /proc where it can be: `os.umask` can only read it by
+    setting it, and a file another thread creates in between would get the wrong mode."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success rename it onto `target`."""
@@ -27,6 +44,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -108,6 +126,7 @@ def atomic_dir(target: str | os.PathLike, check_replace: Callable[[Path], None] 
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         if target.exists() or target.is_symlink():
             if check_replace is not None:
                 check_replace(target)

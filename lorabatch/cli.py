@@ -103,13 +103,12 @@ def bank_manifest(
     wait: WaitOption = False,
 ):
     """Resolve the bank, validate it, and write RUN/bank/manifest.parquet."""
-    from lorabatch.bank.manifest import write_manifest
+    from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import load_config
 
     cfg = load_config(config, _overrides(sets, run_dir=run_dir))
     with _run_lock(cfg.run_dir, wait, "bank manifest", config):
-        cfg.record()
-        table = write_manifest(cfg.bank, cfg.run_dir)
+        table = build_manifest(cfg)
     typer.echo(f"{table.num_rows} tasks validated; manifest at {RunLayout(cfg.run_dir).manifest}")
 
 
@@ -220,7 +219,7 @@ def synthesize(
     syn = cfg.synthesis
     with _run_lock(cfg.run_dir, wait, "synthesize", config):
         if syn.executor == "ray" and not (syn.jit or coefficients_only):
-            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         stage_coefficients(cfg, progress=True)
         if not (syn.jit or coefficients_only):
             for setting, paths in stage_synthesis(cfg, progress=True).items():
@@ -265,7 +264,7 @@ def distances(
         if feats.executor == "ray" or dist.executor != "local":
             from lorabatch.raysession import ensure_ray
 
-            ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+            ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         features = compute_bank_features(manifest, cfg.run_dir, feats)
         typer.echo(f"features of {len(features)} datasets in {RunLayout(cfg.run_dir).features}")
         compute_distances(cfg.run_dir, dist)
@@ -449,7 +448,7 @@ def generate(
     cfg = load_config(config, overrides)
     require_backend(cfg.generation.backend, local=not (cfg.ray.address or os.environ.get("RAY_ADDRESS")))
     with _run_lock(cfg.run_dir, wait, "generate", config):
-        ensure_ray(cfg.ray.address, cfg.ray.num_cpus)
+        ensure_ray(cfg.ray.address, cfg.ray.num_cpus, fault_tolerance=cfg.ray.fault_tolerance.model_dump())
         result = run_generation(cfg.run_dir, cfg.generation, seed=cfg.seed)
     typer.echo(result.describe())
     typer.echo(f"generations in {RunLayout(cfg.run_dir).generations}")
@@ -559,6 +558,11 @@ def main() -> None:
     except LorabatchError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except SystemExit:
+        # typer reports any KeyboardInterrupt as status 130; after SIGTERM the status is 143.
+        if interrupt.received() is not None:
+            sys.exit(interrupt.received())
+        raise
 
 
 if __name__ == "__main__":

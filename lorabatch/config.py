@@ -18,10 +18,31 @@ from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
+from lorabatch.raysession import FAULT_TOLERANCE
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
 from lorabatch.training.config import TrainingConfig
+
+
+class FaultToleranceConfig(StrictModel):
+    """What survives a lost node or process; the reasons for the defaults are in `lorabatch.raysession`."""
+
+    actor_restarts: int = Field(
+        FAULT_TOLERANCE["actor_restarts"],
+        ge=-1,
+        description="Restarts of a stage's actor (generation, few-shot, features workers) whose process or node died; -1: no limit.",
+    )
+    actor_task_retries: int = Field(
+        FAULT_TOLERANCE["actor_task_retries"],
+        ge=-1,
+        description="Retries of the batches a dead actor held, on its restarted self or another; -1: no limit.",
+    )
+    task_retries: int = Field(
+        FAULT_TOLERANCE["task_retries"],
+        ge=-1,
+        description="Reruns of a Ray task (distance blocks, synthesis chunks, generation writes) whose process or node died; -1: no limit.",
+    )
 
 
 class RayConfig(StrictModel):
@@ -32,6 +53,10 @@ class RayConfig(StrictModel):
     )
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs for an in-process Ray instance (None: all of this machine's)."
+    )
+    fault_tolerance: FaultToleranceConfig = Field(
+        default_factory=FaultToleranceConfig,
+        description="Restarts and retries when a node or a worker process is lost.",
     )
 
 
@@ -74,6 +99,11 @@ class LorabatchConfig(StrictModel):
     def _run_dir_not_a_file(cls, value: Path):
         if value.exists() and not value.is_dir():
             raise ValueError(f"{str(value)!r} exists and is not a directory")
+        for parent in value.parents:
+            if parent.exists() or parent.is_symlink():
+                if not parent.is_dir():
+                    raise ValueError(f"{str(value)!r} cannot be created: {str(parent)!r} is not a directory")
+                break
         return value
 
     @model_validator(mode="after")
@@ -107,14 +137,35 @@ def format_validation_error(err: ValidationError) -> list[str]:
     return problems
 
 
-def parse_config(data: Any, source: str | None = None) -> LorabatchConfig:
-    """Validate an already-parsed mapping; raise `ConfigError` listing every problem."""
+def parse_config(data: Any, source: str | None = None, overridden: tuple[str, ...] = ()) -> LorabatchConfig:
+    """Validate an already-parsed mapping; raise `ConfigError` listing every problem.
+
+    `overridden`: the dotted fields set from the command line; their problems are attributed to
+    it, not to `source` (the file)."""
     if not isinstance(data, dict):
         raise ConfigError([f"<root>: expected a mapping of fields, got {type(data).__name__}"], source)
     try:
         return LorabatchConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err), source) from None
+        problems = format_validation_error(err)
+        flagged = [_overlaps(item.get("loc", ()), overridden) for item in err.errors()]
+        if all(flagged) or (any(flagged) and source is None):
+            source = "command-line flags"
+        elif any(flagged):
+            problems = [f"{p} (from the command line)" if f else p for p, f in zip(problems, flagged)]
+            source = f"{source} and command-line flags"
+        raise ConfigError(problems, source) from None
+
+
+def _overlaps(loc: tuple, overridden: tuple[str, ...]) -> bool:
+    """True if the field at `loc` is, holds or lies inside a field set on the command line."""
+    path = [str(p) for p in loc]
+    for dotted in overridden:
+        keys = dotted.split(".")
+        n = min(len(keys), len(path))
+        if n and keys[:n] == path[:n]:
+            return True
+    return False
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LorabatchConfig:
@@ -130,7 +181,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Lo
         raise ConfigError([f"not valid YAML: {err}"], str(path)) from None
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), overridden=tuple(overrides or ()))
 
 
 def set_dotted(data: dict, dotted: str, value: Any) -> None:

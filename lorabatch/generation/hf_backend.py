@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
+from lorabatch.raysession import actor_fault_tolerance
 
 BASE_ADAPTER = "__base__"
 
@@ -206,4 +207,5 @@ class HFBackend:
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=cfg.resources.num_cpus,
             num_gpus=num_gpus,
+            **actor_fault_tolerance(),
         )

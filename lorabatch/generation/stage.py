@@ -1,10 +1,11 @@
 """The generation stage: plan -> skip what is done -> preflight -> backend -> RUN/generations/.
 
 Inputs: RUN/bank/manifest.parquet, the tasks' dataset splits, RUN/adapters/<setting>/<task>/.
-Output: RUN/generations/part-*.parquet (schema in lorabatch.generation.schema) and
-RUN/generations/plan.json ({"rows_per_setting": {...}}, read by `lorabatch status`), written only
-once generation starts (or when nothing is left to do), so a run that fails before it (backend not
-installed, bad config) leaves the previous plan as it was.
+Output: RUN/generations/part-*.parquet (schema in lorabatch.generation.schema), and
+RUN/generations/plan.json ({"rows_per_setting": {...}}) with plan.parquet (each planned row's key
+and fingerprint), read by `lorabatch status`; the plan is written only once generation starts (or
+when nothing is left to do), so a run that fails before it (backend not installed, bad config)
+leaves the previous plan as it was.
 Rows failing the preflight are written with their error at once; the rest stream through the
 backend and are written block by block by Ray Data, so an interrupted run keeps what it finished
 and a re-run generates only the missing (task, setting, example) rows.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from lorabatch.generation.schema import conform, generation_schema
 from lorabatch.layout import RunLayout
+from lorabatch.raysession import task_fault_tolerance
 
 
 @dataclass
@@ -163,7 +165,7 @@ def run_generation(
         DataContext.get_current().enable_progress_bars = progress
         ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
         out = engine.generate(ds)
-        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1})
+        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1, **task_fault_tolerance()})
 
     from lorabatch.generation.store import read_generations
 
@@ -186,11 +188,15 @@ def run_generation(
 
 
 def write_plan_file(run_dir, work) -> None:
-    """RUN/generations/plan.json: planned rows per setting (read by `lorabatch status`)."""
-    from lorabatch.atomic import write_json
+    """RUN/generations/plan.json: planned rows per setting, and plan.parquet: each planned row's
+    key and fingerprint, so that `lorabatch status` counts only rows of the current plan."""
+    from lorabatch.atomic import write_json, write_parquet
     from lorabatch.generation.plan import rows_per_setting
+    from lorabatch.generation.schema import KEY_COLUMNS
 
-    write_json(RunLayout(run_dir).generation_plan, {"rows_per_setting": rows_per_setting(work)})
+    layout = RunLayout(run_dir)
+    write_parquet(layout.generation_plan_rows, work.select([*KEY_COLUMNS, "fingerprint"]))
+    write_json(layout.generation_plan, {"rows_per_setting": rows_per_setting(work)})
 
 
 def _constant_strings(value: str, n: int):

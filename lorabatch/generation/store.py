@@ -1,7 +1,10 @@
 """Generation rows on disk: `RUN/generations/part-<write id>-<block>.parquet`, each file atomic.
 
 Ray Data writes them through `generations_datasink` (one file per write task, temp file + rename,
-so an interrupted sweep leaves only complete files), and `read_generations` reads them back with
+so an interrupted sweep leaves only complete files). A file is named after the keys and
+fingerprints of its rows: a write task that Ray retries (its node was lost after the file was
+written) writes the same name again, replacing the file instead of adding its rows a second time.
+`read_generations` reads them back with
 one row per (task_id, setting, example_id): the row in the later file wins, except that a failed
 row never replaces a successful one of the same fingerprint.
 """
@@ -63,7 +66,7 @@ def _datasink_class():
                 return 0
             schema = generation_schema()
             table = pa.concat_tables([conform(t, schema) for t in tables])
-            name = f"part-{self.write_id}-{ctx.task_idx:06d}-{uuid.uuid4().hex[:6]}.parquet"
+            name = f"part-{self.write_id}-{_rows_digest(table)}.parquet"
             write_parquet(Path(self.out_dir) / name, table)
             if self.count_metrics:
                 _count(table)
@@ -71,6 +74,17 @@ def _datasink_class():
 
     _DATASINK_CLASS = GenerationsDatasink
     return GenerationsDatasink
+
+
+def _rows_digest(table) -> str:
+    """Names the rows of a part file: sha256 of their keys and fingerprints, in order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for column in (*KEY_COLUMNS, "fingerprint"):
+        for value in table.column(column).to_pylist():
+            digest.update(b"\0" if value is None else value.encode() + b"\1")
+    return digest.hexdigest()[:20]
 
 
 def _to_arrow(block):

@@ -36,11 +36,13 @@ def stage_bank(config: LorabatchConfig, progress: bool):
     key = bank_key(config.bank)
     if key is not None and is_done(run_dir, "bank", key) and manifest_path(run_dir).is_file():
         manifest = load_manifest(run_dir)
+        config.record()
         log.info(f"bank: {manifest.num_rows} tasks (cached manifest)")
         return manifest
     started = time.time()
-    config.record()
     manifest = write_manifest(config.bank, run_dir, progress=progress)
+    # Only now: a config whose bank fails validation must not replace the one the results came from.
+    config.record()
     if key is not None:
         mark_done(run_dir, "bank", key, started, {"tasks": manifest.num_rows})
     log.info(f"bank: {manifest.num_rows} tasks validated")
@@ -51,11 +53,17 @@ def bank_key(bank_config) -> str | None:
     """Key of the bank stage: the bank config and the identity of every resolved file (path, size,
     mtime, inode; the snapshot revision and blob for hub repos), so that a bank changed on disk is
     validated again. None when the bank cannot be resolved (the stage then reports why)."""
-    from lorabatch.bank.identity import bank_files_identity
     from lorabatch.bank.manifest import ensure_demo_bank
-    from lorabatch.errors import LorabatchError
 
     ensure_demo_bank(bank_config)
+    return resolved_bank_key(bank_config)
+
+
+def resolved_bank_key(bank_config) -> str | None:
+    """`bank_key` of the bank as it is on disk now, building nothing (None if it cannot be resolved)."""
+    from lorabatch.bank.identity import bank_files_identity
+    from lorabatch.errors import LorabatchError
+
     try:
         identity = bank_files_identity(bank_config)
     except LorabatchError:
@@ -178,29 +186,71 @@ def report_key(run_dir: Path) -> str:
 
 def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; returns the scores' summary rows (`scoring.aggregate`), which the
-    CLI prints. Progress goes to the `lorabatch.sweep` loggers."""
+    CLI prints. Progress goes to the `lorabatch.sweep` loggers. A node of the cluster lost on the
+    way is reported in one line and recorded in RUN/faults.json; Ray retries its work."""
     from lorabatch.generation.backends import require_backend
-    from lorabatch.raysession import ensure_ray
+    from lorabatch.raysession import NodeWatch, ensure_ray
 
     require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_ray(config.ray.address, config.ray.num_cpus)
+    ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
+    from lorabatch.sweep.storage import check_shared_storage
+
+    checked = check_shared_storage(run_dir)
+    if checked:
+        log.info(f"run directory {run_dir.resolve()}: visible from all {checked} node(s) that hold work")
+    watch = NodeWatch()
+    try:
+        with watch:
+            return _run_stages(config, progress, watch)
+    finally:
+        if watch.events or watch.retries:
+            record_faults(run_dir, watch.events, watch.retries)
+
+
+def record_faults(run_dir: Path, events: list[dict], retries: int = 0) -> None:
+    """Add `events` (nodes lost: node_id, address, stage, at) and `retries` (tasks Ray retried
+    after their process or node was lost) to RUN/faults.json."""
+    import json
+
+    from lorabatch.atomic import write_json
+
+    path = RunLayout(run_dir).faults
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(
+        path,
+        {
+            "nodes_lost": earlier.get("nodes_lost", []) + events,
+            "tasks_retried": earlier.get("tasks_retried", 0) + retries,
+        },
+    )
+
+
+def _run_stages(config: LorabatchConfig, progress: bool, watch) -> list[dict]:
+    run_dir = Path(config.run_dir)
+    watch.stage = "bank"
     manifest = stage_bank(config, progress)
     telemetry.stage_done("bank")
     _refresh_report(run_dir)
+    watch.stage = "features and distances"
     stage_features_and_distances(config, manifest, progress)
     _refresh_report(run_dir)
+    watch.stage = "coefficients"
     stage_coefficients(config, progress)
     _refresh_report(run_dir)
+    watch.stage = "synthesis"
     stage_synthesis(config, progress)
     from lorabatch.sweep.evaluation import stage_fewshot, stage_generation, stage_scoring
 
+    watch.stage = "fewshot"
     stage_fewshot(config, progress)
     _refresh_report(run_dir)
 
+    watch.stage = "generation"
     stage_generation(config, manifest, settings_of(config), progress)
     _refresh_report(run_dir)
+    watch.stage = "scoring"
     summary = stage_scoring(config, progress)
     mark_done(run_dir, "report", report_key(run_dir), time.time())
     _refresh_report(run_dir)

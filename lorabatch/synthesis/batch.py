@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.adapter_format import ADAPTER_WEIGHTS
-from lorabatch.raysession import require_ray
+from lorabatch.raysession import require_ray, task_fault_tolerance
 from lorabatch.synthesis.tensors import DTYPE_NAMES, BankLayout, SafetensorsLayout
 from lorabatch.synthesis.writer import NonFiniteWeightsError, finish_adapter_dir, output_adapter_config
 
@@ -70,7 +70,7 @@ def _run_chunks(layout, coefficients, chunks, out_paths, out_dtype, executor, pr
         import ray
 
         require_ray("synthesis.executor 'ray'")
-        remote = ray.remote(num_cpus=1)(mix_chunk)
+        remote = ray.remote(num_cpus=1, **task_fault_tolerance())(mix_chunk)
         layout_ref, c_ref = ray.put(layout), ray.put(coefficients)
         pending = [remote.remote(layout_ref, c_ref, s, e, out_paths, out_dtype) for s, e in chunks]
         try:
