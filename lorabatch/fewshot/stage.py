@@ -103,6 +103,7 @@ class FewShotWorker:
             self.config.dtype,
             self.config.batch_size,
             trust_remote_code=trusts_remote_code(manifest),
+            candidates_per_pass=self.config.candidates_per_pass,
         )
         ids = self.layout.task_ids
         self.matrices: dict[str, np.ndarray] = {}

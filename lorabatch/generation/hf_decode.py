@@ -43,11 +43,14 @@ _PROCESSING = {
 
 def can_decode(model) -> bool:
     """True when `model`'s generation config adds no logits processing to greedy decoding and its
-    cache is a plain dynamic one (no sliding window), the case `ContinuousDecoder` reproduces."""
+    attention sees every earlier token (no sliding window shorter than its context), the case
+    `ContinuousDecoder` reproduces with a plain dynamic cache."""
     config = getattr(model, "generation_config", None)
     if config is not None and any(getattr(config, k, None) not in ok for k, ok in _PROCESSING.items()):
         return False
-    return getattr(model.config, "sliding_window", None) is None
+    window = getattr(model.config, "sliding_window", None)
+    context = getattr(model.config, "max_position_embeddings", None)
+    return window is None or (context is not None and window >= context)
 
 
 @dataclass
@@ -142,7 +145,8 @@ class ContinuousDecoder:
         ids, mask = ids.to(device), mask.to(device)
         # As generate() builds them: count of real tokens before each one; padding gets 0.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=model.config)
+        # Plain layers (no sliding window: `can_decode`), whose tensors `_collect` and `_join` edit.
+        cache = DynamicCache()
         rnames = [names[i] for i in chunk]
         logits = self._forward(ids, mask, positions, cache, rnames).logits
         return _Running(list(chunk), rnames, mask, logits[:, -1].float().argmax(-1), cache)
