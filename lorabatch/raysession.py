@@ -23,8 +23,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
     """
     import ray
 
+    from lorabatch.progress import quiet_ray_data
+
     if ray.is_initialized():
         return
+    quiet_ray_data()  # each stage prints its own progress line
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
