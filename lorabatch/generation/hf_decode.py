@@ -105,11 +105,13 @@ class ContinuousDecoder:
                     if chunk:
                         for i in chunk:
                             out[i] = []
-                        run = self._join(run, self._prefill(chunk, prompts, names))
+                        new = self._prefill(chunk, prompts, names)
+                        self._collect(new, out)  # their first tokens (the running rows have theirs)
+                        run = self._join(run, new)
                         joined = True
                 if not joined and run.rows:
                     self._step(run)
-                self._collect(run, out)
+                    self._collect(run, out)
         return out
 
     # -- steps ------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ class ContinuousDecoder:
         import torch
         import torch.nn.functional as F
 
+        if not new.rows:
+            return run
         if not run.rows:
             return new
         width = max(run.mask.shape[1], new.mask.shape[1])
