@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorabatch.examples import IGNORE, collate, encode_examples
+from lorabatch.generation.hf_decode import copy_into_slot, group_mixed_batches
 
 
 class FewShotLoss:
@@ -57,6 +58,7 @@ class FewShotLoss:
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.peft = None
         self.slots: dict[tuple[int, int], str] = {}
+        self.slot_params: dict[str, dict] = {}
         self.items: list[tuple[list[int], int]] = []
         self.last_answers: list[str] = []
         self.forward_passes = 0
@@ -97,6 +99,7 @@ class FewShotLoss:
         else:
             self.peft.add_adapter(name, config)
         self.peft.eval()
+        group_mixed_batches(self.peft)
         self.slots[(rank, index)] = name
         return name
 
@@ -110,10 +113,11 @@ class FewShotLoss:
         name = self._slot(int(rank), index)
         dtype = next(self.base.parameters()).dtype
         state = {k: torch.as_tensor(np.ascontiguousarray(v)).to(self.device, dtype) for k, v in tensors.items()}
-        result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
-        unexpected = getattr(result, "unexpected_keys", None) or []
-        if unexpected:
-            raise ValueError(f"adapter tensors do not fit the base model: unexpected {unexpected[:3]}")
+        if not copy_into_slot(self.peft, name, state, self.slot_params):
+            result = set_peft_model_state_dict(self.peft, state, adapter_name=name)
+            unexpected = getattr(result, "unexpected_keys", None) or []
+            if unexpected:
+                raise ValueError(f"adapter tensors do not fit the base model: unexpected {unexpected[:3]}")
         self.peft.set_adapter(name)
         return name
 

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from lorabatch.generation.hf_decode import BASE_ADAPTER, ContinuousDecoder, can_decode
+from lorabatch.generation.hf_decode import (
+    BASE_ADAPTER,
+    ContinuousDecoder,
+    can_decode,
+    copy_into_slot,
+    group_mixed_batches,
+)
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 
 
@@ -45,6 +51,9 @@ class HFGenerator:
         self.peft = None
         self.names: OrderedDict[str, str] = OrderedDict()  # adapter path -> PEFT adapter name
         self.counter = 0
+        self.signatures: dict[str, str] = {}  # PEFT adapter name -> its LoRA config (`_lora_signature`)
+        self.free: list[str] = []  # slots whose adapter was dropped
+        self.slot_params: dict[str, dict] = {}
         self.max_resident = int(settings["max_resident_adapters"])
         self.scheduler = settings.get("scheduler", "continuous")
         self.max_rows = int(settings.get("max_rows", 256))
@@ -58,12 +67,16 @@ class HFGenerator:
             self.pad_id = 0
 
     # -- adapters ---------------------------------------------------------------------------
-    def _adapter_name(self, path: str, pinned=frozenset()) -> str:
+    def _adapter_name(self, path: str, pinned=frozenset(), reuse: bool = False) -> str:
         """Load `path` if needed (unloading the least recently used beyond the limit, except the
-        adapter names in `pinned`)."""
+        adapter names in `pinned`); with `reuse`, into the slot of such an adapter (`_reuse_slot`)."""
         if path in self.names:
             self.names.move_to_end(path)
             return self.names[path]
+        if reuse:
+            name = self._reuse_slot(path, pinned)
+            if name is not None:
+                return name
         from peft import PeftModel
 
         self.counter += 1
@@ -73,7 +86,10 @@ class HFGenerator:
             self.peft.eval()
         else:
             self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        if self.scheduler == "continuous":
+            group_mixed_batches(self.peft)
         self.names[path] = name
+        self.signatures[name] = _lora_signature(path)
         for old_path, old_name in list(self.names.items()):
             if len(self.names) <= self.max_resident:
                 break
@@ -81,6 +97,39 @@ class HFGenerator:
                 del self.names[old_path]
                 self.peft.delete_adapter(old_name)
         return name
+
+    def _reuse_slot(self, path: str, pinned) -> str | None:
+        """Copy `path`'s weights into the PEFT slot of the least recently used resident adapter
+        that is not in `pinned` and has the same LoRA config, when `max_resident_adapters` are
+        held (None otherwise, or when none fits). PEFT's `load_adapter` is the same weight copy
+        (`set_peft_model_state_dict`) after it injects a new set of LoRA modules, which walks the
+        whole model; on the demo model that walk was most of an adapter's load time."""
+        if self.peft is None or len(self.names) < self.max_resident:
+            return None
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        signature = _lora_signature(path)
+        slot = next((n for n in self.free if self.signatures[n] == signature), None)
+        if slot is None:
+            old = next((p for p, n in self.names.items() if n not in pinned and self.signatures[n] == signature), None)
+            if old is None:
+                return None
+            slot = self.names.pop(old)
+        else:
+            self.free.remove(slot)
+        try:
+            weights = load_peft_weights(path, device=str(self.device))
+            if not copy_into_slot(self.peft, slot, weights, self.slot_params):
+                result = set_peft_model_state_dict(self.peft, weights, adapter_name=slot)
+                unexpected = [k for k in getattr(result, "unexpected_keys", None) or [] if "lora_" in k]
+                if unexpected:
+                    raise ValueError(f"adapter tensors do not fit its config: unexpected {unexpected[:3]}")
+        except Exception:
+            self.free.append(slot)  # its old weights are gone: only a later copy may use it
+            raise
+        self.names[path] = slot
+        return slot
 
     # -- generation -------------------------------------------------------------------------
     def _generate(self, prompts: list[list[int]], adapters: list[str]) -> list[list[int]]:
@@ -162,7 +211,7 @@ class HFGenerator:
                         if set(self.names.values()) <= pinned:
                             return accepted, chunk[n:]  # wait until an adapter's rows are done
                     try:
-                        names[k] = self._adapter_name(path, frozenset(pinned))
+                        names[k] = self._adapter_name(path, frozenset(pinned), reuse=True)
                     except Exception as err:  # noqa: BLE001 - recorded on the row
                         errors[order[k]] = f"adapter {path} failed to load: {type(err).__name__}: {err}"
                         continue
@@ -246,6 +295,18 @@ class HFGenerator:
                 }
             )
         return pa.Table.from_pylist(out, schema=generation_schema())
+
+
+def _lora_signature(path: str) -> str:
+    """An adapter's adapter_config.json without the fields that do not shape its PEFT modules:
+    adapters with equal signatures fit the same PEFT slot."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    for key in ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping"):
+        config.pop(key, None)
+    return json.dumps(config, sort_keys=True)
 
 
 class HFBackend:
