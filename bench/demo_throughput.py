@@ -174,17 +174,20 @@ def main() -> None:
         )
         if not args.skip_generation:
             gen, work, ctx = planned_rows(run, config)
+            prompt_tokens = sum(len(p) for p in work.column("prompt_token_ids").to_pylist())
             print(
                 f"\ngeneration: {work.num_rows} rows ({len(set(work.column('setting').to_pylist()))} settings), "
-                f"greedy, max_new_tokens {gen.max_new_tokens}"
+                f"greedy, max_new_tokens {gen.max_new_tokens}, {prompt_tokens:,} prompt tokens"
             )
             sides = {}
             for scheduler in ("generate", "continuous"):
                 seconds, tokens, out = generate_in_process(gen, ctx, work, scheduler)
                 sides[scheduler] = (seconds, tokens, out)
+                floor = (prompt_tokens + tokens) / bound  # seconds of arithmetic, prompts included
                 print(
                     f"  {scheduler:<10} in process: {tokens:>8,} tokens in {seconds:6.1f} s = "
-                    f"{tokens / seconds:8,.0f} tokens/s ({100 * tokens / seconds / bound:.1f} % of the bound)"
+                    f"{tokens / seconds:8,.0f} tokens/s; the FLOP bound of these rows (prompts included) "
+                    f"{floor:.1f} s = {100 * floor / seconds:.0f} % of the time"
                 )
             (s0, t0, before), (s1, t1, after) = sides["generate"], sides["continuous"]
             same = sum(before[k] == after[k] for k in before)

@@ -31,6 +31,7 @@ class ProgressLine:
     def __init__(self, desc: str, total: int | None, unit: str, enabled: bool = True, interval: float = 10.0):
         self.desc, self.total, self.unit = desc, total, unit
         self.done = 0
+        self.logged: int | None = None  # `done` when the last line was logged
         self.started = time.perf_counter()
         self.last = self.started
         self.interval = interval
@@ -56,6 +57,7 @@ class ProgressLine:
         now = time.perf_counter()
         if now - self.last >= self.interval:
             self.last = now
+            self.logged = self.done
             log.info(self.line())
 
     def line(self) -> str:
@@ -77,7 +79,7 @@ class ProgressLine:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.enabled:
+        if self.enabled and self.logged != self.done:  # not twice the same line
             log.info(self.line())
 
 

@@ -30,6 +30,9 @@ def test_off_a_terminal_updates_log_at_most_one_line_per_interval(caplog, monkey
         "few-shot (select): 2/3 tasks (67 %)",
     ]
     assert _lines(caplog)[0].endswith(" s left")
+    every.update(1)
+    every.close()  # its last line is already out: not logged twice
+    assert len(_lines(caplog)) == 3 and _lines(caplog)[-1].startswith("few-shot (select): 3/3 tasks (100 %) in ")
 
 
 def test_disabled_line_says_nothing(caplog, monkeypatch):
