@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorabatch.examples import IGNORE, collate, encode_examples
-from lorabatch.generation.hf_decode import copy_into_slot, group_mixed_batches
+from lorabatch.generation.hf_decode import copy_into_slot, group_mixed_batches, routed
 
 
 class FewShotLoss:
@@ -103,9 +103,9 @@ class FewShotLoss:
         self.slots[(rank, index)] = name
         return name
 
-    def load(self, tensors: dict[str, np.ndarray], index: int = 0) -> str:
+    def load(self, tensors: dict[str, np.ndarray], index: int = 0, activate: bool = True) -> str:
         """Copy an adapter's tensors (names as in adapter_model.safetensors) into its rank's
-        `index`-th slot, made the active adapter."""
+        `index`-th slot, made the active adapter (unless `activate` is False: rows then name it)."""
         import torch
         from peft import set_peft_model_state_dict
 
@@ -118,7 +118,8 @@ class FewShotLoss:
             unexpected = getattr(result, "unexpected_keys", None) or []
             if unexpected:
                 raise ValueError(f"adapter tensors do not fit the base model: unexpected {unexpected[:3]}")
-        self.peft.set_adapter(name)
+        if activate:
+            self.peft.set_adapter(name)
         return name
 
     def loss(self, tensors: dict[str, np.ndarray] | None) -> float:
@@ -186,7 +187,7 @@ class FewShotLoss:
 
         if not self.items:
             raise ValueError("call set_examples first")
-        names = [BASE_ADAPTER if t is None else self.load(t, index=c) for c, t in enumerate(adapters)]
+        names = [BASE_ADAPTER if t is None else self.load(t, index=c, activate=False) for c, t in enumerate(adapters)]
         k = len(self.items)
         rows = [(item, name) for name in names for item in self.items]
         model = self.base if self.peft is None else self.peft
@@ -252,8 +253,12 @@ class FewShotLoss:
 
         batch = collate(batch, self.pad_id)
         input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        extra = {} if adapter_names is None else {"adapter_names": adapter_names}
-        logits = model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **extra).logits.float()
+        inputs = dict(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+        if adapter_names is None:
+            logits = model(**inputs).logits.float()
+        else:
+            with routed(adapter_names):
+                logits = model(**inputs).logits.float()
         targets = labels[:, 1:].to(self.device)
         nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
         counts = (targets != IGNORE).sum(dim=1).clamp(min=1)

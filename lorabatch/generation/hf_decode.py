@@ -20,6 +20,7 @@ Greedy only, and only for models whose generation config asks for no logits proc
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 BASE_ADAPTER = "__base__"
@@ -125,9 +126,12 @@ class ContinuousDecoder:
             logits_to_keep=1,
         )
         model, peft = self.model()
+        self.steps += 1
+        if peft and is_routed(model):
+            with routed(names):
+                return model(**kwargs)
         if peft:
             kwargs["adapter_names"] = names
-        self.steps += 1
         return model(**kwargs)
 
     def _prefill(self, chunk: list[int], prompts, names) -> _Running:
@@ -237,6 +241,9 @@ def group_mixed_batches(model) -> None:
         result[start:stop] += s · B(A(x[start:stop]))      for each run of rows with adapter (A, B, s)
 
     on views of the slice. Adapters with a PEFT variant (DoRA, aLoRA, …) keep PEFT's own path.
+    The rows' adapter names reach the layers through `routed(names)` around a forward (hooks
+    registered here once) rather than through `adapter_names=`, for which PEFT registers and
+    removes a hook on every layer in every forward (a walk of the whole model per step).
     Idempotent; call it again after loading adapters onto new modules."""
     import functools
 
@@ -245,6 +252,32 @@ def group_mixed_batches(model) -> None:
     for module in model.modules():
         if isinstance(module, Linear) and "_mixed_batch_forward" not in module.__dict__:
             module._mixed_batch_forward = functools.partial(_grouped_mixed_batch_forward, module)
+            module.register_forward_pre_hook(_route, with_kwargs=True)
+    model._lorabatch_routed = True
+
+
+def is_routed(model) -> bool:
+    """Whether `group_mixed_batches` prepared `model` (then `routed` gives its rows their adapters)."""
+    return bool(getattr(model, "_lorabatch_routed", False))
+
+
+_ROUTE: list = [None]  # the rows' adapter names of the forward in progress (this process runs one at a time)
+
+
+@contextlib.contextmanager
+def routed(names: list[str]):
+    """Within: every LoRA layer prepared by `group_mixed_batches` runs row i with adapter names[i]."""
+    _ROUTE[0] = names
+    try:
+        yield
+    finally:
+        _ROUTE[0] = None
+
+
+def _route(module, args, kwargs):
+    if _ROUTE[0] is not None:
+        kwargs["adapter_names"] = _ROUTE[0]
+    return args, kwargs
 
 
 _LAST_RUNS: list = [None, None]  # the last adapter_names list seen (every layer gets the same one) and its runs
