@@ -45,10 +45,13 @@ def ensure_ray(
     """
     import ray
 
+    from lorabatch.progress import quiet_ray_data
+
     _fault_tolerance.update(fault_tolerance or {})
     _apply_data_context()
     if ray.is_initialized():
         return
+    quiet_ray_data()  # each stage prints its own progress line
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)

@@ -86,7 +86,8 @@ def _fit(
     """AdamW over shuffled epochs of `items` (`params`: tensors, or param groups with their own
     `lr`); returns the loss of every step."""
     import torch
-    from tqdm.auto import tqdm
+
+    from lorabatch.progress import ProgressLine
 
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -95,8 +96,8 @@ def _fit(
     model.train()
     losses: list[float] = []
     order: list[int] = []
-    bar = tqdm(range(steps), desc=desc, unit="step", leave=False, disable=not progress or None)
-    for _ in bar:
+    line = ProgressLine(desc, steps, "steps", progress)
+    for _ in range(steps):
         if len(order) < batch:
             epoch = list(range(len(items)))
             rng.shuffle(epoch)
@@ -109,7 +110,8 @@ def _fit(
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        line.update(1, note=f"loss {losses[-1]:.3f}")
+    line.close()
     model.eval()
     return losses
 

@@ -116,16 +116,17 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     """One result row per item, through Ray Data (config.executor 'ray') or in this process."""
     if not items:
         return []
-    mode = worker_kwargs["mode"]
+    from lorabatch.progress import ProgressLine
+
+    line = ProgressLine(f"features ({worker_kwargs['mode']})", len(items), "datasets", progress)
     if config.executor == "local":
         worker = FeatureWorker(**worker_kwargs)
         rows = []
-        for k, item in enumerate(items, 1):
-            t0 = time.perf_counter()
+        for item in items:
             res = worker({c: np.asarray([item[c]]) for c in ("task_id", "dataset_path", "key")})
             rows.append({c: v[0].item() if hasattr(v[0], "item") else v[0] for c, v in res.items()})
-            if progress:
-                log.info(f"features ({mode}) {k}/{len(items)} {item['task_id']} {time.perf_counter() - t0:.1f}s")
+            line.update(1)
+        line.close()
         return rows
     import ray
 
@@ -145,8 +146,8 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     rows = []
     for row in ds.iter_rows():
         rows.append({c: v.item() if hasattr(v, "item") else v for c, v in row.items()})
-        if progress:
-            log.info(f"features ({mode}) {len(rows)}/{len(items)} {rows[-1]['task_id']}")
+        line.update(1)
+    line.close()
     return rows
 
 

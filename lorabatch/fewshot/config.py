@@ -90,7 +90,13 @@ class FewShotConfig(StrictModel):
         "train", description="Split the few-shot examples come from (never the test split)."
     )
     examples: int = Field(16, ge=1, description="k: examples per task the loss is computed on (a seeded sample).")
-    batch_size: int = Field(16, ge=1, description="Examples per forward pass.")
+    batch_size: int = Field(16, ge=1, description="Examples per forward pass (of each adapter scored).")
+    candidates_per_pass: int = RuntimeField(
+        8,
+        ge=1,
+        description="Adapters scored together: their examples share forward passes (PEFT routes each row through "
+        "its own adapter); the same losses to float rounding and the same greedy answers as one at a time.",
+    )
     pool: int = Field(
         20,
         ge=0,

@@ -120,12 +120,14 @@ def select(
 
     started, passes = time.perf_counter(), evaluator.forward_passes
     losses, rouges, answers = {}, {}, {}
-    for name, row in candidates:
-        tensors, _, _ = mix_row(layout, row, synthesis_config)
-        losses[name] = evaluator.loss(tensors)
-        if criterion == "rouge":
-            rouges[name] = evaluator.rouge(tensors, max_new_tokens)
-            answers[name] = evaluator.last_answers
+    for group in _groups(candidates, evaluator):
+        found = evaluator.scores(
+            [mix_row(layout, row, synthesis_config)[0] for _, row in group], criterion, max_new_tokens
+        )
+        for (name, _), score in zip(group, found):
+            losses[name] = score["loss"]
+            if criterion == "rouge":
+                rouges[name], answers[name] = score["rouge_l"], score["answers"]
     if criterion == "rouge":
         best = min(losses, key=lambda n: (-rouges[n], losses[n], n))
     else:
@@ -172,12 +174,12 @@ def rank_pool(
     """The pool's bank indices, best own adapter first (lowest loss; or highest few-shot Rouge-L,
     the loss breaking ties), and {task id: {"loss", "rouge_l", "answers"}} of each."""
     scores = {}
-    for j in pool:
-        tensors = {t.name: layout.read_tensor(j, t.name) for t in layout.tensors}
-        scores[j] = {"loss": evaluator.loss(tensors)}
-        if criterion == "rouge":
-            scores[j]["rouge_l"] = evaluator.rouge(tensors, max_new_tokens)
-            scores[j]["answers"] = evaluator.last_answers
+    for group in _groups(pool, evaluator):
+        found = evaluator.scores(
+            [{t.name: layout.read_tensor(j, t.name) for t in layout.tensors} for j in group], criterion, max_new_tokens
+        )
+        for j, score in zip(group, found):
+            scores[j] = {k: score[k] for k in ("loss", "rouge_l", "answers") if k in score}
     order = sorted(pool, key=lambda j: (-scores[j].get("rouge_l", 0.0), scores[j]["loss"], j))
     return order, {layout.task_ids[j]: v for j, v in scores.items()}
 
@@ -212,29 +214,28 @@ def refine(
     stacked = StackedAdapter(layout, top)
     points: list[Point] = []
 
-    def evaluate(w: np.ndarray) -> float:
-        w = np.clip(np.asarray(w, dtype=np.float64), -config.bound, config.bound)
-        tensors = stacked.tensors(w)
-        point = Point(
-            w, evaluator.loss(tensors), evaluator.rouge(tensors, max_new_tokens) if criterion == "rouge" else None
-        )
-        point.objective = point.quality(criterion) + config.l1 * float(np.abs(w).sum())
-        points.append(point)
-        return point.objective
+    def evaluate(ws: list) -> list[float]:
+        """The objective of every weight vector of `ws` (evaluated together, in order)."""
+        ws = [np.clip(np.asarray(w, dtype=np.float64), -config.bound, config.bound) for w in ws]
+        found = evaluator.scores([stacked.tensors(w) for w in ws], criterion, max_new_tokens)
+        for w, score in zip(ws, found):
+            point = Point(w, score["loss"], score.get("rouge_l") if criterion == "rouge" else None)
+            point.objective = point.quality(criterion) + config.l1 * float(np.abs(w).sum())
+            points.append(point)
+        return [p.objective for p in points[len(points) - len(ws) :]]
 
-    evaluate(w0)
+    evaluate([w0])
     if len(top) == 1:
         # CMA-ES needs two dimensions; one weight is searched on a seeded 1-D sample instead.
         rng = np.random.default_rng(seed)
-        for w in rng.uniform(-config.bound, config.bound, size=config.budget - 1):
-            evaluate(np.array([w]))
+        evaluate([np.array([w]) for w in rng.uniform(-config.bound, config.bound, size=config.budget - 1)])
     else:
         options = {"bounds": [-config.bound, config.bound], "seed": int(seed) % (2**31 - 2) + 1, "verbose": -9}
         es = cma.CMAEvolutionStrategy(w0.tolist(), config.sigma, options)
         while len(points) < config.budget and not es.stop():
             population = es.ask()
             room = config.budget - len(points)
-            values = [evaluate(x) for x in population[:room]]
+            values = evaluate(population[:room])
             if len(values) < len(population):
                 break
             es.tell(population, values)
@@ -262,6 +263,12 @@ def refine(
             "final_rouge_l": best.rouge,
         },
     )
+
+
+def _groups(items: list, evaluator) -> list[list]:
+    """`items` in groups of the evaluator's `candidates_per_pass` (the adapters scored together)."""
+    size = max(1, int(getattr(evaluator, "candidates_per_pass", 1)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 @dataclass

@@ -124,6 +124,7 @@ def fewshot_predict(
         fewshot.dtype,
         fewshot.batch_size,
         trust_remote_code=trust,
+        candidates_per_pass=fewshot.candidates_per_pass,
     )
     evaluator.set_examples(sample_rows(q.dataset, fewshot.examples, seed, q.data_hash))
     matrices = query_candidates(q, bank_run, metric, config, fewshot, keep)

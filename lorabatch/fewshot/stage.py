@@ -98,6 +98,7 @@ class FewShotWorker:
             self.config.dtype,
             self.config.batch_size,
             trust_remote_code=trusts_remote_code(manifest),
+            candidates_per_pass=self.config.candidates_per_pass,
         )
         ids = self.layout.task_ids
         self.matrices: dict[str, np.ndarray] = {}
@@ -221,10 +222,10 @@ def run_fewshot(
     `max_new_tokens`: the sweep's generation budget (select's 'rouge' criterion decodes as much)."""
     import pyarrow as pa
     import ray
-    from ray.data import DataContext
 
     from lorabatch.atomic import write_parquet
     from lorabatch.bank.manifest import load_manifest
+    from lorabatch.progress import ProgressLine, quiet_ray_data
     from lorabatch.raysession import actor_fault_tolerance, actor_pool_size
 
     if not fewshot.methods:
@@ -237,7 +238,7 @@ def run_fewshot(
     tasks = manifest.select(["task_id", "dataset_path"]).to_pylist()
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     num_gpus = fewshot.num_gpus if fewshot.num_gpus is not None else (1 if has_gpu else 0)
-    DataContext.get_current().enable_progress_bars = progress
+    quiet_ray_data()
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
         FewShotWorker,
         fn_constructor_args=(
@@ -257,7 +258,13 @@ def run_fewshot(
         num_gpus=num_gpus,
         **actor_fault_tolerance(),
     )
-    parts = ray.get(ds.to_arrow_refs())
+    line = ProgressLine(f"few-shot ({', '.join(fewshot.methods)})", len(tasks), "tasks", progress)
+    parts = []
+    for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(part)
+        failed = sum(1 for p in parts for e in p.column("error").to_pylist() if e)
+        line.update(len(set(part.column("task_id").to_pylist())), note=f"{failed} failed" if failed else None)
+    line.close()
     table = pa.concat_tables(parts) if parts else _result_schema().empty_table()
     by_method: dict[str, list[dict]] = {}
     for row in table.to_pylist():

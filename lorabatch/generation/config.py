@@ -92,6 +92,20 @@ class HFSettings(StrictModel):
     max_resident_adapters: int = Field(
         16, ge=1, description="Adapters kept loaded per actor; the least recently used is unloaded beyond this."
     )
+    scheduler: Literal["continuous", "generate"] = RuntimeField(
+        "continuous",
+        description="'continuous': greedy rows decoded together with one KV cache, `max_rows` at a time, a "
+        "finished row leaving at once and waiting rows joining (sampling falls back to 'generate'); "
+        "'generate': transformers' generate() on batches of `batch_size` rows, each until its longest row ends. "
+        "Both give the greedy outputs of one row at a time.",
+    )
+    max_rows: int = RuntimeField(256, ge=1, description="Rows decoded together by the 'continuous' scheduler.")
+    rows_per_call: int = RuntimeField(
+        2048,
+        ge=1,
+        description="Rows handed to an actor per call under the 'continuous' scheduler (more keep its batch "
+        "full for longer; fewer write results sooner).",
+    )
 
     @field_validator("device")
     @classmethod

@@ -2,9 +2,14 @@
 
 Each actor loads the base model once and its adapters on demand (least recently used unloaded
 beyond `hf.max_resident_adapters`). A batch may mix adapters and base rows: PEFT's
-`generate(..., adapter_names=[...])` routes each row through its own adapter (`"__base__"`:
-none); tests check that base rows of a mixed batch equal base-alone outputs. Prompts are
-left-padded; rows are sorted by length inside a batch to keep padding small.
+`adapter_names=[...]` routes each row through its own adapter (`"__base__"`: none); tests check
+that rows of a mixed batch equal one-adapter-at-a-time outputs. Prompts are left-padded; rows are
+sorted by adapter, then length, to keep padding small.
+
+Two schedulers (`hf.scheduler`): 'continuous' (greedy decoding; `hf_decode.ContinuousDecoder`:
+up to `hf.max_rows` rows share one KV cache, a finished row leaves at once and waiting rows join)
+and 'generate' (`generate()` on batches of `batch_size` rows, each batch until its longest row
+ends; sampling always takes this one).
 
 Failures stay per row: an adapter that does not load fails its rows only; a batch whose
 generation raises is retried row by row so that only the faulty rows carry the error.
@@ -14,10 +19,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from lorabatch.generation.hf_decode import (
+    BASE_ADAPTER,
+    ContinuousDecoder,
+    can_decode,
+    copy_into_slot,
+    group_mixed_batches,
+)
 from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
 from lorabatch.raysession import actor_fault_tolerance
-
-BASE_ADAPTER = "__base__"
 
 
 class HFGenerator:
@@ -42,7 +52,12 @@ class HFGenerator:
         self.peft = None
         self.names: OrderedDict[str, str] = OrderedDict()  # adapter path -> PEFT adapter name
         self.counter = 0
+        self.signatures: dict[str, str] = {}  # PEFT adapter name -> its LoRA config (`_lora_signature`)
+        self.free: list[str] = []  # slots whose adapter was dropped
+        self.slot_params: dict[str, dict] = {}
         self.max_resident = int(settings["max_resident_adapters"])
+        self.scheduler = settings.get("scheduler", "continuous")
+        self.max_rows = int(settings.get("max_rows", 256))
         decoding = dict(decoding)
         self.batch_size = int(decoding.pop("batch_size"))
         torch.manual_seed(int(decoding.pop("seed")))
@@ -53,11 +68,16 @@ class HFGenerator:
             self.pad_id = 0
 
     # -- adapters ---------------------------------------------------------------------------
-    def _adapter_name(self, path: str) -> str:
-        """Load `path` if needed (unloading the least recently used beyond the limit)."""
+    def _adapter_name(self, path: str, pinned=frozenset(), reuse: bool = False) -> str:
+        """Load `path` if needed (unloading the least recently used beyond the limit, except the
+        adapter names in `pinned`); with `reuse`, into the slot of such an adapter (`_reuse_slot`)."""
         if path in self.names:
             self.names.move_to_end(path)
             return self.names[path]
+        if reuse:
+            name = self._reuse_slot(path, pinned)
+            if name is not None:
+                return name
         from peft import PeftModel
 
         self.counter += 1
@@ -67,11 +87,50 @@ class HFGenerator:
             self.peft.eval()
         else:
             self.peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        if self.scheduler == "continuous":
+            group_mixed_batches(self.peft)
         self.names[path] = name
-        while len(self.names) > self.max_resident:
-            old_path, old_name = self.names.popitem(last=False)
-            self.peft.delete_adapter(old_name)
+        self.signatures[name] = _lora_signature(path)
+        for old_path, old_name in list(self.names.items()):
+            if len(self.names) <= self.max_resident:
+                break
+            if old_name not in pinned and old_path != path:
+                del self.names[old_path]
+                self.peft.delete_adapter(old_name)
         return name
+
+    def _reuse_slot(self, path: str, pinned) -> str | None:
+        """Copy `path`'s weights into the PEFT slot of the least recently used resident adapter
+        that is not in `pinned` and has the same LoRA config, when `max_resident_adapters` are
+        held (None otherwise, or when none fits). PEFT's `load_adapter` is the same weight copy
+        (`set_peft_model_state_dict`) after it injects a new set of LoRA modules, which walks the
+        whole model; on the demo model that walk was most of an adapter's load time."""
+        if self.peft is None or len(self.names) < self.max_resident:
+            return None
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        signature = _lora_signature(path)
+        slot = next((n for n in self.free if self.signatures[n] == signature), None)
+        if slot is None:
+            old = next((p for p, n in self.names.items() if n not in pinned and self.signatures[n] == signature), None)
+            if old is None:
+                return None
+            slot = self.names.pop(old)
+        else:
+            self.free.remove(slot)
+        try:
+            weights = load_peft_weights(path, device=str(self.device))
+            if not copy_into_slot(self.peft, slot, weights, self.slot_params):
+                result = set_peft_model_state_dict(self.peft, weights, adapter_name=slot)
+                unexpected = [k for k in getattr(result, "unexpected_keys", None) or [] if "lora_" in k]
+                if unexpected:
+                    raise ValueError(f"adapter tensors do not fit its config: unexpected {unexpected[:3]}")
+        except Exception:
+            self.free.append(slot)  # its old weights are gone: only a later copy may use it
+            raise
+        self.names[path] = slot
+        return slot
 
     # -- generation -------------------------------------------------------------------------
     def _generate(self, prompts: list[list[int]], adapters: list[str]) -> list[list[int]]:
@@ -98,8 +157,7 @@ class HFGenerator:
                 out = self.model.generate(**kwargs)
             else:
                 out = self.peft.generate(**kwargs, adapter_names=adapters)
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos = self._eos_ids()
         results = []
         for row in out[:, width:].tolist():
             tokens = []
@@ -132,12 +190,68 @@ class HFGenerator:
             chunks.append(current)
         return chunks
 
-    def __call__(self, batch):
-        import pyarrow as pa
+    def _continuous(self) -> bool:
+        return self.scheduler == "continuous" and self.decoding["temperature"] == 0 and can_decode(self.model)
 
+    def _decode_continuous(self, rows: list[dict], errors: list, outputs: list) -> None:
+        """Every row through `ContinuousDecoder`, in order of adapter then prompt length; an
+        adapter is loaded when its first row is admitted and kept while rows of it run."""
+        order = sorted(
+            range(len(rows)), key=lambda i: (rows[i].get("adapter_path") or "", len(rows[i]["prompt_token_ids"]))
+        )
+        names = [BASE_ADAPTER] * len(order)
+        paths = [rows[i].get("adapter_path") for i in order]
+
+        def admit(chunk: list[int], running: list[str]):
+            pinned = set(running)
+            accepted = []
+            for n, k in enumerate(chunk):
+                path = paths[k]
+                if path is not None:
+                    if path not in self.names and len(self.names) >= self.max_resident:
+                        if set(self.names.values()) <= pinned:
+                            return accepted, chunk[n:]  # wait until an adapter's rows are done
+                    try:
+                        names[k] = self._adapter_name(path, frozenset(pinned), reuse=True)
+                    except Exception as err:  # noqa: BLE001 - recorded on the row
+                        errors[order[k]] = f"adapter {path} failed to load: {type(err).__name__}: {err}"
+                        continue
+                    pinned.add(names[k])
+                accepted.append(k)
+            return accepted, []
+
+        decoder = ContinuousDecoder(
+            lambda: (self.model, False) if self.peft is None else (self.peft, True),
+            self._eos_ids(),
+            self.pad_id,
+            self.decoding["max_new_tokens"],
+            self.max_rows,
+        )
+        try:
+            got = decoder.decode([rows[i]["prompt_token_ids"] for i in order], names, admit)
+        except Exception:  # noqa: BLE001 - the faulty rows are found one by one
+            for k, i in enumerate(order):
+                if errors[i] is None:
+                    try:
+                        outputs[i] = self._generate([rows[i]["prompt_token_ids"]], [names[k]])[0]
+                    except Exception as err:  # noqa: BLE001
+                        errors[i] = f"generation failed: {type(err).__name__}: {err}"
+            return
+        for k, i in enumerate(order):
+            if errors[i] is None:
+                outputs[i] = got[k]
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def __call__(self, batch):
         rows = batch.to_pylist()
         errors: list[str | None] = [None] * len(rows)
         outputs: list[list[int] | None] = [None] * len(rows)
+        if self._continuous():
+            self._decode_continuous(rows, errors, outputs)
+            return self._table(rows, outputs, errors)
         for chunk in self._chunks(rows):
             names: dict[int, str] = {}
             for i in chunk:
@@ -162,6 +276,11 @@ class HFGenerator:
                         outputs[i] = self._generate([rows[i]["prompt_token_ids"]], [names[i]])[0]
                     except Exception as err:  # noqa: BLE001
                         errors[i] = f"generation failed: {type(err).__name__}: {err}"
+        return self._table(rows, outputs, errors)
+
+    def _table(self, rows, outputs, errors):
+        import pyarrow as pa
+
         texts = self.tokenizer.batch_decode([o or [] for o in outputs], skip_special_tokens=True)
         out = []
         for r, o, t, e in zip(rows, outputs, texts, errors):
@@ -177,6 +296,18 @@ class HFGenerator:
                 }
             )
         return pa.Table.from_pylist(out, schema=generation_schema())
+
+
+def _lora_signature(path: str) -> str:
+    """An adapter's adapter_config.json without the fields that do not shape its PEFT modules:
+    adapters with equal signatures fit the same PEFT slot."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(path) / "adapter_config.json").read_text())
+    for key in ("base_model_name_or_path", "revision", "inference_mode", "peft_version", "auto_mapping"):
+        config.pop(key, None)
+    return json.dumps(config, sort_keys=True)
 
 
 class HFBackend:
@@ -202,8 +333,9 @@ class HFBackend:
             HFGenerator,
             fn_constructor_args=(ctx.base_model_path, cfg.hf.model_dump(), decoding, ctx.trust_remote_code),
             batch_format="pyarrow",
-            # An actor sees several of our batches per Ray batch so adapters are reused.
-            batch_size=cfg.batch_size * 4,
+            # An actor sees several of our batches per Ray batch so adapters are reused; the
+            # continuous scheduler keeps its running batch full across all of them.
+            batch_size=cfg.hf.rows_per_call if cfg.hf.scheduler == "continuous" else cfg.batch_size * 4,
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=cfg.resources.num_cpus,
             num_gpus=num_gpus,

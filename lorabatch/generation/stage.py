@@ -160,12 +160,15 @@ def run_generation(
             telemetry.rows_generated(setting, n, n)
 
     if runnable.num_rows:
-        from ray.data import DataContext
+        from lorabatch.progress import quiet_ray_data
 
-        DataContext.get_current().enable_progress_bars = progress
+        quiet_ray_data()
         ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
         out = engine.generate(ds)
-        out.write_datasink(generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1, **task_fault_tolerance()})
+        with _RowsWritten(run_dir, runnable.num_rows, f"generation ({backend})", progress):
+            out.write_datasink(
+                generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1, **task_fault_tolerance()}
+            )
 
     from lorabatch.generation.store import read_generations
 
@@ -185,6 +188,62 @@ def run_generation(
     result.generated_tokens = sum(n or 0 for _, n in mine)
     result.seconds = time.time() - started
     return result
+
+
+class _RowsWritten:
+    """A progress line of generation rows written to RUN/generations/ (the part files that appear
+    while the block is running, polled every second by a thread), with their tokens/s."""
+
+    def __init__(self, run_dir, total: int, desc: str, enabled: bool):
+        from lorabatch.generation.store import generation_files
+        from lorabatch.progress import ProgressLine
+
+        self.run_dir, self.enabled = run_dir, enabled
+        self.seen = set(generation_files(run_dir))
+        self.line = ProgressLine(desc, total, "rows", enabled)
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def poll(self) -> None:
+        import pyarrow.parquet as pq
+
+        from lorabatch.generation.store import generation_files
+
+        rows = 0
+        for path in generation_files(self.run_dir):
+            if path in self.seen:
+                continue
+            try:
+                table = pq.read_table(path, columns=["num_generated_tokens"])
+            except OSError:
+                continue
+            self.seen.add(path)
+            rows += table.num_rows
+            self.tokens += sum(n or 0 for n in table.column(0).to_pylist())
+        if rows:
+            rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+            self.line.update(rows, note=f"{rate / 1000:.1f} k tokens/s")
+
+    def __enter__(self):
+        import threading
+
+        self.stop = threading.Event()
+
+        def watch() -> None:
+            while not self.stop.wait(1.0):
+                self.poll()
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.enabled:
+            self.thread.join()
+            self.poll()
+        self.line.close()
 
 
 def write_plan_file(run_dir, work) -> None:

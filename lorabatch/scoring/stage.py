@@ -56,9 +56,10 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
     templates = task_templates(generations.select(["task_id", "example_id", "references"]).to_pylist())
     if config.executor == "ray":
         import ray
-        from ray.data import DataContext
 
-        DataContext.get_current().enable_progress_bars = progress
+        from lorabatch.progress import quiet_ray_data
+
+        quiet_ray_data()
         slices = [generations.slice(i, config.batch_size) for i in range(0, generations.num_rows, config.batch_size)]
         ds = ray.data.from_arrow(slices).map_batches(
             _score_batch,

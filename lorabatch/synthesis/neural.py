@@ -109,6 +109,7 @@ def train_neural_model(
     eval_chunk: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    desc: str = "train neural coefficients",
 ):
     """Train g on the seeded subset; returns (mlp, info) with info = split indices and losses.
 
@@ -116,7 +117,8 @@ def train_neural_model(
     ([N, P], all bank tasks) for the explicit loss. Both index the full bank; the subset is taken here.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from lorabatch.progress import ProgressLine
 
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
@@ -141,12 +143,15 @@ def train_neural_model(
     # weights, bit for bit, on CPU), ~1.5× faster for the paper's 16 M-parameter MLP.
     opt = torch.optim.Adam(mlp.parameters(), lr=lr, foreach=True)
     losses = []
-    for _ in tqdm(range(epochs), desc="train neural coefficients", unit="epoch", disable=not progress or None):
+    line = ProgressLine(desc, epochs, "epochs", progress)
+    for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(loo_coefficients(mlp, z, temperature, eval_chunk))
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        line.update(1, note=f"loss {losses[-1]:.4g}")
+    line.close()
     if not np.isfinite(losses).all():
         raise FloatingPointError(f"neural training diverged (losses {losses[-3:]})")
     mlp.eval()

@@ -222,6 +222,7 @@ def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, se
         eval_chunk=nc.eval_chunk,
         device=nc.device,
         progress=progress,
+        desc=f"coefficients {metric}: neural model",
     )
     if nc.gram:
         gram = bank_gram_cached(run_dir, layout, config.chunk_size, progress)

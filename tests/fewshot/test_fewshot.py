@@ -351,3 +351,57 @@ def test_refine_cover_orders_the_pool_by_what_its_answers_add(pristine, tmp_path
         assert details["sources"] == (own + covering_order(ranked, answers, refs, own))[:3]
         checked += 1
     assert checked >= 2
+
+
+def test_candidates_scored_together_equal_one_at_a_time(pristine):
+    """`scores` on several adapters per batch (mixed-adapter rows) gives each adapter's loss to float
+    rounding and its greedy answers token for token, as scoring it alone does."""
+    from lorabatch.bank.manifest import load_manifest
+    from lorabatch.fewshot.loss import FewShotLoss
+    from lorabatch.fewshot.stage import few_shot_examples
+    from lorabatch.synthesis.tensors import layout_from_manifest
+
+    run, _, ids, _ = pristine
+    manifest = load_manifest(run).to_pylist()
+    layout = layout_from_manifest(run)
+    base = manifest[0]["base_model_path"]
+    rows = few_shot_examples(manifest[0]["dataset_path"], "train", 6, 0, ids[0])
+    adapters = [{n: np.asarray(v) for n, v in _tensors(Path(m["adapter_path"])).items()} for m in manifest[1:]]
+    adapters.insert(2, None)  # the base model among them
+    together = FewShotLoss(base, layout.adapter_config, "cpu", "float32", batch_size=4, candidates_per_pass=3)
+    together.set_examples(rows)
+    found = together.scores(adapters, "rouge", max_new_tokens=6)
+    # 5 adapters in passes of 3 and 2: 2 loss batches each (6 examples by 4), then the decoding steps.
+    assert together.forward_passes < 5 * 2 + 5 * 6
+    alone = FewShotLoss(base, layout.adapter_config, "cpu", "float32", batch_size=4)
+    alone.set_examples(rows)
+    for adapter, score in zip(adapters, found):
+        assert score["loss"] == pytest.approx(alone.loss(adapter), rel=1e-6, abs=1e-7)
+        assert score["rouge_l"] == alone.rouge(adapter, max_new_tokens=6)
+        assert score["answers"] == alone.last_answers
+    assert len({tuple(s["answers"]) for s in found}) > 1  # the adapters do change the answers
+
+
+def test_select_and_refine_choose_the_same_with_candidates_scored_together(pristine, tmp_path, local_ray):
+    import json
+
+    one = _run(_copy(pristine, tmp_path / "one"), pristine[1], candidates_per_pass=1)
+    many = _run(_copy(pristine, tmp_path / "many"), pristine[1], candidates_per_pass=8)
+    for method in ("select", "refine"):
+        assert [r["error"] for r in many[method]] == [None] * N_TASKS
+        for a, b in zip(one[method], many[method]):
+            da, db = json.loads(a["details"]), json.loads(b["details"])
+            assert (a["task_id"], a["choice"], a["rouge_l"], a["evaluations"]) == (
+                b["task_id"],
+                b["choice"],
+                b["rouge_l"],
+                b["evaluations"],
+            )
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+            if method == "select":
+                assert da["candidate_rouge_l"] == db["candidate_rouge_l"]
+                assert da["candidate_answers"] == db["candidate_answers"]
+            else:
+                assert (da["sources"], da.get("kept")) == (db["sources"], db.get("kept"))
+                assert da["weights"] == pytest.approx(db["weights"], abs=1e-12)
+                assert b["forward_passes"] < a["forward_passes"]

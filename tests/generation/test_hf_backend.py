@@ -1,8 +1,21 @@
 """The transformers + PEFT backend end to end on a tiny run (Ray in-process, one actor)."""
 
+import logging
+
 import pytest
 
 from lorabatch.layout import RunLayout
+
+PROGRESS: list[str] = []  # the progress lines of the hf_run fixture's generation
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +27,16 @@ def hf_run(pristine_run, tmp_path_factory, local_ray, gen):
     run = tmp_path_factory.mktemp("hf") / "run"
     shutil.copytree(pristine_run, run)
     # batch_size 64 > row count: base, oracle and synthesized rows share one mixed-adapter batch.
-    result = run_generation(run, gen.config(backend="hf", batch_size=64), progress=False)
+    handler, logger = _Lines(), logging.getLogger("lorabatch.progress")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = run_generation(run, gen.config(backend="hf", batch_size=64), progress=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    PROGRESS[:] = handler.lines
     return run, result, {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
 
 
@@ -35,6 +57,15 @@ def test_every_row_recorded_bad_rows_fail_alone(hf_run, gen):
             )
         else:
             assert r["prediction"] is None
+
+
+def test_progress_is_one_line_of_rows_written(hf_run):
+    """The stage reports the rows it wrote and their tokens/s (off a terminal: lines of the log)."""
+    _, result, _ = hf_run
+    assert PROGRESS, "generation said nothing"
+    runnable = result.generated - result.preflight_failed
+    assert PROGRESS[-1].startswith(f"generation (hf): {runnable}/{runnable} rows (100 %), ")
+    assert "k tokens/s" in PROGRESS[-1]
 
 
 def test_outputs_equal_unbatched_reference(hf_run, gen):
