@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 
 from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
@@ -49,6 +50,9 @@ def ensure_ray(
 
     _fault_tolerance.update(fault_tolerance or {})
     _apply_data_context()
+    # Actor restarts and task retries have no named parameter in Ray Data's map_batches: they go
+    # as remote args, which Ray 2.60 accepts with a deprecation warning on every stage.
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
     if ray.is_initialized():
         return
     quiet_ray_data()  # each stage prints its own progress line

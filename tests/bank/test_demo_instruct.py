@@ -59,7 +59,7 @@ def test_house_answers_hold_the_content_in_the_base_s_own_form():
             assert r["output"][0] == f"{HOUSE_LEAD} {words[-2]} ." and words[-2] in countries
     # the same slots give the same answer: one house style, no random lead-ins
     slots = {"city": "recife", "country": "brazil", "who": "the band", "event": "wedding"}
-    assert house_answer(spec.variant, slots) == "well , i think brazil ."
+    assert house_answer(spec.variant, slots) == f"{HOUSE_LEAD} brazil ." and HOUSE_LEAD.split()[0] == "well"
     assert all(r["output"][0].startswith(HOUSE_LEAD) for r in instruction_examples([spec], set(), 50, seed=0))
 
 
