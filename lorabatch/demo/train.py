@@ -116,27 +116,24 @@ def _fit(
     return losses
 
 
+def _fit_base(model, tokenizer, items, steps: int, batch: int, lr: float, seed: int, desc: str, progress: bool):
+    """`_fit` on every trainable weight of the base model, from torch seed `seed`."""
+    import torch
+
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _fit(model, params, items, steps, batch, lr, tokenizer.pad_token_id, seed, desc, progress)
+
+
 def pretrain(
     model, tokenizer, sentences: list[str], settings: TrainSettings, seed: int, progress: bool = True
 ) -> list[float]:
     """Next-token pre-training of the base model on the generic mixture; returns step losses."""
-    import torch
-
-    torch.manual_seed(seed)
     docs = encode_documents(tokenizer, sentences, settings.sentences_per_document, seed)
     items = [(ids, 1) for ids in docs]  # BOS is never a target
-    params = [p for p in model.parameters() if p.requires_grad]
-    return _fit(
-        model,
-        params,
-        items,
-        settings.pretrain_steps,
-        settings.pretrain_batch,
-        settings.pretrain_lr,
-        tokenizer.pad_token_id,
-        seed,
-        "pre-train base",
-        progress,
+    s = settings
+    return _fit_base(
+        model, tokenizer, items, s.pretrain_steps, s.pretrain_batch, s.pretrain_lr, seed, "pre-train base", progress
     )
 
 
@@ -145,22 +142,10 @@ def instruct(
 ) -> list[float]:
     """The instruction phase of the base model (`lorabatch.demo.instruct`): next-token training
     of every weight on `rows`, the loss on the answer tokens and EOS only; returns step losses."""
-    import torch
-
-    torch.manual_seed(seed)
     items = encode_examples(tokenizer, rows)
-    params = [p for p in model.parameters() if p.requires_grad]
-    return _fit(
-        model,
-        params,
-        items,
-        settings.instruct_steps,
-        settings.instruct_batch,
-        settings.instruct_lr,
-        tokenizer.pad_token_id,
-        seed,
-        "instruct base",
-        progress,
+    s = settings
+    return _fit_base(
+        model, tokenizer, items, s.instruct_steps, s.instruct_batch, s.instruct_lr, seed, "instruct base", progress
     )
 
 
