@@ -75,7 +75,10 @@ def interruptible_sweep_config(write_sweep_config):
     settings × 30 examples), so that a sweep can be interrupted with some part files written."""
 
     def write(path, run_dir):
-        return write_sweep_config(path, run_dir, features_executor="local", batch_size=1, max_new_tokens=16)
+        # rows_per_call: the hf actors take 4 rows per call, so part files are written as rows finish
+        return write_sweep_config(
+            path, run_dir, features_executor="local", batch_size=1, max_new_tokens=16, hf={"rows_per_call": 4}
+        )
 
     return write
 

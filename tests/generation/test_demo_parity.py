@@ -75,11 +75,16 @@ def test_vllm_equals_peft_on_the_demo_bank(demo_rows, gen):
 
 
 def test_demo_adapters_change_outputs_on_both_backends(demo_rows):
-    """The trained adapters must not be served as silent base runs on either backend."""
+    """The trained adapters must not be served as silent base runs on either backend. The
+    instruction-following base already answers some rows exactly (a bare word): on the others,
+    the task's own adapter must change the answer."""
     for rows in (demo_rows["vllm"], demo_rows["hf"]):
-        changed = sum(
-            rows[(t, "oracle", e)]["prediction"] != rows[(t, "base", e)]["prediction"]
-            for (t, s, e) in rows
-            if s == "base"
-        )
-        assert changed >= 0.8 * TASKS * EXAMPLES
+        base = [(t, e) for (t, s, e) in rows if s == "base"]
+        not_exact = [
+            (t, e)
+            for t, e in base
+            if rows[(t, "base", e)]["prediction"].strip() != rows[(t, "base", e)]["references"][0]
+        ]
+        assert len(not_exact) >= 0.5 * len(base)
+        changed = sum(rows[(t, "oracle", e)]["prediction"] != rows[(t, "base", e)]["prediction"] for t, e in not_exact)
+        assert changed >= 0.8 * len(not_exact)

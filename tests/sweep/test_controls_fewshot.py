@@ -72,7 +72,8 @@ def test_sweep_evaluates_controls_and_fewshot_settings(sweep_bank, write_sweep_c
     for method in ("select", "refine"):
         rows = pq.read_table(RunLayout(run).fewshot(method)).to_pylist()
         assert [r["error"] for r in rows] == [None] * 4
-        assert all(r["forward_passes"] >= r["evaluations"] > 0 and r["seconds"] > 0 for r in rows)
+        # several candidates share a forward pass (fewshot.candidates_per_pass): passes may be fewer
+        assert all(r["forward_passes"] > 0 and r["evaluations"] > 0 and r["seconds"] > 0 for r in rows)
         prov = json.loads((RunLayout(run).adapter(method, rows[0]["task_id"]) / "provenance.json").read_text())
         assert prov["setting"] == method and prov["fewshot"]["loss"] == rows[0]["loss"]
     # icl: the base model with the task's few-shot examples (those select was judged on) before

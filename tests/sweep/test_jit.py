@@ -65,7 +65,7 @@ def _config(bank, run_dir, jit: bool, temperature: float = 0.05):
                 "temperature": temperature,
                 "controls": [],
             },
-            "fewshot": {"methods": []},
+            "fewshot": {"methods": [], "controls": []},
             "generation": {"backend": "hf", "examples_per_task": 2, "max_new_tokens": 4, "batch_size": 4},
         }
     )
