@@ -80,17 +80,11 @@ def planned_rows(run: Path, config):
 def generate_in_process(gen, ctx, work, scheduler: str) -> tuple[float, int, dict]:
     """(seconds, generated tokens, {(task, setting, example): token ids}) of `HFGenerator` with
     `scheduler`, fed as the backend feeds its actor."""
-    from lorabatch.generation.hf_backend import HFGenerator
+    from lorabatch.generation.hf_backend import HFGenerator, decoding_args, rows_per_call
 
     hf = gen.hf.model_copy(update={"scheduler": scheduler})
-    decoding = dict(
-        max_new_tokens=gen.max_new_tokens,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        batch_size=gen.batch_size,
-        seed=ctx.seed,
-    )
-    call = hf.rows_per_call if scheduler == "continuous" else gen.batch_size * 4
+    decoding = decoding_args(gen, ctx.seed)
+    call = rows_per_call(gen, scheduler)
     start = time.perf_counter()
     actor = HFGenerator(ctx.base_model_path, hf.model_dump(), decoding, ctx.trust_remote_code)
     out = {}

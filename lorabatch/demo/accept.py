@@ -48,16 +48,16 @@ def score_predictions(predictions: list[str], rows: list[dict]) -> dict:
     }
 
 
-def uniform_tensors(task_ids: list[str], adapter_dirs: list[Path], target: int) -> dict:
-    """The paper-mixed mean of every adapter but `target`'s: c_j = 1/(N−1), c_target = 0."""
+def uniform_tensors(layout, target: int) -> dict:
+    """The paper-mixed mean of every adapter of `layout` (a `BankLayout`) but `target`'s:
+    c_j = 1/(N−1), c_target = 0."""
     import numpy as np
 
     from lorabatch.synthesis.mixing import mix_linear
-    from lorabatch.synthesis.tensors import bank_layout
 
-    c = np.full(len(task_ids), 1.0 / (len(task_ids) - 1))
+    c = np.full(layout.n_tasks, 1.0 / (layout.n_tasks - 1))
     c[target] = 0.0
-    return mix_linear(bank_layout(task_ids, adapter_dirs), c)
+    return mix_linear(layout, c)
 
 
 def accept_bank(
@@ -78,8 +78,11 @@ def accept_bank(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lorabatch.synthesis.tensors import bank_layout
+
     task_ids = list(adapters)
     dirs = [adapters[t] for t in task_ids]
+    layout = bank_layout(task_ids, dirs)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), dirs[0], adapter_name="uniform")
     for task, path in adapters.items():
@@ -91,7 +94,7 @@ def accept_bank(
         rows = valid[task]
         prompts = [r["input"] for r in rows]
         set_peft_model_state_dict(
-            model, {k: torch.from_numpy(v) for k, v in uniform_tensors(task_ids, dirs, i).items()}, "uniform"
+            model, {k: torch.from_numpy(v) for k, v in uniform_tensors(layout, i).items()}, "uniform"
         )
         predictions = {}
         with model.disable_adapter():

@@ -359,15 +359,14 @@ def _build(
             progress,
         )
         timings["accept"] = time.perf_counter() - t
-        scores = {
-            spec.number: {
-                "own": s["oracle"]["rouge_l"],
-                "base": s["base"]["rouge_l"],
-                "n": len(splits[spec.number]["valid"][: cfg.eval_examples]),
+        scores = {}
+        for spec in specs:
+            valid = acceptance["tasks"][spec.task_id]
+            scores[spec.number] = {
+                "own": valid["oracle"]["rouge_l"],
+                "base": valid["base"]["rouge_l"],
+                "n": min(cfg.eval_examples, len(splits[spec.number]["valid"])),
             }
-            for spec in specs
-            for s in (acceptance["tasks"][spec.task_id],)
-        }
 
         tasks = [
             {

@@ -310,6 +310,23 @@ def _lora_signature(path: str) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+def decoding_args(cfg, seed: int) -> dict:
+    """The decoding arguments `HFGenerator` takes from a GenerationConfig and the run's seed."""
+    return dict(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        batch_size=cfg.batch_size,
+        seed=seed,
+    )
+
+
+def rows_per_call(cfg, scheduler: str) -> int:
+    """Rows an actor gets per Ray batch. An actor sees several of our batches per call so adapters
+    are reused; the continuous scheduler keeps its running batch full across all of them."""
+    return cfg.hf.rows_per_call if scheduler == "continuous" else cfg.batch_size * 4
+
+
 class HFBackend:
     name = "hf"
 
@@ -322,20 +339,16 @@ class HFBackend:
 
         cfg, ctx = self.config, self.context
         num_gpus = cfg.resources.num_gpus if cfg.resources.num_gpus is not None else (1 if ctx.has_gpu else 0)
-        decoding = dict(
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            batch_size=cfg.batch_size,
-            seed=ctx.seed,
-        )
         return rows.map_batches(
             HFGenerator,
-            fn_constructor_args=(ctx.base_model_path, cfg.hf.model_dump(), decoding, ctx.trust_remote_code),
+            fn_constructor_args=(
+                ctx.base_model_path,
+                cfg.hf.model_dump(),
+                decoding_args(cfg, ctx.seed),
+                ctx.trust_remote_code,
+            ),
             batch_format="pyarrow",
-            # An actor sees several of our batches per Ray batch so adapters are reused; the
-            # continuous scheduler keeps its running batch full across all of them.
-            batch_size=cfg.hf.rows_per_call if cfg.hf.scheduler == "continuous" else cfg.batch_size * 4,
+            batch_size=rows_per_call(cfg, cfg.hf.scheduler),
             compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
             num_cpus=cfg.resources.num_cpus,
             num_gpus=num_gpus,

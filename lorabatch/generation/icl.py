@@ -9,14 +9,12 @@ The prompt of a test example x with shots (x_1, y_1), …, (x_k, y_k) is
 are the task's few-shot examples (`fewshot.examples` rows of `fewshot.split`, seeded:
 `bank.datasets.sample_examples`, the rows `select` and `refine` are judged on). When the longest
 test prompt of a task does not fit the model's input limit with all k shots, the first shots are
-dropped until it does, so all of a task's rows see the same shots; the number kept is recorded.
+dropped until it does, so all of a task's rows see the same shots (each row's prompt shows them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from lorabatch.settings import ICL  # noqa: F401  (re-exported for the plan)
+from dataclasses import dataclass
 
 SHOT_SEPARATOR = "\n\n"
 
@@ -41,7 +39,6 @@ class InContextPrompts:
     shots: dict[str, list[dict]]
     count_tokens: object  # Callable[[str], int]
     input_limit: int
-    kept: dict[str, int] = field(default_factory=dict)
 
     def prefix(self, task_id: str, inputs: list[str]) -> str:
         if task_id not in self.shots:
@@ -50,7 +47,6 @@ class InContextPrompts:
         longest = max(inputs, key=self.count_tokens) if inputs else ""
         while shots and self.count_tokens(shots_prefix(shots) + longest) > self.input_limit:
             shots.pop(0)
-        self.kept[task_id] = len(shots)
         return shots_prefix(shots)
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lorabatch.errors import LorabatchError
-from lorabatch.generation.icl import ICL, in_context_prompts
+from lorabatch.generation.icl import in_context_prompts
 from lorabatch.generation.schema import BASE_SETTING, KEY_COLUMNS, ORACLE_SETTING, work_schema
 from lorabatch.layout import RunLayout
+from lorabatch.settings import ICL
 
 
 class GenerationPlanError(LorabatchError):
