@@ -171,8 +171,12 @@ class NodeWatch:
                 _log.debug(f"node watch: {err!r}")
 
     def check(self) -> None:
-        """Report every node that was alive at the last check and is not now."""
+        """Report every node that was alive at the last check and is not now; watch the nodes that
+        joined since (a replacement node can be lost too)."""
         now = self._alive_nodes()
+        with self._lock:
+            known = set(self._alive) | {e["node_id"] for e in self.events}
+            self._alive.update({n: a for n, a in now.items() if n not in known})
         for node_id in list(self._alive):
             if node_id not in now:
                 self.lost(node_id, remaining=len(now))

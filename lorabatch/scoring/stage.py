@@ -58,6 +58,7 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
         import ray
 
         from lorabatch.progress import quiet_ray_data
+        from lorabatch.raysession import task_fault_tolerance
 
         quiet_ray_data()
         slices = [generations.slice(i, config.batch_size) for i in range(0, generations.num_rows, config.batch_size)]
@@ -66,6 +67,8 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
             fn_kwargs={"reference": config.reference, "failed_rows": config.failed_rows, "templates": templates},
             batch_format="pyarrow",
             batch_size=config.batch_size,
+            # Scoring is a pure function of its rows: a batch whose process or node died is rerun.
+            **task_fault_tolerance(),
         )
         examples = pa.concat_tables([ray.get(ref) for ref in ds.to_arrow_refs()]).to_pylist()
     else:

@@ -207,6 +207,14 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     finally:
         if watch.events or watch.retries:
             record_faults(run_dir, watch.events, watch.retries)
+            log.warning(faults_line(watch.events, watch.retries, RunLayout(run_dir).faults))
+
+
+def faults_line(events: list[dict], retries: int, path: Path) -> str:
+    """The sweep's closing line on what it survived: nodes lost (and in which stages), tasks retried."""
+    stages = sorted({e.get("stage") or "the run" for e in events})
+    during = f" (during {', '.join(stages)})" if stages else ""
+    return f"this sweep: {len(events)} node(s) lost{during}, {retries} task(s) retried by Ray; recorded in {path}"
 
 
 def record_faults(run_dir: Path, events: list[dict], retries: int = 0) -> None:

@@ -102,6 +102,7 @@ class MultiNodeCluster:
         self.gcs_port, self.dashboard_port = free_ports(2)
         self.head: Node | None = None
         self.workers: list[Node] = []
+        self.lost: set[str] = set()  # names of the workers whose raylet was killed
         self._next_worker_port = 20000
 
     @property
@@ -172,6 +173,17 @@ class MultiNodeCluster:
             raise RuntimeError(f"ray start of {name} failed ({proc.returncode}):\n{out}")
         return node
 
+    def add_worker(self) -> Node:
+        """Start one more worker node (a replacement for a lost one) and join it to the cluster."""
+        node = self._start_node(f"worker{len(self.workers) + 1}", self.cpus_per_worker, head=False)
+        self.workers.append(node)
+        return node
+
+    @property
+    def live_workers(self) -> list[Node]:
+        """The worker nodes whose raylet has not been killed."""
+        return [w for w in self.workers if w.name not in self.lost]
+
     def start(self) -> "MultiNodeCluster":
         try:
             self.head = self._start_node("head", 0, head=True)
@@ -226,7 +238,22 @@ class MultiNodeCluster:
         Its workers notice and exit; the head declares the node dead."""
         pid = self.raylet_pid(node)
         os.kill(pid, signal.SIGKILL)
+        self.lost.add(node.name)
         return pid
+
+    def processes_named(self, node: Node, fragment: str) -> list[int]:
+        """Pids of `node`'s processes whose command line holds `fragment` (Ray titles a worker
+        process `ray::<its actor or task>`)."""
+        import psutil
+
+        found = []
+        for pid in session_tree(node.sid):
+            try:
+                if fragment in " ".join(psutil.Process(pid).cmdline()):
+                    found.append(pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
 
     def stop(self) -> set[int]:
         """End every process of every node; returns pids that would not die (empty if none)."""
