@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,16 +30,21 @@ TABLE_ROWS = ("stage", "features", "fewshot", "generation", "whole")
 
 def main() -> int:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-m", "multinode", "tests/sweep/test_multinode.py", "-s", "-q"]
     load_before = os.getloadavg()
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    # A base temp of its own: other pytest sessions on the machine rotate the shared one.
+    with tempfile.TemporaryDirectory(prefix="node-faults-") as basetemp:
+        cmd = [sys.executable, "-m", "pytest", "-m", "multinode", "tests/sweep/test_multinode.py", "-s", "-q"]
+        cmd += ["-p", "no:cacheprovider", "--basetemp", basetemp]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.monotonic() - started
     load_after = os.getloadavg()
     out = proc.stdout + proc.stderr
     lines = out.splitlines()
     report, keep = [], False
     for line in lines:
+        if "= FAILURES =" in line:  # what follows quotes the tests' source
+            break
         if "[multinode]" in line:  # pytest's progress dots may precede it on the line
             line = line[line.index("[multinode]") :]
             keep = "fault costs" in line  # the table's rows follow its title
