@@ -158,20 +158,24 @@ class MultiNodeCluster:
             cmd += ["--address", self.address, "--temp-dir", str(self.temp_dir / name)]
         if hide is not None:  # a mount namespace of its own, with an empty tmpfs over `hide`
             cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hide), *cmd]
-        proc = subprocess.Popen(
-            self.command(*cmd),
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        node = Node(name, proc.pid, num_cpus)
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
+        for attempt in range(2):
+            proc = subprocess.Popen(
+                self.command(*cmd),
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            node = Node(name, proc.pid, num_cpus)
+            out, _ = proc.communicate(timeout=180)
+            if proc.returncode == 0:
+                return node
             end_session(node.sid)
-            raise RuntimeError(f"ray start of {name} failed ({proc.returncode}):\n{out}")
-        return node
+            # `ray start` gives its raylet a fixed 30 s to register, which a loaded machine can miss.
+            if attempt or "timed out during startup" not in out:
+                raise RuntimeError(f"ray start of {name} failed ({proc.returncode}):\n{out}")
+        raise AssertionError("unreachable")
 
     def add_worker(self) -> Node:
         """Start one more worker node (a replacement for a lost one) and join it to the cluster."""
