@@ -36,14 +36,15 @@ def manifest_path(run_dir: str | Path) -> Path:
 
 
 def ensure_demo_bank(bank_config) -> None:
-    """Build the embedded demo bank into `bank.root` if the config asks for it and it is absent."""
+    """Provide the embedded demo bank in `bank.root` if the config asks for it: the shipped default
+    bank when the config asks for its recipe, else one built (or kept) for the config."""
     if bank_config.demo is None:
         return
-    from lorabatch.demo.build import build_demo_bank
     from lorabatch.demo.families import load_families
+    from lorabatch.demo.shipped import provide_demo_bank
 
     demo = bank_config.demo
-    build_demo_bank(
+    provide_demo_bank(
         bank_config.root,
         size=demo.size,
         seed=demo.seed,
