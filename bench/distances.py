@@ -38,11 +38,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lorabatch.distances import DistancesConfig, get_metric, reference  # noqa: E402
+from lorabatch.distances import DistancesConfig, get_metric  # noqa: E402
 from lorabatch.distances.matrix import compute_distance_matrix, use_ray  # noqa: E402
 from lorabatch.features import FeatureSet, sample_token_ids  # noqa: E402
 from lorabatch.features.store import load_bank_features, save_features  # noqa: E402
 from lorabatch.layout import RunLayout  # noqa: E402
+from tests.helpers import distance_reference as reference  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hostinfo import cpu_model  # noqa: E402

@@ -180,7 +180,7 @@ def main() -> None:
         if args.run is None:
             from lorabatch.bank.manifest import build_manifest
             from lorabatch.config import parse_config
-            from lorabatch.testing.tiny_bank import build_tiny_bank
+            from tests.helpers.tiny_bank import build_tiny_bank
 
             # The tiny bank's test splits hold 2 rows; its train splits serve as prompts here.
             bank = build_tiny_bank(tmp / "bank", n_tasks=args.tasks, rows=args.examples + 4)

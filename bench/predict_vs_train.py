@@ -68,9 +68,9 @@ class Meter:
 def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], out_dir: Path, base_path: Path) -> dict:
     """{setting: (adapter dir, wall s, CPU s)} of every training-free setting for one held-out task."""
     from lorabatch.synthesis.config import SynthesisConfig
-    from lorabatch.synthesis.predict import query_bank_distances, query_coefficients
     from lorabatch.synthesis.stage import synthesize_one
     from lorabatch.synthesis.tensors import layout_from_manifest
+    from lorabatch.workflows.predict import query_bank_distances, query_coefficients
 
     layout = layout_from_manifest(run)
     syn = SynthesisConfig()
@@ -102,7 +102,7 @@ def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], o
 
 def fewshot_settings(run: Path, data: Path, task_id: str, out_dir: Path) -> dict:
     """{method: (adapter dir, wall s, CPU s)} of `lorabatch predict --fewshot` with the task left out."""
-    from lorabatch.fewshot.query import fewshot_predict
+    from lorabatch.workflows.fewshot_predict import fewshot_predict
 
     made, cost = {}, {}
     for method in ("select", "refine"):
@@ -114,7 +114,7 @@ def fewshot_settings(run: Path, data: Path, task_id: str, out_dir: Path) -> dict
 
 def train_setting(run: Path, data: Path, out: Path, size: str, threads: int) -> tuple[Path, float, float, dict]:
     from lorabatch.demo.build import SIZES
-    from lorabatch.training.adapter import train_adapter
+    from lorabatch.workflows.train import train_adapter
 
     config = SIZES[size].train.training_config(threads=threads)
     t, c = time.perf_counter(), time.process_time()
@@ -174,7 +174,7 @@ def main() -> None:
     metrics = RunLayout(run).distance_metrics()
     per_setting: dict[str, list] = {}
     # Imports and the tokenizer's first load are paid once per process, not per dataset: warm up.
-    from lorabatch.synthesis.predict import query_bank_distances
+    from lorabatch.workflows.predict import query_bank_distances
 
     warm = read_split(manifest[0]["dataset_path"], "train", ["input", "output"]).slice(0, 8)
     query_bank_distances(

@@ -18,7 +18,7 @@ from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
-from lorabatch.raysession import FAULT_TOLERANCE
+from lorabatch.raysession import FAULT_TOLERANCE, ensure_ray
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
@@ -58,6 +58,11 @@ class RayConfig(StrictModel):
         default_factory=FaultToleranceConfig,
         description="Restarts and retries when a node or a worker process is lost.",
     )
+
+    def connect(self) -> None:
+        """Join the cluster at `address` (or RAY_ADDRESS), else start Ray in this process
+        (`raysession.ensure_ray`), with this section's fault tolerance."""
+        ensure_ray(self.address, self.num_cpus, fault_tolerance=self.fault_tolerance.model_dump())
 
 
 class LorabatchConfig(StrictModel):

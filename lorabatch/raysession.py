@@ -2,7 +2,7 @@
 
 Only the entry points call `ensure_ray`: the `lorabatch` commands, `jobs/sweep.py`, and the
 functions the commands are thin wrappers of, each a whole command's work in the Python API —
-`sweep.run.run_sweep`, `training.adapter.train_adapter`, `bank.extend.extend_bank` and
+`sweep.run.run_sweep`, `workflows.train.train_adapter`, `workflows.extend.extend_bank` and
 `demo.build.build_demo_bank` (the last three through `training.trainer.ensure_training_ray`, which
 sizes a local instance for the training jobs, and only when they have something to train). The
 stages use the connection they find (`require_ray`) and never start one.

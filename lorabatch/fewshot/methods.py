@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lorabatch.synthesis.coefficients import model_coefficients
 from lorabatch.synthesis.mixing import lora_modules
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -76,14 +77,12 @@ def grid_candidates(
 ) -> dict[str, np.ndarray]:
     """{name: C [M, N]}: normalized (z-score softmin) coefficients per metric on a T × top-k grid
     (leave-one-out rows, or query rows with `exclude_self=False`)."""
-    from lorabatch.synthesis.coefficients import normalized_coefficients
-
     out = {}
     for metric, d in distances.items():
         for t in temperatures:
             for k in top_ks:
                 name = f"{metric}-normalized@T={t:g},k={k if k is not None else 'all'}"
-                out[name] = normalized_coefficients(d, exclude_self=exclude_self, temperature=t, top_k=k)
+                out[name] = model_coefficients("normalized", d, exclude_self=exclude_self, temperature=t, top_k=k)
     return out
 
 

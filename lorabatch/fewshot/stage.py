@@ -76,7 +76,7 @@ class FewShotWorker:
         from lorabatch.fewshot.methods import grid_candidates
         from lorabatch.synthesis.config import SynthesisConfig
         from lorabatch.synthesis.stage import (
-            load_distance_matrix,
+            distance_matrix_of,
             mixture_settings,
             read_coefficients,
             setting_coefficients_path,
@@ -108,7 +108,7 @@ class FewShotWorker:
                 raise FewShotError(f"coefficients of {setting} were computed for another bank: recompute them")
             self.matrices[setting.name] = c[[targets.index(t) for t in ids]]
         self.paper_names = [s.name for s in mixture_settings(metrics, self.synthesis) if s.kind == "paper"]
-        self.distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
+        self.distances = {m: distance_matrix_of(run_dir, m, ids) for m in metrics}
         if SELECT in self.config.methods or (REFINE in self.config.methods and self.config.refine.start == SELECT):
             self.matrices.update(
                 grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k)

@@ -19,6 +19,8 @@ from lorabatch.config import LorabatchConfig
 from lorabatch.layout import RunLayout
 from lorabatch.settings import BASE, ORACLE
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
+from lorabatch.workflows.demo_bank import ensure_demo_bank
+from lorabatch.workflows.distances import features_and_distances
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ def bank_key(bank_config) -> str | None:
     """Key of the bank stage: the bank config and the identity of every resolved file (path, size,
     mtime, inode; the snapshot revision and blob for hub repos), so that a bank changed on disk is
     validated again. None when the bank cannot be resolved (the stage then reports why)."""
-    from lorabatch.bank.manifest import ensure_demo_bank
-
     ensure_demo_bank(bank_config)
     return resolved_bank_key(bank_config)
 
@@ -72,24 +72,22 @@ def resolved_bank_key(bank_config) -> str | None:
 
 
 def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bool) -> None:
-    from lorabatch.distances.matrix import compute_distances
-    from lorabatch.distances.registry import features_config_for
-    from lorabatch.features import compute_bank_features
-
     run_dir = Path(config.run_dir)
-    feats = features_config_for(config.distances.metrics, config.features)
     started = time.time()
-    features = compute_bank_features(manifest, run_dir, feats, progress=progress)
-    mark_done(
-        run_dir,
-        "features",
-        content_key(feats.results(), _manifest_hash(manifest)),
-        started,
-        {"datasets": len(features)},
-    )
-    telemetry.stage_done("features")
-    started = time.time()
-    compute_distances(run_dir, config.distances, progress=progress)
+
+    def features_done(features, feats) -> None:
+        nonlocal started
+        mark_done(
+            run_dir,
+            "features",
+            content_key(feats.results(), _manifest_hash(manifest)),
+            started,
+            {"datasets": len(features)},
+        )
+        telemetry.stage_done("features")
+        started = time.time()
+
+    features_and_distances(config, manifest, progress=progress, on_features=features_done)
     mark_done(
         run_dir,
         "distances",
@@ -189,12 +187,12 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     CLI prints. Progress goes to the `lorabatch.sweep` loggers. A node of the cluster lost on the
     way is reported in one line and recorded in RUN/faults.json; Ray retries its work."""
     from lorabatch.generation.backends import require_backend
-    from lorabatch.raysession import NodeWatch, ensure_ray
+    from lorabatch.raysession import NodeWatch
 
     require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
+    config.ray.connect()
     from lorabatch.sweep.storage import check_shared_storage
 
     checked = check_shared_storage(run_dir)

@@ -126,7 +126,7 @@ def tiny_bank(tmp_path_factory) -> TinyRun:
     root = tmp_path_factory.mktemp("tiny-bank")
     base_dir = root / "base"
     base = build_base(base_dir)
-    from lorabatch.testing.tiny_bank import build_tokenizer
+    from tests.helpers.tiny_bank import build_tokenizer
 
     build_tokenizer(base_dir)
     dirs = build_adapters(base, root / "adapters", N_TASKS, RANK)
@@ -161,7 +161,7 @@ QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
 def predict_bank(fresh_run, monkeypatch) -> TinyRun:
     """A prepared bank for `predict` whose query distances are the fixed row QUERY_D (features and
     distances have their own tests); `calls` records every query, i.e. every feature computation."""
-    from lorabatch.synthesis import predict as predict_mod
+    from lorabatch.workflows import predict as predict_mod
 
     RunLayout(fresh_run.run_dir).features.mkdir()
     (RunLayout(fresh_run.run_dir).features / "task1.npy").write_bytes(b"")

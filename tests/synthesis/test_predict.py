@@ -13,8 +13,9 @@ import pytest
 from lorabatch.errors import DatasetError
 from lorabatch.layout import RunLayout
 from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
-from lorabatch.synthesis.predict import predict_adapter, read_user_dataset
 from lorabatch.synthesis.stage import SynthesisError
+from lorabatch.workflows.predict import predict_adapter
+from lorabatch.workflows.userdata import read_user_dataset
 
 from .conftest import QUERY_D, load_tensors
 
@@ -192,8 +193,8 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
 
     from lorabatch.cli import app
     from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.query import sample_rows
-    from lorabatch.synthesis.predict import read_user_dataset
+    from lorabatch.workflows.fewshot_predict import sample_rows
+    from lorabatch.workflows.userdata import read_user_dataset
 
     data = write_jsonl(tmp_path / "d.jsonl", FEW_ROWS)
     res = CliRunner().invoke(
@@ -319,7 +320,7 @@ def test_fewshot_predict_can_leave_bank_tasks_out(bank, tmp_path):
     import pyarrow.parquet as pq
 
     from lorabatch.fewshot.config import FewShotConfig
-    from lorabatch.fewshot.query import fewshot_predict
+    from lorabatch.workflows.fewshot_predict import fewshot_predict
 
     ids = [r["task_id"] for r in pq.read_table(RunLayout(bank.run_dir).manifest).to_pylist()]
     nearest = ids[int(np.argmin(QUERY_D))]

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.bank.manifest import load_manifest, trusts_remote_code
 from lorabatch.fewshot.config import FewShotConfig
+from lorabatch.fewshot.loss import FewShotLoss
+from lorabatch.fewshot.methods import candidate_rows, grid_candidates, run_methods
+from lorabatch.fewshot.stage import pool_of, singles
 from lorabatch.settings import REFINE, SELECT
 from lorabatch.synthesis.config import SynthesisConfig
+from lorabatch.synthesis.stage import SynthesisError, neural_model_dir, synthesize_one
+from lorabatch.synthesis.writer import contributors
+from lorabatch.workflows.predict import PredictResult, prepare_query, query_coefficients
 
 
 def sample_rows(dataset, k: int, seed: int, salt: str) -> list[dict]:
@@ -32,10 +39,6 @@ def query_candidates(
 ) -> dict[str, np.ndarray]:
     """{name: C [1, N]}: the select candidates of a query row, over the bank tasks `keep` (None:
     all; the others get weight 0, and the neural model, trained on the whole bank, is left out)."""
-    from lorabatch.fewshot.methods import grid_candidates
-    from lorabatch.synthesis.predict import query_coefficients
-    from lorabatch.synthesis.stage import neural_model_dir
-
     n = q.layout.n_tasks
     keep = np.arange(n) if keep is None else np.asarray(keep, dtype=np.int64)
     d = q.distances[keep]
@@ -63,8 +66,6 @@ def query_candidates(
 
 def query_pool(q, fewshot: FewShotConfig, keep: np.ndarray | None = None) -> list[int]:
     """The `pool` bank tasks nearest to the query (among `keep`; None: all)."""
-    from lorabatch.fewshot.stage import pool_of
-
     left_out = () if keep is None else sorted(set(range(q.layout.n_tasks)) - {int(j) for j in keep})
     return pool_of([q.distances], fewshot.pool, exclude=left_out)
 
@@ -89,14 +90,6 @@ def fewshot_predict(
 
     `exclude`: bank task ids that take no part (no weight in any candidate, not in the pool) —
     a leave-one-out evaluation holds the dataset's own task out this way."""
-    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-    from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.methods import candidate_rows, run_methods
-    from lorabatch.fewshot.stage import singles
-    from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
-    from lorabatch.synthesis.stage import synthesize_one
-    from lorabatch.synthesis.writer import contributors
-
     if method not in (SELECT, REFINE):
         raise SynthesisError(f"unknown few-shot method {method!r}; one of select, refine")
     config = config or SynthesisConfig()
