@@ -9,7 +9,7 @@ import pytest
 from lorabatch.bank.manifest import build_manifest, trusts_remote_code
 from lorabatch.config import parse_config
 from lorabatch.features.config import FeaturesConfig
-from tests.helpers.tiny_bank import build_tiny_bank
+from tests.helpers.synthetic_bank import build_tiny_bank
 
 CUSTOM_CODE = """
 import os

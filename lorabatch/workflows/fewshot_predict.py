@@ -95,21 +95,23 @@ def fewshot_predict(
     config = config or SynthesisConfig()
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
-    manifest = load_manifest(bank_run)
-    bank_ids = manifest.column("task_id").to_pylist()
-    unknown = sorted(set(exclude) - set(bank_ids))
-    if unknown:
-        raise SynthesisError(f"exclude names tasks that are not in the bank {bank_run}: {unknown}")
-    if set(bank_ids) <= set(exclude):
-        raise SynthesisError("exclude leaves no bank task")
-    q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
-    ids = q.layout.task_ids
-    keep = np.array([j for j, t in enumerate(ids) if t not in set(exclude)], dtype=np.int64)
+    q = prepare_query(
+        bank_run,
+        data,
+        out,
+        metric=metric,
+        model=model,
+        config=config,
+        seed=seed,
+        progress=progress,
+        exclude=exclude,
+    )
+    ids, keep = q.layout.task_ids, q.keep
     if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model
         fewshot = fewshot.model_copy(
             update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})}
         )
-    trust = trusts_remote_code(manifest)
+    trust = trusts_remote_code(load_manifest(bank_run))
     evaluator = FewShotLoss(
         str(q.base_model_path),
         q.layout.adapter_config,
@@ -124,10 +126,6 @@ def fewshot_predict(
     paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
     pool = query_pool(q, fewshot, keep)
     start = q.coefficients
-    if exclude:
-        if f"{metric}-{model}" not in matrices:
-            raise SynthesisError(f"{metric}-{model} cannot leave tasks out (its model was trained on the whole bank)")
-        start = matrices[f"{metric}-{model}"][0]
     results = run_methods(
         evaluator,
         q.layout,
@@ -152,7 +150,7 @@ def fewshot_predict(
         syn,
         setting=method,
         target=f"query:{q.data_hash[:16]}",
-        extra={**q.provenance(data), "fewshot": record, **({"excluded_tasks": sorted(exclude)} if exclude else {})},
+        extra={**q.provenance(data), "fewshot": record},
         progress=progress,
     )
     return PredictResult(

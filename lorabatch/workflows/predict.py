@@ -180,12 +180,28 @@ class Query:
     layout: object  # BankLayout of the bank's adapters
     base_model_path: Path
     distances: np.ndarray  # [N]
-    coefficients: np.ndarray  # [N] of `metric`-`model`
+    coefficients: np.ndarray  # [N] of `metric`-`model` (0 on the tasks left out)
     data_hash: str
     ignored_columns: list[str]
+    keep: np.ndarray  # indices of the bank tasks that take part (all but `exclude`)
+    excluded: tuple[str, ...] = ()
 
     def provenance(self, data: Path) -> dict:
-        return {"query": {"data": str(data), "data_sha256": self.data_hash, "n_examples": self.dataset.num_rows}}
+        record = {"query": {"data": str(data), "data_sha256": self.data_hash, "n_examples": self.dataset.num_rows}}
+        if self.excluded:
+            record["excluded_tasks"] = sorted(self.excluded)
+        return record
+
+
+def check_exclude(bank_run: Path, manifest, exclude) -> tuple[str, ...]:
+    """`exclude` as a tuple, after checking that it names bank tasks and leaves at least one."""
+    bank_ids = manifest.column("task_id").to_pylist()
+    unknown = sorted(set(exclude) - set(bank_ids))
+    if unknown:
+        raise SynthesisError(f"exclude names tasks that are not in the bank {bank_run}: {unknown}")
+    if set(bank_ids) <= set(exclude):
+        raise SynthesisError("exclude leaves no bank task")
+    return tuple(exclude)
 
 
 def prepare_query(
@@ -198,12 +214,16 @@ def prepare_query(
     config: SynthesisConfig,
     seed: int,
     progress: bool,
+    exclude: tuple[str, ...] | list[str] = (),
 ) -> Query:
     """Every check before work (output directory, dataset, bank, tokenizers), then the distances
-    from the dataset to the bank and the coefficients of `model`."""
+    from the dataset to the bank and the coefficients of `model` over the tasks not in `exclude`."""
     if model not in COEFFICIENT_MODELS:
         raise SynthesisError(f"unknown coefficient model {model!r}; one of attentional, normalized, neural")
     manifest = check_bank(bank_run, metric, model)
+    exclude = check_exclude(bank_run, manifest, exclude)
+    if exclude and model == "neural":
+        raise SynthesisError(f"{metric}-{model} cannot leave tasks out (its model was trained on the whole bank)")
     check_out_outside_bank(out, bank_run, manifest)
     check_out_dir(out)
     dataset = read_user_dataset(data)
@@ -213,8 +233,10 @@ def prepare_query(
     task_ids, d = query_bank_distances(bank_run, dataset, metric, base_model_path, seed, progress)
     if task_ids != layout.task_ids:
         raise SynthesisError("the distances' bank tasks differ from the manifest's: recompute the bank's features")
-    c = query_coefficients(d, model, config, bank_run, metric)
-    return Query(dataset, layout, base_model_path, d, c, dataset_hash(dataset), ignored_columns(dataset))
+    keep = np.array([j for j, t in enumerate(task_ids) if t not in set(exclude)], dtype=np.int64)
+    c = np.zeros(len(task_ids))
+    c[keep] = query_coefficients(d[keep], model, config, bank_run, metric)
+    return Query(dataset, layout, base_model_path, d, c, dataset_hash(dataset), ignored_columns(dataset), keep, exclude)
 
 
 def predict_adapter(
@@ -228,11 +250,25 @@ def predict_adapter(
     seed: int = 0,
     progress: bool = True,
     top: int = 10,
+    exclude: tuple[str, ...] | list[str] = (),
 ) -> PredictResult:
-    """Write the adapter for the dataset at `data` into `out`; see the module docstring."""
+    """Write the adapter for the dataset at `data` into `out`; see the module docstring.
+
+    `exclude`: bank task ids that take no part (weight 0) — a leave-one-out evaluation holds the
+    dataset's own task out this way."""
     config = config or SynthesisConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
-    q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
+    q = prepare_query(
+        bank_run,
+        data,
+        out,
+        metric=metric,
+        model=model,
+        config=config,
+        seed=seed,
+        progress=progress,
+        exclude=exclude,
+    )
     synthesize_one(
         q.layout,
         q.coefficients,

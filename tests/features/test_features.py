@@ -35,7 +35,7 @@ def expected_counts(tokenizer_dir, rows, vocab_size):
 def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from tests.helpers.tiny_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
+    from tests.helpers.synthetic_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
 
     manifest, run = bank
     feats = compute_bank_features(manifest, run, LOCAL, progress=False)

@@ -126,7 +126,7 @@ def tiny_bank(tmp_path_factory) -> TinyRun:
     root = tmp_path_factory.mktemp("tiny-bank")
     base_dir = root / "base"
     base = build_base(base_dir)
-    from tests.helpers.tiny_bank import build_tokenizer
+    from tests.helpers.synthetic_bank import build_tokenizer
 
     build_tokenizer(base_dir)
     dirs = build_adapters(base, root / "adapters", N_TASKS, RANK)
