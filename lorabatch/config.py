@@ -12,12 +12,14 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lorabatch.atomic import write_text
 from lorabatch.bank.config import BankConfig
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
+from lorabatch.layout import RunLayout
 from lorabatch.raysession import FAULT_TOLERANCE, ensure_ray
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
@@ -94,8 +96,6 @@ class LorabatchConfig(StrictModel):
 
     def record(self) -> None:
         """Write the fully resolved config to RUN/config.yaml (what the run was asked to do)."""
-        from lorabatch.atomic import write_text
-        from lorabatch.layout import RunLayout
 
         write_text(RunLayout(self.run_dir).config, dump_config(self))
 

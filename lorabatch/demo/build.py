@@ -28,6 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorabatch.atomic import atomic_dir, write_json
+from lorabatch.bank.datasets import write_split
+from lorabatch.demo.accept import accept_bank
 from lorabatch.demo.families import (
     FAMILIES,
     Family,
@@ -37,6 +40,7 @@ from lorabatch.demo.families import (
     split_examples,
     task_specs,
 )
+from lorabatch.demo.instruct import bank_sentences, instruction_examples
 from lorabatch.demo.lora_init import (
     DEFAULT_SHARED_FRACTION,
     LORA_INITS,
@@ -45,9 +49,12 @@ from lorabatch.demo.lora_init import (
     shared_init_tasks,
     task_seed,
 )
-from lorabatch.demo.model import ModelDims
-from lorabatch.demo.train import TrainSettings
+from lorabatch.demo.model import ModelDims, new_model
+from lorabatch.demo.tokenizer import train_tokenizer
+from lorabatch.demo.train import TrainSettings, instruct, lora_model, pretrain, train_lora
 from lorabatch.errors import LorabatchError
+from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +139,6 @@ def write_datasets(
     org_dir: Path, specs: list[TaskSpec], examples_per_task: int, seed: int
 ) -> dict[int, dict[str, list[dict]]]:
     """Generate and write every task's train/valid/test Parquet files; returns the rows."""
-    from lorabatch.bank.datasets import write_split
 
     splits = {}
     for spec in specs:
@@ -249,13 +255,6 @@ def _build(
     all_families: tuple[Family, ...],
 ) -> Path:
     import torch
-
-    from lorabatch.atomic import atomic_dir, write_json
-    from lorabatch.demo.accept import accept_bank
-    from lorabatch.demo.instruct import bank_sentences, instruction_examples
-    from lorabatch.demo.model import new_model
-    from lorabatch.demo.tokenizer import train_tokenizer
-    from lorabatch.demo.train import instruct, pretrain
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -473,8 +472,6 @@ def _train_loras_in_process(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.demo.train import lora_model, train_lora
-
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = lora_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg.train, BASE_REPO)
     log.info("training %d task LoRAs in this process, one at a time", len(specs))
@@ -514,8 +511,6 @@ def _train_loras(
     import tempfile
 
     import ray
-
-    from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
 
     training = cfg.train.training_config(threads, parallel)
     jobs = [
@@ -562,8 +557,6 @@ def _copy_adapter(checkpoint_dir: Path, target: Path) -> None:
     """The PEFT files of a final checkpoint as a bank adapter directory (its config's
     `target_modules` sorted)."""
     import shutil
-
-    from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     target.mkdir(parents=True)
     shutil.copyfile(checkpoint_dir / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)
