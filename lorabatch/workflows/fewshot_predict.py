@@ -96,15 +96,7 @@ def fewshot_predict(
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(
-        bank_run,
-        data,
-        out,
-        metric=metric,
-        model=model,
-        config=config,
-        seed=seed,
-        progress=progress,
-        exclude=exclude,
+        bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress, exclude=exclude
     )
     ids, keep = q.layout.task_ids, q.keep
     if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model

@@ -259,15 +259,7 @@ def predict_adapter(
     config = config or SynthesisConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     q = prepare_query(
-        bank_run,
-        data,
-        out,
-        metric=metric,
-        model=model,
-        config=config,
-        seed=seed,
-        progress=progress,
-        exclude=exclude,
+        bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress, exclude=exclude
     )
     synthesize_one(
         q.layout,

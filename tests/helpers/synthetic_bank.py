@@ -149,7 +149,15 @@ def write_task_dataset(out: Path, rows: list[dict], test: int, valid: int = 2) -
     write_split(out, "test", rows[held_out:])
 
 
-def build_base_model(out_dir: Path, vocab_size: int, seed: int = 0, name: str | None = None):
+def build_base_model(
+    out_dir: Path,
+    vocab_size: int,
+    seed: int = 0,
+    name: str | None = None,
+    intermediate_size: int = 128,
+    max_positions: int = 256,
+):
+    """A 2-layer MistralForCausalLM (hidden 64, 2 heads of 32, 1 k/v head) with seeded weights, saved."""
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -157,12 +165,12 @@ def build_base_model(out_dir: Path, vocab_size: int, seed: int = 0, name: str | 
     config = MistralConfig(
         vocab_size=vocab_size,
         hidden_size=64,
-        intermediate_size=128,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,
