@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-import yaml
 
 from lorabatch.errors import ConfigError
 from lorabatch.layout import RunLayout
-from lorabatch.runlock import run_lock
 
 RunDirOption = Annotated[Optional[Path], typer.Option("--run-dir", help="Override the config's run_dir.")]
 SetOption = Annotated[
@@ -34,12 +32,16 @@ FLAGS = "command-line flags"
 
 def command_lock(run_dir: Path, wait: bool, command: str, target: Path):
     """The run directory's lock (`lorabatch.runlock`), named after the command holding it."""
+    from lorabatch.runlock import run_lock  # ~7 ms (socket, datetime) that `lorabatch --help` does not need
+
     return run_lock(run_dir, command=f"lorabatch {command} {target}", wait=wait)
 
 
 def config_overrides(sets: Optional[list[str]] = None, **flags) -> dict:
     """Config overrides from the CLI: `--set dotted.path=value` (value read as YAML, so `3`, `true`,
     `[JS, KL]` keep their types) and the flags that map onto config fields."""
+    import yaml  # ~13 ms that `lorabatch --help` does not need
+
     out: dict = {}
     problems = []
     for item in sets or []:
