@@ -1,2 +1,3 @@
 """Test helpers that are not fixtures: processes in their own sessions, a private local Ray cluster,
-tiny seeded banks (`tiny_bank`), per-pair reference distances (`distance_reference`)."""
+synthetic banks (`synthetic_bank`), per-pair reference distances (`distance_reference`), the package-level
+import graph (`import_graph`)."""
