@@ -220,10 +220,10 @@ def prepare_query(
     from the dataset to the bank and the coefficients of `model` over the tasks not in `exclude`."""
     if model not in COEFFICIENT_MODELS:
         raise SynthesisError(f"unknown coefficient model {model!r}; one of attentional, normalized, neural")
-    manifest = check_bank(bank_run, metric, model)
-    exclude = check_exclude(bank_run, manifest, exclude)
     if exclude and model == "neural":
         raise SynthesisError(f"{metric}-{model} cannot leave tasks out (its model was trained on the whole bank)")
+    manifest = check_bank(bank_run, metric, model)
+    exclude = check_exclude(bank_run, manifest, exclude)
     check_out_outside_bank(out, bank_run, manifest)
     check_out_dir(out)
     dataset = read_user_dataset(data)

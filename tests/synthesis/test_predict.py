@@ -72,6 +72,24 @@ def test_predict_writes_the_expected_adapter(bank, tmp_path):
     assert bank.calls == [("JS", 2)]
 
 
+def test_predict_leaves_excluded_tasks_out(bank, tmp_path):
+    """`exclude`: the held-out task gets weight 0, the others the model's coefficients over them."""
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    result = predict_adapter(
+        bank.run_dir, data, tmp_path / "loo", metric="JS", model="attentional", progress=False, exclude=["task2"]
+    )
+    kept = [0, 2, 3, 4]
+    c = attentional_coefficients(QUERY_D[kept][None, :], exclude_self=False)[0]
+    assert result.coefficients[1] == 0.0
+    assert np.abs(result.coefficients[kept] - c).max() <= 1e-12
+    assert json.loads((tmp_path / "loo" / "provenance.json").read_text())["excluded_tasks"] == ["task2"]
+    with pytest.raises(SynthesisError, match="cannot leave tasks out"):
+        predict_adapter(bank.run_dir, data, tmp_path / "neural", model="neural", progress=False, exclude=["task2"])
+    with pytest.raises(SynthesisError, match="task999"):
+        predict_adapter(bank.run_dir, data, tmp_path / "bad", progress=False, exclude=["task999"])
+    assert not (tmp_path / "neural").exists() and not (tmp_path / "bad").exists()
+
+
 def test_cli_prints_top_contributors(bank, tmp_path):
     from typer.testing import CliRunner
 
