@@ -46,7 +46,7 @@ def sweep(
 def _check_job(cfg) -> None:
     """Inside a Ray job: say which Python and which copy of lorabatch run (the first thing to know
     when a cluster job misbehaves), and refuse a relative run directory."""
-    logging.getLogger("lorabatch.cli").info(  # not __name__: `python -m lorabatch.cli` runs as __main__
+    logging.getLogger(__name__).info(
         f"job: python {sys.executable}, lorabatch from {Path(lorabatch.__file__).parent}, "
         f"Ray at {cfg.ray.address or os.environ.get('RAY_ADDRESS') or 'a new local instance'}"
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lorabatch.atomic import atomic_dir, write_json
 from lorabatch.bank.datasets import write_split
+from lorabatch.demo import train as demo_train
 from lorabatch.demo.accept import accept_bank
 from lorabatch.demo.families import (
     FAMILIES,
@@ -51,7 +52,7 @@ from lorabatch.demo.lora_init import (
 )
 from lorabatch.demo.model import ModelDims, new_model
 from lorabatch.demo.tokenizer import train_tokenizer
-from lorabatch.demo.train import TrainSettings, instruct, lora_model, pretrain, train_lora
+from lorabatch.demo.train import TrainSettings, instruct, lora_model, train_lora
 from lorabatch.errors import LorabatchError
 from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
@@ -317,7 +318,7 @@ def _build(
             cfg.train.pretrain_steps,
             len(sentences),
         )
-        pre_losses = pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
+        pre_losses = demo_train.pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
         timings["pretrain"] = time.perf_counter() - t
         log.info("pre-training: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
         instruct_losses: list[float] = []

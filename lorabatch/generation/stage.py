@@ -20,13 +20,8 @@ from pathlib import Path
 from lorabatch import telemetry
 from lorabatch.atomic import write_json, write_parquet
 from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-from lorabatch.generation.backends import (
-    backend_class,
-    cluster_has_gpu,
-    cpu_favours_vllm,
-    ray_is_local,
-    require_backend,
-)
+from lorabatch.generation import backends
+from lorabatch.generation.backends import cpu_favours_vllm, ray_is_local, require_backend
 from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
 from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of, preflight
 from lorabatch.generation.schema import KEY_COLUMNS, conform, generation_schema
@@ -86,7 +81,7 @@ def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None
     base = manifest.column("base_model_path")[0].as_py()
     max_pos = max_positions_of(base)
     if has_gpu is None:
-        has_gpu = cluster_has_gpu()
+        has_gpu = backends.cluster_has_gpu()
     ctx = RunContext(
         run_dir=str(Path(run_dir).resolve()),
         base_model_path=base,
@@ -126,7 +121,7 @@ def run_generation(
 
     started = time.time()
     run_dir = Path(run_dir)
-    has_gpu = cluster_has_gpu()
+    has_gpu = backends.cluster_has_gpu()
     manifest = load_manifest(run_dir)
     backend = require_backend(
         config.backend,
@@ -155,7 +150,7 @@ def run_generation(
     failed = prepared.filter(bad)
     runnable = prepared.filter(pc.invert(bad)).drop_columns(["error"])
     result.preflight_failed = failed.num_rows
-    engine = backend_class(backend)(config, ctx) if runnable.num_rows else None
+    engine = backends.backend_class(backend)(config, ctx) if runnable.num_rows else None
     record_plan()
     if failed.num_rows:
         rows = failed.drop_columns(["prompt_token_ids"]).append_column(

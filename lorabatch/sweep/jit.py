@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorabatch.bank.manifest import load_manifest
-from lorabatch.generation.backends import cluster_has_gpu, resolve_backend_name
+from lorabatch.generation import backends
+from lorabatch.generation.backends import resolve_backend_name
 from lorabatch.generation.plan import pending_work, plan_work, select_tasks
 from lorabatch.generation.stage import GenerationResult, auto_favours_vllm_on_cpu, run_generation, write_plan_file
 from lorabatch.generation.store import done_keys
@@ -98,7 +99,7 @@ def generate_just_in_time(config, gen, progress: bool = True, icl_shots: dict | 
     }
     work = plan_work(run_dir, manifest, gen, ids, icl_shots)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
-    has_gpu = cluster_has_gpu()
+    has_gpu = backends.cluster_has_gpu()
     backend = resolve_backend_name(
         gen.backend, has_gpu=has_gpu, cpu_vllm=auto_favours_vllm_on_cpu(manifest, gen, has_gpu)
     )
