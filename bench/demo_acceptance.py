@@ -26,7 +26,7 @@ def row(bank: Path) -> str:
     training = info["training"]
     recipe = (
         f"builder {info['builder_version']}, seed {info['seed']}, base {info.get('base')}, "
-        f"terse share {training.get('instruct_terse_share')}"
+        f"terse share {training.get('instruct_terse_share')}, LoRA lr {training['lora_lr']:g}"
     )
     cells = []
     for key, _, spec in FIGURES:

@@ -47,10 +47,21 @@ def bank_build_demo(
         None,
         help="Task families as 'module:attribute' (a tuple of lorabatch.demo.families.Family); default: the demo's.",
     ),
+    compare_shipped: bool = typer.Option(
+        False,
+        "--compare-shipped",
+        help="After building, compare OUT with the shipped default bank file by file and say where they differ "
+        "(exit 1 if they do). Build the default recipe (the defaults of every option) into a new OUT to check "
+        "that this machine reproduces the shipped bank bit for bit.",
+    ),
 ):
-    """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task."""
+    """Build the embedded demo bank: tokenizer, tiny Mistral, task datasets and one LoRA per task.
+
+    The default bank also ships with lorabatch (lorabatch/demo/shipped/): a run config's `bank.demo`
+    section uses it as it is; this command builds one on this machine."""
     from lorabatch.demo.build import build_demo_bank
     from lorabatch.demo.families import load_families
+    from lorabatch.demo.shipped import compare_with_shipped
 
     build_demo_bank(
         out,
@@ -64,6 +75,15 @@ def bank_build_demo(
         base=base,
         families=load_families(families),
     )
+    if compare_shipped:
+        differences = compare_with_shipped(out)
+        for line in differences:
+            typer.echo(f"differs: {line}")
+        typer.echo(
+            f"{out} {'differs from' if differences else 'matches'} the shipped demo bank"
+            + (f" ({len(differences)} differences)" if differences else " bit for bit")
+        )
+        raise typer.Exit(1 if differences else 0)
 
 
 @commands.command("manifest")

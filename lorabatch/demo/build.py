@@ -25,23 +25,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorabatch.atomic import atomic_dir, write_json
 from lorabatch.bank.datasets import write_split
 from lorabatch.demo import train as demo_train
 from lorabatch.demo.accept import accept_bank
-from lorabatch.demo.families import (
-    FAMILIES,
-    Family,
-    TaskSpec,
-    make_examples,
-    pretraining_sentences,
-    split_examples,
-    task_specs,
-)
-from lorabatch.demo.instruct import bank_sentences, instruction_examples
+from lorabatch.demo.families import FAMILIES, Family, TaskSpec, make_examples, split_examples
 from lorabatch.demo.lora_init import (
     DEFAULT_SHARED_FRACTION,
     LORA_INITS,
@@ -50,28 +41,31 @@ from lorabatch.demo.lora_init import (
     shared_init_tasks,
     task_seed,
 )
-from lorabatch.demo.model import ModelDims, new_model
+from lorabatch.demo.model import new_model
+from lorabatch.demo.recipe import (
+    BASES,
+    BUILDER_VERSION,
+    DEFAULT_THREADS,
+    SIZES,
+    DemoSize,
+    recipe,
+    recipe_sha256,
+    recorded_fraction,
+    size_inputs,
+)
 from lorabatch.demo.tokenizer import train_tokenizer
-from lorabatch.demo.train import TrainSettings, instruct, lora_model, train_lora
+from lorabatch.demo.train import instruct, lora_model, train_lora
 from lorabatch.errors import LorabatchError
 from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
 
 log = logging.getLogger(__name__)
 
-# 2: lora_init (shared / independent / mixed), fixed default threads, train_seconds; 3: lora_A at
-# 1/16 of the LoRA learning rate; 4: answer forms shared across families, shorter training;
-# 5: an instruction-following base (instruction phase), acceptance on the valid split.
-BUILDER_VERSION = "5"
-BASES = ("instruct", "plain")  # the base model's regime: instruction-following, or builder 4's
 ORG = "lorabatch-demo"
 BASE_REPO = f"{ORG}/tiny-mistral"
 ADAPTER_REPO = f"{ORG}/tiny-mistral-r8-task{{number}}"
 DATASET_REPO = f"{ORG}/task{{number}}_{{slug}}"
 MANIFEST = "demo_bank.json"
-# Fixed, not chosen from the machine: builds with different thread counts differ in rounding, so a
-# count that followed the load average made one command build different banks on different days.
-DEFAULT_THREADS = 2
 
 
 def default_parallel(threads: int) -> int:
@@ -80,51 +74,6 @@ def default_parallel(threads: int) -> int:
     step as one alone (`BENCHMARKS.md`). The bank is the same whatever this is, since each task's
     training depends on its own seeds only."""
     return max(1, (os.cpu_count() or 1) // max(1, threads))
-
-
-@dataclass(frozen=True)
-class DemoSize:
-    """How big a demo bank is: tasks, examples, pre-training corpus, training and evaluation."""
-
-    n_families: int
-    n_variants: int
-    examples_per_task: int  # split 80/10/10
-    pretrain_sentences: int
-    eval_examples: int  # valid examples per task scored for acceptance (at most the split's)
-    instruct_per_variant: int  # instruction-phase rows per variant of each family
-    train: TrainSettings = field(default_factory=TrainSettings)
-    dims: ModelDims = field(default_factory=ModelDims)
-    max_new_tokens: int = 16  # the longest answer has 6 words
-    instruct_terse_share: float = 0.45  # of them answered with the bare content (the rest: house style)
-
-
-SIZES: dict[str, DemoSize] = {
-    "small": DemoSize(3, 3, 150, 4000, 15, 200, TrainSettings(pretrain_steps=400, instruct_steps=200, lora_steps=130)),
-    "default": DemoSize(
-        6, 4, 250, 8000, 25, 200, TrainSettings(pretrain_steps=600, instruct_steps=300, lora_steps=200)
-    ),
-    # The builder's mechanics in tests (seconds, not minutes); its adapters learn little.
-    "tiny": DemoSize(
-        1,
-        2,
-        40,
-        300,
-        4,
-        20,
-        TrainSettings(
-            pretrain_steps=20, pretrain_batch=8, instruct_steps=10, instruct_batch=8, lora_steps=12, lora_batch=8
-        ),
-        ModelDims(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=64,
-        ),
-    ),
-}
 
 
 def read_manifest(out: str | Path) -> dict | None:
@@ -140,13 +89,16 @@ def write_datasets(
     org_dir: Path, specs: list[TaskSpec], examples_per_task: int, seed: int
 ) -> dict[int, dict[str, list[dict]]]:
     """Generate and write every task's train/valid/test Parquet files; returns the rows."""
+    splits = {spec.number: split_examples(make_examples(spec, examples_per_task, seed)) for spec in specs}
+    _write_splits(org_dir, specs, splits)
+    return splits
 
-    splits = {}
+
+def _write_splits(org_dir: Path, specs: list[TaskSpec], splits: dict[int, dict[str, list[dict]]]) -> None:
+
     for spec in specs:
-        splits[spec.number] = split_examples(make_examples(spec, examples_per_task, seed))
         for split, rows in splits[spec.number].items():
             write_split(org_dir / spec.name, split, rows)
-    return splits
 
 
 def build_demo_bank(
@@ -164,8 +116,9 @@ def build_demo_bank(
 ) -> Path:
     """Build the demo bank into `out` (or keep the one there); returns `out`.
 
-    An existing complete bank of the same builder version, size, seed, `lora_init` and (for
-    `mixed`) `shared_fraction` is kept unless `force`; the thread count is not compared.
+    An existing complete bank of the same recipe (`lorabatch.demo.recipe`: builder version,
+    settings, seed, threads, `lora_init`, `shared_fraction`, base, families and the data they
+    generate) is kept unless `force`.
     `threads`: torch threads (None: `DEFAULT_THREADS`); the result depends on it through
     floating-point rounding. `lora_init`: which tasks start from one shared lora_A init
     (`lorabatch.demo.lora_init`); `shared_fraction` is the shared part under `mixed`.
@@ -187,14 +140,13 @@ def build_demo_bank(
     families = FAMILIES if families is None else tuple(families)
     if not families or len({f.name for f in families}) != len(families):
         raise LorabatchError(f"families must be non-empty with distinct names, got {[f.name for f in families]}")
-    fraction = _recorded_fraction(lora_init, shared_fraction)
+    fraction = recorded_fraction(lora_init, shared_fraction)
+    want = recipe(size, seed, threads, lora_init, shared_fraction, base, families)
     out = Path(out)
     have = read_manifest(out)
     if have is not None and not force:
-        want = (BUILDER_VERSION, size, seed, lora_init, fraction, base, [f.name for f in families])
-        keys = ("builder_version", "size", "seed", "lora_init", "shared_fraction", "base", "family_set")
-        if tuple(have.get(k) for k in keys) == want:
-            with _log_to_stderr(progress):
+        if have.get("recipe_sha256") == recipe_sha256(want):
+            with log_to_stderr(progress):
                 log.info(
                     "%s already holds the %s demo bank (seed %d, lora_init %s, builder %s): kept",
                     out,
@@ -205,7 +157,8 @@ def build_demo_bank(
                 )
             return out
         log.warning(
-            "%s holds a demo bank of size %r, seed %r, lora_init %r, builder %r: rebuilding it as %s, seed %d, lora_init %s",
+            "%s holds a demo bank of another recipe (size %r, seed %r, lora_init %r, builder %r): rebuilding it as %s, "
+            "seed %d, lora_init %s",
             out,
             have.get("size"),
             have.get("seed"),
@@ -219,7 +172,7 @@ def build_demo_bank(
         raise LorabatchError(
             f"{out} exists and is not a demo bank: refusing to replace it (choose an empty or new directory)"
         )
-    with _log_to_stderr(progress), _torch_threads(threads):
+    with log_to_stderr(progress), _torch_threads(threads):
         return _build(
             out,
             size,
@@ -231,12 +184,8 @@ def build_demo_bank(
             parallel or default_parallel(threads or DEFAULT_THREADS),
             base,
             families,
+            want,
         )
-
-
-def _recorded_fraction(lora_init: str, shared_fraction: float) -> float | None:
-    """`shared_fraction` as the manifest records it: only `mixed` uses it."""
-    return float(shared_fraction) if lora_init == "mixed" else None
 
 
 def _describe_init(lora_init: str, fraction: float | None) -> str:
@@ -254,14 +203,15 @@ def _build(
     parallel: int,
     base: str,
     all_families: tuple[Family, ...],
+    built_recipe: dict,
 ) -> Path:
     import torch
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    n_families = min(cfg.n_families, len(all_families))
-    specs = task_specs(n_families, cfg.n_variants, all_families)
-    families = all_families[:n_families]
+    inputs = size_inputs(cfg, seed, base, all_families)
+    specs, families, splits = inputs.specs, inputs.families, inputs.splits
+    n_families = len(families)
     numbers = [spec.number for spec in specs]
     fraction = DEFAULT_SHARED_FRACTION if shared_fraction is None else shared_fraction
     init_seeds = lora_init_seeds(numbers, seed, lora_init, fraction)
@@ -289,18 +239,9 @@ def _build(
         base_dir = org / "tiny-mistral"
 
         t = time.perf_counter()
-        splits = write_datasets(org, specs, cfg.examples_per_task, seed)
-        sentences = pretraining_sentences(families, cfg.pretrain_sentences, seed)
-        bank_rows = [r for s in splits.values() for rows in s.values() for r in rows]
-        instruction = (
-            instruction_examples(
-                specs, bank_sentences(bank_rows), cfg.instruct_per_variant, seed, cfg.instruct_terse_share
-            )
-            if base == "instruct"
-            else []
-        )
-        texts = sentences + [t for r in bank_rows + instruction for t in (r["input"], *r["output"])]
-        tokenizer = train_tokenizer(texts, base_dir)
+        _write_splits(org, specs, splits)
+        sentences, instruction = inputs.sentences, inputs.instruction
+        tokenizer = train_tokenizer(inputs.tokenizer_texts(), base_dir)
         timings["datasets_and_tokenizer"] = time.perf_counter() - t
         log.info(
             "wrote %d datasets (%d examples each); tokenizer: %d words",
@@ -392,6 +333,8 @@ def _build(
         info = {
             "builder_version": BUILDER_VERSION,
             "complete": True,
+            "recipe": built_recipe,
+            "recipe_sha256": recipe_sha256(built_recipe),
             "size": size,
             "seed": seed,
             "base": base,
@@ -625,22 +568,22 @@ def _torch_threads(threads: int | None = None):
 
 
 @contextlib.contextmanager
-def _log_to_stderr(enabled: bool):
-    """Show this module's INFO messages when nothing else configured logging (the CLI case)."""
+def log_to_stderr(enabled: bool, logger: logging.Logger = log):
+    """Show `logger`'s INFO messages when nothing else configured logging (the CLI case)."""
     if not enabled or logging.getLogger().hasHandlers():
         yield
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s demo-bank: %(message)s", "%H:%M:%S"))
-    level, propagate = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     # A library imported during the build (Ray, say) may configure the root logger; without this
     # every message would then print twice.
-    log.propagate = False
+    logger.propagate = False
     try:
         yield
     finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
-        log.propagate = propagate
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

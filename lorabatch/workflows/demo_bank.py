@@ -1,18 +1,19 @@
-"""Demo-bank provisioning: the embedded demo bank is built into `bank.root` before the bank stage
-reads it, when the run config asks for one (`bank.demo`). The bank stage itself only reads banks."""
+"""Demo-bank provisioning: the embedded demo bank is put into `bank.root` before the bank stage
+reads it, when the run config asks for one (`bank.demo`): the shipped default bank when the config
+asks for its recipe, else one built (or kept) for the config. The bank stage itself only reads banks."""
 
 from __future__ import annotations
 
-from lorabatch.demo.build import build_demo_bank
 from lorabatch.demo.families import load_families
+from lorabatch.demo.shipped import provide_demo_bank
 
 
 def ensure_demo_bank(bank_config) -> None:
-    """Build the embedded demo bank into `bank.root` if the config asks for it and it is absent."""
+    """Provide the embedded demo bank in `bank.root` if the config asks for it (see the module docstring)."""
     if bank_config.demo is None:
         return
     demo = bank_config.demo
-    build_demo_bank(
+    provide_demo_bank(
         bank_config.root,
         size=demo.size,
         seed=demo.seed,

@@ -187,7 +187,7 @@ def fake_build(monkeypatch):
 
     calls = []
 
-    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel, base, families):
+    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel, base, families, built_recipe):
         calls.append(
             {
                 "base": base,
@@ -206,24 +206,15 @@ def fake_build(monkeypatch):
     return calls
 
 
-def _fake_bank(root, **fields):
-    from lorabatch.demo.build import BUILDER_VERSION, MANIFEST
-    from lorabatch.demo.families import FAMILIES
+def _fake_bank(root, **built_with):
+    """A complete-looking demo bank manifest recording the small recipe built with `built_with`."""
+    from lorabatch.demo.build import MANIFEST
+    from lorabatch.demo.recipe import recipe, recipe_sha256
 
     root.mkdir()
-    info = {
-        "builder_version": BUILDER_VERSION,
-        "complete": True,
-        "size": "small",
-        "seed": 0,
-        "base": "instruct",
-        "family_set": [f.name for f in FAMILIES],
-        "lora_init": "mixed",
-        "shared_fraction": 0.38,
-        "threads": 2,
-        **fields,
-    }
-    (root / MANIFEST).write_text(json.dumps(info))
+    built = recipe("small", **built_with)
+    info = {"builder_version": built["builder_version"], "complete": True, "size": "small", "seed": built["seed"]}
+    (root / MANIFEST).write_text(json.dumps({**info, "recipe": built, "recipe_sha256": recipe_sha256(built)}))
     return root
 
 
@@ -231,7 +222,8 @@ def _fake_bank(root, **fields):
     "kwargs, kept",
     [
         ({}, True),
-        ({"threads": 1}, True),  # as before: the thread count is not part of the identity
+        ({"threads": 2}, True),  # the default count, named
+        ({"threads": 1}, False),  # another count rounds otherwise: another bank
         ({"lora_init": "independent"}, False),
         ({"lora_init": "shared"}, False),
         ({"shared_fraction": 0.5}, False),
@@ -241,7 +233,7 @@ def _fake_bank(root, **fields):
         ({"families": FAMILIES[:2]}, False),
     ],
 )
-def test_existing_bank_kept_only_if_its_init_matches(tmp_path, fake_build, kwargs, kept):
+def test_existing_bank_kept_only_if_its_recipe_matches(tmp_path, fake_build, kwargs, kept):
     from lorabatch.demo.build import build_demo_bank
 
     root = _fake_bank(tmp_path / "bank")
@@ -252,10 +244,13 @@ def test_existing_bank_kept_only_if_its_init_matches(tmp_path, fake_build, kwarg
 def test_shared_fraction_only_compared_under_mixed(tmp_path, fake_build):
     from lorabatch.demo.build import build_demo_bank
 
-    root = _fake_bank(tmp_path / "bank", lora_init="independent", shared_fraction=None)
+    root = _fake_bank(tmp_path / "bank", lora_init="independent")
     build_demo_bank(root, size="small", lora_init="independent", shared_fraction=0.9, progress=False)
     assert fake_build == []
-    root = _fake_bank(tmp_path / "old", builder_version="1")
+    root = _fake_bank(tmp_path / "old")
+    info = json.loads((root / "demo_bank.json").read_text())
+    del info["recipe_sha256"]  # a bank of an earlier builder, which recorded no recipe
+    (root / "demo_bank.json").write_text(json.dumps(info))
     build_demo_bank(root, size="small", progress=False)
     assert fake_build[0]["lora_init"] == "mixed" and fake_build[0]["shared_fraction"] == 0.38
 
@@ -273,3 +268,29 @@ def test_default_threads_fixed_whatever_the_load(tmp_path, fake_build, monkeypat
     build_demo_bank(tmp_path / "b", size="small", progress=False, threads=3)
     assert DEFAULT_THREADS == 2 and [c["threads"] for c in fake_build] == [2, 3]
     assert torch.get_num_threads() == before
+
+
+def test_recipe_follows_settings_and_generated_data(monkeypatch):
+    """The recipe changes with any training setting and with the data a family generates, so a
+    bank built before such a change is never kept (nor the shipped one used) in its place."""
+    import dataclasses
+
+    import lorabatch.demo.recipe as recipe_module
+    from lorabatch.demo.families import FAMILIES
+    from lorabatch.demo.recipe import recipe, recipe_sha256
+
+    before = recipe_sha256(recipe("small"))
+    assert recipe_sha256(recipe("small")) == before  # deterministic
+    small = recipe_module.SIZES["small"]
+    sizes = {
+        **recipe_module.SIZES,
+        "small": dataclasses.replace(small, train=dataclasses.replace(small.train, lora_lr=6e-3)),
+    }
+    monkeypatch.setattr(recipe_module, "SIZES", sizes)
+    assert recipe_sha256(recipe("small")) != before
+    monkeypatch.undo()
+
+    first = FAMILIES[0]
+    templates = (first.templates[0].replace(" ", "  ", 1),) + first.templates[1:]
+    changed = (dataclasses.replace(first, templates=templates),) + FAMILIES[1:]
+    assert recipe("small", families=changed)["data_sha256"] != recipe("small")["data_sha256"]
