@@ -1,6 +1,6 @@
 """Probe: does adapter arithmetic s + a·(f − f′) move a content donor's output format to the target's?
 
-    python bench/analogy_probe.py runs/demo
+    python -m bench.analogy_probe runs/demo
 
 For a few demo tasks t, s is a sibling of t (same family: the content, another format), f a task
 of another family in t's format and f′ f's sibling in s's format, picked by hand from the demo's
@@ -11,19 +11,17 @@ known formats: a check of the idea, not a method. Few-shot Rouge-L on 32 rows of
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lorabatch.bank.manifest import load_manifest
+from lorabatch.fewshot.loss import FewShotLoss
+from lorabatch.fewshot.methods import StackedAdapter
+from lorabatch.fewshot.stage import few_shot_examples
+from lorabatch.synthesis.tensors import layout_from_manifest
 
-from lorabatch.bank.manifest import load_manifest  # noqa: E402
-from lorabatch.fewshot.loss import FewShotLoss  # noqa: E402
-from lorabatch.fewshot.methods import StackedAdapter  # noqa: E402
-from lorabatch.fewshot.stage import few_shot_examples  # noqa: E402
-from lorabatch.synthesis.tensors import layout_from_manifest  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # (target, content donor s, format donor f, f's sibling f′ in s's format)
 TRIPLES = [

@@ -1,8 +1,8 @@
 """A demo bank's acceptance on rows that carry no method (base, own adapters, uniform; valid split),
 read from the `demo_bank.json` the builder wrote (`lorabatch.demo.accept`).
 
-    python bench/demo_acceptance.py demo-bank [more banks...]            # one table row per bank
-    python bench/demo_acceptance.py demo-bank --examples 6              # + base / oracle / uniform answers
+    python -m bench.demo_acceptance demo-bank [more banks...]            # one table row per bank
+    python -m bench.demo_acceptance demo-bank --examples 6              # + base / oracle / uniform answers
 """
 
 from __future__ import annotations

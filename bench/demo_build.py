@@ -2,8 +2,8 @@
 default on 2 cores) vs several at once (Ray Train), in one invocation on one machine, and a check
 that both builds hold the same adapters.
 
-    python bench/demo_build.py --size small                  # parallel 1 vs 2
-    python bench/demo_build.py --size default --parallel 1 2 3
+    python -m bench.demo_build --size small                  # parallel 1 vs 2
+    python -m bench.demo_build --size default --parallel 1 2 3
 
 Prints the LoRA phase's and the whole build's wall seconds per setting and the ratio against the
 first (the baseline, normally parallel 1).
@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.machine import machine_line
+from lorabatch.demo.build import ORG, build_demo_bank
 
-from lorabatch.demo.build import ORG, build_demo_bank  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def adapter_hashes(root: Path) -> dict[str, str]:
@@ -50,8 +47,8 @@ def main() -> None:
         rows.append((parallel, info["timings_s"]["lora"], info["timings_s"]["total"], len(info["tasks"])))
     same = all(h == hashes[args.parallel[0]] for h in hashes.values())
     print(
-        f"demo bank '{args.size}', {rows[0][3]} tasks, {args.threads} threads per task · {platform.machine()} "
-        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} · identical adapters across settings: {same}"
+        f"demo bank '{args.size}', {rows[0][3]} tasks, {args.threads} threads per task · {machine_line()} "
+        f"· identical adapters across settings: {same}"
     )
     print("| tasks at once | LoRA phase s | build s | LoRA phase vs first |")
     print("|---:|---:|---:|---:|")

@@ -1,8 +1,8 @@
 """The demo sweep's two model-bound stages, before and after, in one invocation: generation (the hf
 backend) and the few-shot stage (select + refine), with the ratio and tokens/s against the FLOP bound.
 
-    python bench/demo_throughput.py --run runs/demo          # a finished `lorabatch sweep configs/demo.yaml`
-    python bench/demo_throughput.py --run runs/demo --fewshot-tasks 4 --stage
+    python -m bench.demo_throughput --run runs/demo          # a finished `lorabatch sweep configs/demo.yaml`
+    python -m bench.demo_throughput --run runs/demo --fewshot-tasks 4 --stage
 
 Generation: the sweep's own rows (every task × setting × test example, as its generation stage plans
 them), generated in this process by the hf backend's actor class (`HFGenerator`) with
@@ -28,14 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hostinfo import cpu_model  # noqa: E402
+from bench.machine import machine_line
 
 
 def matmul_rate(seconds: float = 2.0) -> float:
@@ -154,7 +151,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     run = args.run.resolve()
     config = load_config(RunLayout(run).config)
-    print(f"machine: {cpu_model()}, torch threads {args.threads}; run {run}")
+    print(f"machine: {machine_line(f'torch threads {args.threads}')}; run {run}")
     tmp = Path(tempfile.mkdtemp(prefix="lorabatch-bench-"))
     try:
         manifest = load_manifest(run)

@@ -1,7 +1,7 @@
 """Distances benchmark: lorabatch's blocked metrics against the per-pair way, in one run.
 
-    python bench/distances.py                 # N=200 ratios, then N=502 end to end (a few minutes)
-    python bench/distances.py --quick         # small sizes, to check the script works
+    python -m bench.distances                 # N=200 ratios, then N=502 end to end (a few minutes)
+    python -m bench.distances --quick         # small sizes, to check the script works
 
 Synthetic banks: N datasets of ~1.5 M tokens (uniform in [1.2 M, 1.8 M]) over a vocabulary of
 32 000. Each histogram is a multinomial draw from a Zipf-like law whose ranks are moved by a
@@ -28,24 +28,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lorabatch.distances import DistancesConfig, get_metric, reference  # noqa: E402
-from lorabatch.distances.matrix import compute_distance_matrix, use_ray  # noqa: E402
-from lorabatch.features import FeatureSet, sample_token_ids  # noqa: E402
-from lorabatch.features.store import load_bank_features, save_features  # noqa: E402
-from lorabatch.layout import RunLayout  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hostinfo import cpu_model  # noqa: E402
+from bench.machine import machine_line
+from lorabatch.distances import DistancesConfig, get_metric
+from lorabatch.distances.matrix import compute_distance_matrix, use_ray
+from lorabatch.features import FeatureSet, sample_token_ids
+from lorabatch.features.store import load_bank_features, save_features
+from lorabatch.layout import RunLayout
+from tests.helpers import distance_reference as reference
 
 METRICS = ("KL", "JS", "WD", "MMD")
 LAWS = {"realistic": 4000.0, "dense": None}  # exponential cut-off of the Zipf law (rank scale)
@@ -76,16 +70,6 @@ def synthetic_features(
         n_examples=np.full(n, 5000),
         tokenizer_sha256="synthetic",
         keys=[f"synthetic-{law}-{seed}-{i}" for i in range(n)],
-    )
-
-
-def machine_info() -> str:
-    cpu = cpu_model()
-    import scipy
-
-    return (
-        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | python {platform.python_version()} "
-        f"| numpy {np.__version__} | scipy {scipy.__version__}"
     )
 
 
@@ -264,8 +248,9 @@ def main() -> None:
     laws = args.laws.split(",")
 
     import ray
+    import scipy
 
-    print(f"machine: {machine_info()} | load average {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine_line(f'numpy {np.__version__}', f'scipy {scipy.__version__}')}")
     print(
         f"synthetic banks: V={args.vocab}, ~{args.tokens / 1e6:.2f} M tokens per dataset, MMD samples of 1000; "
         f"block {args.block_size or 'per metric'}; {args.workers} workers"

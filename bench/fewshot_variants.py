@@ -1,7 +1,7 @@
 """Few-shot variants compared on each task's *valid* split: how `select` and `refine` settings are
 chosen without looking at the test split.
 
-    python bench/fewshot_variants.py runs/demo --config configs/demo.yaml \
+    python -m bench.fewshot_variants runs/demo --config configs/demo.yaml \
         --variant '{}' --variant '{"examples": 32}'
 
 Each variant is a set of `fewshot` overrides (JSON) on the run's config. Per task, select runs once
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 from pathlib import Path
 
+from bench.machine import machine_line
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
@@ -57,8 +55,7 @@ def main() -> None:
     base = config.fewshot.model_dump(mode="json")
     variants = [json.loads(v) for v in (args.variant or ["{}"])]
     print(
-        f"# machine: {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, python {platform.python_version()}, "
-        f"run {args.run}, scored on the {args.split} split",
+        f"# machine: {machine_line(f'{args.threads} threads')}, run {args.run}, scored on the {args.split} split",
         flush=True,
     )
 

@@ -1,8 +1,8 @@
 """Generation throughput: vLLM multi-LoRA (ray.data.llm) vs PEFT one adapter at a time, same run.
 
-    python bench/generation.py                    # builds a tiny bank, 8 adapters
-    python bench/generation.py --run runs/demo    # a run directory with a bank manifest (demo bank)
-    python bench/generation.py --run runs/demo --split train --examples 100 --max-loras 24 \
+    python -m bench.generation                    # builds a tiny bank, 8 adapters
+    python -m bench.generation --run runs/demo    # a run directory with a bank manifest (demo bank)
+    python -m bench.generation --run runs/demo --split train --examples 100 --max-loras 24 \
         --batch-size 256 --kernels grouped vllm --marginal          # 2,400 rows, both CPU LoRA ops
 
 Every side generates the same rows (every task's oracle adapter on its first k examples, greedy,
@@ -18,11 +18,12 @@ sweep starts its engine once; `--marginal` prints the rate without it). Needs vl
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from bench.machine import machine_line
 
 
 def planned_rows(run: Path, cfg, backend: str):
@@ -180,7 +181,7 @@ def main() -> None:
         if args.run is None:
             from lorabatch.bank.manifest import build_manifest
             from lorabatch.config import parse_config
-            from lorabatch.testing.tiny_bank import build_tiny_bank
+            from tests.helpers.synthetic_bank import build_tiny_bank
 
             # The tiny bank's test splits hold 2 rows; its train splits serve as prompts here.
             bank = build_tiny_bank(tmp / "bank", n_tasks=args.tasks, rows=args.examples + 4)
@@ -205,7 +206,10 @@ def main() -> None:
 
         ray.init(include_dashboard=False, log_to_driver=False)
         print(
-            f"machine: {platform.machine()}, {ray.cluster_resources().get('CPU')} CPUs, GPUs: {ray.cluster_resources().get('GPU', 0)}"
+            "machine: "
+            + machine_line(
+                f"Ray: {ray.cluster_resources().get('CPU')} CPUs, {ray.cluster_resources().get('GPU', 0)} GPUs"
+            )
         )
         sides: dict[str, tuple[int, float]] = {}
         small: dict[str, tuple[int, float]] = {}

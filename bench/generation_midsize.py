@@ -1,9 +1,9 @@
 """Generation where compute matters: a Mistral-shaped model of a few hundred million parameters,
 32 rank-16 adapters, 64 new tokens per row, four ways in one run.
 
-    python bench/generation_midsize.py                   # ~284 M parameters, 32 adapters × 8 rows
-    python bench/generation_midsize.py --dtype bfloat16  # every way in bf16 (AMX where the CPU has it)
-    python bench/generation_midsize.py --hidden 64 --heads 1 --kv-heads 1 --layers 2 --intermediate 128 \
+    python -m bench.generation_midsize                   # ~284 M parameters, 32 adapters × 8 rows
+    python -m bench.generation_midsize --dtype bfloat16  # every way in bf16 (AMX where the CPU has it)
+    python -m bench.generation_midsize --hidden 64 --heads 1 --kv-heads 1 --layers 2 --intermediate 128 \
         --vocab 1000 --adapters 4 --examples 2 --max-new-tokens 8     # smoke run: checks the script
 
 Built under `--workdir` (not timed): a MistralForCausalLM with random float32 weights (sizes by
@@ -30,62 +30,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.generation import parity, peft_sequential, vllm_direct
+from bench.machine import machine_line
+from tests.helpers.synthetic_bank import numbered_words, random_peft_adapters, word_tokenizer
 
-from generation import parity, peft_sequential, vllm_direct  # noqa: E402
-from hostinfo import cpu_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ORG = "midsize"
 BASE = "mistral-midsize"
-SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
-
-
-def machine() -> str:
-    cpu = cpu_model()
-    import torch
-    import vllm
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | {gpu} | python {platform.python_version()} | "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) | vllm {vllm.__version__} | "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
-
-
-def words_of(vocab: int) -> list[str]:
-    import numpy as np
-
-    return [np.base_repr(k, 36).lower() for k in range(vocab - len(SPECIALS))]
 
 
 def build_bank(root: Path, args) -> int:
     """Base model, tokenizer, adapters and prompt datasets; returns the base model's parameters."""
     import numpy as np
     import torch
-    from peft import LoraConfig, get_peft_model
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+    from transformers import MistralConfig, MistralForCausalLM
 
     from lorabatch.bank.datasets import write_split
 
     base_dir = root / ORG / BASE
-    words = words_of(args.vocab)
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate([*SPECIALS, *words])}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    ).save_pretrained(base_dir)
+    words = numbered_words(args.vocab)
+    word_tokenizer(base_dir, words)
     torch.manual_seed(0)
     head_dim = args.hidden // args.heads
     config = MistralConfig(
@@ -108,22 +78,12 @@ def build_bank(root: Path, args) -> int:
     model.name_or_path = f"{ORG}/{BASE}"
     model.save_pretrained(base_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    lora = LoraConfig(
-        r=args.rank,
-        lora_alpha=2 * args.rank,
-        target_modules=["q_proj", "k_proj", "v_proj"],
-        lora_dropout=0.0,
-        bias="none",
+    numbers = range(1, args.adapters + 1)
+    random_peft_adapters(
+        model, {n: root / ORG / f"{BASE}-r{args.rank}-task{n}" for n in numbers}, args.rank, 0.05, lambda n: n
     )
-    peft_model = get_peft_model(model, lora)
     rng = np.random.default_rng(0)
-    for n in range(1, args.adapters + 1):
-        torch.manual_seed(n)
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_" in name:
-                    p.normal_(0.0, 0.05)
-        peft_model.save_pretrained(root / ORG / f"{BASE}-r{args.rank}-task{n}", save_embedding_layers=False)
+    for n in numbers:
         rows = [
             {
                 "input": " ".join(words[t] for t in rng.integers(0, len(words), args.prompt_tokens - 1)),
@@ -183,7 +143,9 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lorabatch-gen-midsize-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"machine: {machine()}", flush=True)
+        import vllm
+
+        print(f"machine: {machine_line(f'vllm {vllm.__version__}', torch_threads=True, gpu=True)}", flush=True)
         t0 = time.perf_counter()
         n_params = build_bank(workdir / "bank", args)
         bank = {

@@ -1,7 +1,7 @@
 """The README's main command, timed end to end in a fresh clone, with where the time went.
 
-    python bench/main_command.py                 # clone this checkout's HEAD into a temp dir and run it
-    python bench/main_command.py --keep          # keep the clone (its runs/demo and demo-bank)
+    python -m bench.main_command                 # clone this checkout's HEAD into a temp dir and run it
+    python -m bench.main_command --keep          # keep the clone (its runs/demo and demo-bank)
 
 The command is read from the README (the block between the main-command markers), exactly as a
 user copies it, and run with bash in a `git clone` of HEAD: a fresh virtual environment, the
@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,10 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench.machine import machine_line
 
-from hostinfo import cpu_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 GOAL_S = 300.0
 SWEEP_GOAL_S = 120.0
@@ -42,14 +39,6 @@ def readme_block(marker: str) -> str:
     lines = (REPO / "README.md").read_text().splitlines()
     start, end = lines.index(f"<!-- {marker} -->"), lines.index(f"<!-- /{marker} -->")
     return "\n".join(line for line in lines[start + 1 : end] if not line.startswith("```"))
-
-
-def machine() -> str:
-    cpu = cpu_model()
-    return (
-        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | python {platform.python_version()} | "
-        f"load average {os.getloadavg()[0]:.1f}"
-    )
 
 
 def run_timed(command: str, cwd: Path, log_path: Path) -> tuple[int, float, float | None]:
@@ -79,7 +68,7 @@ def main() -> None:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-        print(f"machine: {machine()}", flush=True)
+        print(f"machine: {machine_line()}", flush=True)
         print(f"commit {head.stdout.strip()}; command: {command}", flush=True)
         code, total, installed = run_timed(command, clone, work / "main-command.log")
         if code != 0:

@@ -1,9 +1,9 @@
 """The method-quality table of a finished sweep: every setting against base, oracle and the
 controls, with what each costs per task next to training that task's LoRA.
 
-    python bench/method_quality.py runs/demo --bank demo-bank            # markdown table
-    python bench/method_quality.py runs/demo --bank demo-bank --json     # the same as JSON
-    python bench/method_quality.py runs/demo --forms                     # + where answers go wrong
+    python -m bench.method_quality runs/demo --bank demo-bank            # markdown table
+    python -m bench.method_quality runs/demo --bank demo-bank --json     # the same as JSON
+    python -m bench.method_quality runs/demo --forms                     # + where answers go wrong
 
 Reads only what the sweep wrote (RUN/scores/{summary,tasks}.parquet, RUN/fewshot/*.parquet,
 RUN/stages/*.json) and, for the training baseline, the demo bank's `demo_bank.json` (seconds the
@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.machine import machine_line
+from lorabatch.layout import RunLayout
+from lorabatch.scoring.goals import quality_goals
+from lorabatch.settings import Setting, display_order
 
-from lorabatch.layout import RunLayout  # noqa: E402
-from lorabatch.scoring.goals import quality_goals  # noqa: E402
-from lorabatch.settings import Setting, display_order  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _fmt(v, spec: str) -> str:
@@ -155,7 +152,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--forms", action="store_true", help="Also: exact / content in another form / content missed.")
     args = parser.parse_args()
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, run {args.run}")
+    print(f"# machine: {machine_line()}, run {args.run}")
     result = collect(args.run, args.bank)
     print(json.dumps(result, indent=2, default=str) if args.json else markdown(result))
     if args.forms:

@@ -1,6 +1,6 @@
 """What losing nodes and processes costs a sweep and a training run on a multi-node Ray cluster.
 
-    python bench/node_faults.py          # runs `pytest -m multinode tests/sweep/test_multinode.py`
+    python -m bench.node_faults          # runs `pytest -m multinode tests/sweep/test_multinode.py`
 
 The multi-node tests start a head holding no CPU and two worker nodes on this machine (loopback
 only), run the sweep once undisturbed and once with faults — during features, few-shot and
@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench.machine import cpu_model
 
-from hostinfo import cpu_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TABLE_ROWS = ("stage", "features", "fewshot", "generation", "whole")
 

@@ -1,8 +1,8 @@
 """The paper's whole CPU stage at its real shape: bank → features → distances → coefficients →
 every leave-one-out adapter of the 12 settings, measured stage by stage.
 
-    python bench/paper_cpu_stage.py                       # N=502, ~1.5 M tokens each, hidden 4096 (long)
-    python bench/paper_cpu_stage.py --tasks 12 --tokens 2e4 --hidden 256 --layers 2 \
+    python -m bench.paper_cpu_stage                       # N=502, ~1.5 M tokens each, hidden 4096 (long)
+    python -m bench.paper_cpu_stage --tasks 12 --tokens 2e4 --hidden 256 --layers 2 \
         --mlp-width 64 --epochs 2                         # smoke run: checks the script, minutes
 
 Built first under `--workdir` (not part of the comparison, timed separately):
@@ -35,12 +35,9 @@ row is a lower bound of what the real tokenizer costs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -48,18 +45,20 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from bench.distances import LAWS  # the realistic law's exponential cut-off
+from bench.machine import machine_line
+from bench.synthesis import paper_shaped_shapes
+from tests.helpers.synthetic_bank import (  # bench/synthesis.py: the adapter shapes of the paper's bank
+    numbered_words,
+    random_adapter_files,
+    word_tokenizer,
+)
 
-from distances import LAWS  # noqa: E402  the realistic law's exponential cut-off
-from hostinfo import cpu_model  # noqa: E402
-from synthesis import paper_shaped_shapes  # noqa: E402  (bench/synthesis.py: the adapter shapes of the paper's bank)
+REPO = Path(__file__).resolve().parents[1]
 
 ORG = "paperbench"
 BASE = "mistral-7b-shaped"
 METRICS = ("KL", "JS", "WD", "MMD")
-SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 AUTHORS_HOURS, AUTHORS_CORES = (6.0, 8.0), 20
 
 
@@ -137,25 +136,12 @@ def disk_usage(root: Path) -> int:
     return total
 
 
-def machine() -> str:
-    cpu = cpu_model()
-    import psutil
-    import torch
-
-    return (
-        f"{platform.platform()} | {cpu} | {os.cpu_count()} logical CPUs | "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM | python {platform.python_version()} | "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads) | load average {os.getloadavg()[0]:.1f}"
-    )
-
-
 # ---------------------------------------------------------------- the synthetic bank
 
 
 def build_base(root: Path, vocab: int, hidden: int, layers: int) -> Path:
     """config.json of a Mistral-7B-shaped model (scaled by the flags) and a word-level tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import MistralConfig, PreTrainedTokenizerFast
+    from transformers import MistralConfig
 
     out = root / ORG / BASE
     out.mkdir(parents=True)
@@ -172,18 +158,8 @@ def build_base(root: Path, vocab: int, hidden: int, layers: int) -> Path:
         bos_token_id=1,
         eos_token_id=2,
     ).to_json_file(out / "config.json")
-    words = [*SPECIALS, *word_list(vocab)]
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    ).save_pretrained(out)
+    word_tokenizer(out, numbered_words(vocab))
     return out
-
-
-def word_list(vocab: int) -> list[str]:
-    return [np.base_repr(k, 36).lower() for k in range(vocab - len(SPECIALS))]
 
 
 def build_datasets(
@@ -204,7 +180,7 @@ def build_dataset(root: Path, i: int, vocab: int, tokens: float, example_tokens:
     shared order by a per-dataset perturbation; returns its number of tokens."""
     from lorabatch.bank.datasets import write_split
 
-    words = word_list(vocab)
+    words = numbered_words(vocab)
     v = len(words)
     base = np.log(np.random.default_rng(seed).permutation(v) + 1.0)  # the shared order of the vocabulary
     ranks = np.arange(v)
@@ -236,33 +212,14 @@ def build_dataset(root: Path, i: int, vocab: int, tokens: float, example_tokens:
 
 def build_adapters(root: Path, n: int, hidden: int, layers: int, rank: int, seed: int = 1) -> int:
     """N PEFT adapters with random bf16 weights; returns the parameters per adapter."""
-    from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-    from lorabatch.synthesis.tensors import SafetensorsLayout
-
-    layout = SafetensorsLayout(paper_shaped_shapes(hidden, layers, rank), "BF16")
-    cfg = {
-        "peft_type": "LORA",
-        "r": rank,
-        "lora_alpha": 2 * rank,
-        "target_modules": ["q_proj", "k_proj", "v_proj"],
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "base_model_name_or_path": f"{ORG}/{BASE}",
-        "task_type": "CAUSAL_LM",
-        "use_rslora": False,
-        "fan_in_fan_out": False,
-    }
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        d = root / ORG / f"{BASE}-r{rank}-task{i + 1}"
-        d.mkdir(parents=True)
-        flat = rng.standard_normal(layout.n_params, dtype=np.float32)
-        flat *= 0.02
-        layout.write_tensors(
-            d / ADAPTER_WEIGHTS, {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors}
-        )
-        (d / ADAPTER_CONFIG).write_text(json.dumps(cfg))
-    return layout.n_params
+    return random_adapter_files(
+        [root / ORG / f"{BASE}-r{rank}-task{i + 1}" for i in range(n)],
+        paper_shaped_shapes(hidden, layers, rank),
+        rank=rank,
+        base_model=f"{ORG}/{BASE}",
+        dtype="BF16",
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------- the stages
@@ -431,7 +388,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lorabatch-paper-cpu-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     bank_root, run = workdir / "bank", workdir / "run"
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line(torch_threads=True, ram=True)}")
     print(
         f"shape: N={args.tasks}, ~{args.tokens:.3g} tokens per dataset, V={args.vocab}, rank {args.rank}, "
         f"q/k/v × {args.layers} layers, hidden {args.hidden} (k/v {args.hidden // 4}), bf16; neural MLP "

@@ -1,16 +1,17 @@
 """Synthesized (training-free) adapters against gradient training, on held-out demo tasks:
 wall seconds, CPU-seconds and test Rouge-L per task, as one table — the paper's claim measured.
 
-    python bench/predict_vs_train.py runs/demo --tasks 3            # markdown table
-    python bench/predict_vs_train.py runs/demo --tasks 3 --json     # the same as JSON
+    python -m bench.predict_vs_train runs/demo --tasks 3            # markdown table
+    python -m bench.predict_vs_train runs/demo --tasks 3 --json     # the same as JSON
 
 RUN is a prepared bank (manifest, features, distances: e.g. after `lorabatch sweep configs/demo.yaml`).
 For each of the first `--tasks` tasks, held out: its train split is the user's dataset, and
 
-- every training-free setting is what `lorabatch predict` computes on the bank *without* that
-  task: features of the dataset and query distances to the bank (timed once per metric, counted in
-  every setting of the metric), coefficients over the other tasks (attentional, normalized; the
-  controls uniform and nearest-<metric>), mixing, and writing the adapter;
+- every paper setting (attentional, normalized) is `lorabatch predict` on the bank *without* that
+  task (`predict_adapter(..., exclude=[task])`): wall seconds of the whole call — the dataset read,
+  its features and query distances, coefficients over the other tasks, mixing, writing the
+  adapter; the controls (uniform, nearest-<metric>) are the other tasks mixed by the same writer,
+  timed with the metric's query features and distances (nearest) or alone (uniform);
 - `select` and `refine` are `lorabatch predict --fewshot select|refine` (JS, the default metric,
   and the default few-shot config: 16 of the dataset's rows) with the task left out of the bank
   (`fewshot_predict(..., exclude=[task])`): wall seconds of the whole call, its query features and
@@ -31,20 +32,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from bench.machine import machine_line
+from lorabatch.layout import RunLayout
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-
-from lorabatch.layout import RunLayout  # noqa: E402
 
 MODELS = ("attentional", "normalized")
 
@@ -65,44 +64,56 @@ class Meter:
         self.into[self.name] = (old[0] + wall, old[1] + cpu)
 
 
-def held_out_settings(run: Path, task_index: int, dataset, metrics: list[str], out_dir: Path, base_path: Path) -> dict:
-    """{setting: (adapter dir, wall s, CPU s)} of every training-free setting for one held-out task."""
+def held_out_settings(run: Path, task_id: str, data: Path, dataset, metrics: list[str], out_dir: Path) -> dict:
+    """{setting: (adapter dir, wall s, CPU s)} of every training-free setting for one held-out task.
+
+    The paper settings are `lorabatch predict` itself (`predict_adapter` with the task excluded), a
+    whole call each; the controls mix the other tasks with the writer `predict` uses, their cost
+    being the query's features and distances plus the mixing."""
     from lorabatch.synthesis.config import SynthesisConfig
-    from lorabatch.synthesis.predict import query_bank_distances, query_coefficients
     from lorabatch.synthesis.stage import synthesize_one
     from lorabatch.synthesis.tensors import layout_from_manifest
+    from lorabatch.workflows.predict import predict_adapter, query_bank_distances
 
     layout = layout_from_manifest(run)
+    held_out = layout.task_ids.index(task_id)
+    others = [j for j in range(len(layout.task_ids)) if j != held_out]
+    base_path = layout_base_model(run)
     syn = SynthesisConfig()
-    others = [j for j in range(len(layout.task_ids)) if j != task_index]
     cost: dict = {}
     made = {}
     for metric in metrics:
+        for model in MODELS:
+            setting = f"{metric}-{model}"
+            with Meter(cost, setting):
+                predict_adapter(
+                    run, data, out_dir / setting, metric=metric, model=model, progress=False, exclude=[task_id]
+                )
+            made[setting] = (out_dir / setting, *cost[setting])
         with Meter(cost, f"query:{metric}"):
             _, d = query_bank_distances(run, dataset, metric, base_path, seed=0, progress=False)
-        for setting in (
-            [f"{metric}-{m}" for m in MODELS] + [f"nearest-{metric}"] + (["uniform"] if metric == metrics[0] else [])
-        ):
+        for setting in [f"nearest-{metric}"] + (["uniform"] if metric == metrics[0] else []):
             with Meter(cost, setting):
                 c = np.zeros(len(layout.task_ids))
                 if setting == "uniform":
                     c[others] = 1.0 / len(others)
-                elif setting.startswith("nearest-"):
-                    c[others[int(np.argmin(d[others]))]] = 1.0
                 else:
-                    model = setting.rsplit("-", 1)[1]
-                    c[others] = query_coefficients(d[others], model, syn, run, metric)
-                synthesize_one(
-                    layout, c, out_dir / setting, syn, setting=setting, target=f"held-out:{layout.task_ids[task_index]}"
-                )
+                    c[others[int(np.argmin(d[others]))]] = 1.0
+                synthesize_one(layout, c, out_dir / setting, syn, setting=setting, target=f"held-out:{task_id}")
             query = cost[f"query:{metric}"] if setting != "uniform" else (0.0, 0.0)
             made[setting] = (out_dir / setting, cost[setting][0] + query[0], cost[setting][1] + query[1])
     return made
 
 
+def layout_base_model(run: Path) -> Path:
+    from lorabatch.bank.manifest import load_manifest
+
+    return Path(load_manifest(run).column("base_model_path")[0].as_py())
+
+
 def fewshot_settings(run: Path, data: Path, task_id: str, out_dir: Path) -> dict:
     """{method: (adapter dir, wall s, CPU s)} of `lorabatch predict --fewshot` with the task left out."""
-    from lorabatch.fewshot.query import fewshot_predict
+    from lorabatch.workflows.fewshot_predict import fewshot_predict
 
     made, cost = {}, {}
     for method in ("select", "refine"):
@@ -114,7 +125,7 @@ def fewshot_settings(run: Path, data: Path, task_id: str, out_dir: Path) -> dict
 
 def train_setting(run: Path, data: Path, out: Path, size: str, threads: int) -> tuple[Path, float, float, dict]:
     from lorabatch.demo.build import SIZES
-    from lorabatch.training.adapter import train_adapter
+    from lorabatch.workflows.train import train_adapter
 
     config = SIZES[size].train.training_config(threads=threads)
     t, c = time.perf_counter(), time.process_time()
@@ -174,7 +185,7 @@ def main() -> None:
     metrics = RunLayout(run).distance_metrics()
     per_setting: dict[str, list] = {}
     # Imports and the tokenizer's first load are paid once per process, not per dataset: warm up.
-    from lorabatch.synthesis.predict import query_bank_distances
+    from lorabatch.workflows.predict import query_bank_distances
 
     warm = read_split(manifest[0]["dataset_path"], "train", ["input", "output"]).slice(0, 8)
     query_bank_distances(
@@ -185,7 +196,7 @@ def main() -> None:
         seed=0,
         progress=False,
     )
-    for index, task in enumerate(manifest[: args.tasks]):
+    for task in manifest[: args.tasks]:
         train_rows = read_split(task["dataset_path"], "train", ["input", "output"]).to_pylist()
         dataset = pa.table(
             {
@@ -195,9 +206,9 @@ def main() -> None:
             }
         )
         dataset = dataset.replace_schema_metadata({"lorabatch.ignored_columns": "[]"})
-        made = held_out_settings(run, index, dataset, metrics, work / task["task_id"], base_path)
         data = work / f"{task['task_id']}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
+        made = held_out_settings(run, task["task_id"], data, dataset, metrics, work / task["task_id"])
         made.update(fewshot_settings(run, data, task["task_id"], work / task["task_id"]))
         path, wall, cpu, info = train_setting(run, data, work / task["task_id"] / "train", size, args.threads)
         made["train"] = (path, wall, cpu)
@@ -223,10 +234,7 @@ def main() -> None:
     ]
     table.sort(key=lambda r: -r["rouge_l"])
     machine = {
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
+        "machine": machine_line(),
         "threads": args.threads,
         "tasks": args.tasks,
         "eval_examples": args.eval,

@@ -1,9 +1,9 @@
 """Benchmark of adapter synthesis: blocked streaming vs baselines, and the neural model's costs.
 
-    python bench/synthesis.py                  # everything (~5 min and ~8 GB of temporary disk on 2 cores)
-    python bench/synthesis.py --part batch     # all N leave-one-out adapters of one setting
-    python bench/synthesis.py --part neural    # Gram vs explicit loss term; paper-size MLP epoch
-    python bench/synthesis.py --part neural --device cuda --full-epoch   # the whole epoch on a GPU
+    python -m bench.synthesis                  # everything (~5 min and ~8 GB of temporary disk on 2 cores)
+    python -m bench.synthesis --part batch     # all N leave-one-out adapters of one setting
+    python -m bench.synthesis --part neural    # Gram vs explicit loss term; paper-size MLP epoch
+    python -m bench.synthesis --part neural --device cuda --full-epoch   # the whole epoch on a GPU
 
 batch: a bank shaped like the paper's (N = 502 tasks, rank 16, q/k/v of 32 layers, grouped-query
 k/v at a quarter of the width) with the hidden size scaled from 4096 down to `--hidden`, random
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -35,18 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.machine import machine_line
+from tests.helpers.synthetic_bank import random_adapter_files
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def machine() -> str:
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-    except ImportError:
-        threads = "-"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, python {platform.python_version()}"
 
 
 def maxrss_mb() -> float:
@@ -72,30 +63,9 @@ def paper_shaped_shapes(hidden: int, layers: int = 32, rank: int = 16) -> dict[s
 
 
 def make_bank(root: Path, n: int, hidden: int) -> None:
-    from lorabatch.synthesis.tensors import SafetensorsLayout
-
-    shapes = paper_shaped_shapes(hidden)
-    layout = SafetensorsLayout(shapes, "F32")
-    cfg = {
-        "peft_type": "LORA",
-        "r": 16,
-        "lora_alpha": 32,
-        "target_modules": ["q_proj", "k_proj", "v_proj"],
-        "bias": "none",
-        "base_model_name_or_path": "bench/base",
-        "task_type": "CAUSAL_LM",
-        "use_rslora": False,
-    }
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        d = root / f"task{i + 1}"
-        d.mkdir(parents=True)
-        flat = rng.standard_normal(layout.n_params, dtype=np.float32) * 0.02
-        layout.write_tensors(
-            d / "adapter_model.safetensors",
-            {t.name: flat[t.offset : t.offset + t.size].reshape(t.shape) for t in layout.tensors},
-        )
-        (d / "adapter_config.json").write_text(json.dumps(cfg))
+    random_adapter_files(
+        [root / f"task{i + 1}" for i in range(n)], paper_shaped_shapes(hidden), rank=16, base_model="bench/base"
+    )
 
 
 def bench_layout_and_c(bank: Path, n: int):
@@ -176,7 +146,8 @@ def worker(args) -> dict:
 def run_worker(kind: str, bank: Path, out: Path, opts) -> dict:
     cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "bench.synthesis",
         "--worker",
         kind,
         "--bank",
@@ -402,7 +373,7 @@ def main() -> None:
     if opts.worker:
         print(json.dumps(worker(opts)))
         return
-    print(f"# bench/synthesis.py on {machine()}")
+    print(f"# bench.synthesis on {machine_line(torch_threads=True)}")
     if opts.part in ("all", "batch"):
         bench_batch(opts)
     if opts.part in ("all", "neural"):

@@ -12,13 +12,15 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lorabatch.atomic import write_text
 from lorabatch.bank.config import BankConfig
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.errors import ConfigError
 from lorabatch.features.config import FeaturesConfig
 from lorabatch.fewshot.config import FewShotConfig
 from lorabatch.generation.config import GenerationConfig
-from lorabatch.raysession import FAULT_TOLERANCE
+from lorabatch.layout import RunLayout
+from lorabatch.raysession import FAULT_TOLERANCE, ensure_ray
 from lorabatch.scoring.config import ScoringConfig
 from lorabatch.strict import RuntimeField, StrictModel
 from lorabatch.synthesis.config import SynthesisConfig
@@ -59,6 +61,11 @@ class RayConfig(StrictModel):
         description="Restarts and retries when a node or a worker process is lost.",
     )
 
+    def connect(self) -> None:
+        """Join the cluster at `address` (or RAY_ADDRESS), else start Ray in this process
+        (`raysession.ensure_ray`), with this section's fault tolerance."""
+        ensure_ray(self.address, self.num_cpus, fault_tolerance=self.fault_tolerance.model_dump())
+
 
 class LorabatchConfig(StrictModel):
     run_dir: Path = Field(..., description="The run directory: every output of every stage lives here.")
@@ -89,8 +96,6 @@ class LorabatchConfig(StrictModel):
 
     def record(self) -> None:
         """Write the fully resolved config to RUN/config.yaml (what the run was asked to do)."""
-        from lorabatch.atomic import write_text
-        from lorabatch.layout import RunLayout
 
         write_text(RunLayout(self.run_dir).config, dump_config(self))
 

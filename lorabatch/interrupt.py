@@ -74,7 +74,7 @@ def _stop_ray() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-    except Exception:  # noqa: BLE001 - exiting anyway; Ray's daemons go when this process goes
+    except Exception:  # exiting anyway; Ray's daemons go when this process goes
         pass
 
 

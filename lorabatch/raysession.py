@@ -2,7 +2,7 @@
 
 Only the entry points call `ensure_ray`: the `lorabatch` commands, `jobs/sweep.py`, and the
 functions the commands are thin wrappers of, each a whole command's work in the Python API —
-`sweep.run.run_sweep`, `training.adapter.train_adapter`, `bank.extend.extend_bank` and
+`sweep.run.run_sweep`, `workflows.train.train_adapter`, `workflows.extend.extend_bank` and
 `demo.build.build_demo_bank` (the last three through `training.trainer.ensure_training_ray`, which
 sizes a local instance for the training jobs, and only when they have something to train). The
 stages use the connection they find (`require_ray`) and never start one.
@@ -17,6 +17,7 @@ import warnings
 
 from lorabatch import interrupt
 from lorabatch.errors import LorabatchError
+from lorabatch.progress import quiet_ray_data
 
 _log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ def ensure_ray(
     `FAULT_TOLERANCE`) sets the retries of the actors and tasks this process starts from now on.
     """
     import ray
-
-    from lorabatch.progress import quiet_ray_data
 
     _fault_tolerance.update(fault_tolerance or {})
     _apply_data_context()
@@ -153,7 +152,7 @@ class NodeWatch:
         self._thread.join(timeout=5)
         try:
             self.check()  # a loss in the last period
-        except Exception:  # noqa: BLE001 - Ray may be gone already (the run was stopped)
+        except Exception:  # Ray may be gone already (the run was stopped)
             pass
         _watch = None
 
@@ -167,7 +166,7 @@ class NodeWatch:
         while not self._stop.wait(self.period_s):
             try:
                 self.check()
-            except Exception as err:  # noqa: BLE001 - the control plane may answer again
+            except Exception as err:  # the control plane may answer again
                 _log.debug(f"node watch: {err!r}")
 
     def check(self) -> None:

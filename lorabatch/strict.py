@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _RUNTIME = {"runtime": True}
 
 
-def RuntimeField(*args, **kwargs) -> Any:  # noqa: N802  (a pydantic.Field)
+def RuntimeField(*args, **kwargs) -> Any:  # named like the pydantic.Field it wraps
     """A `pydantic.Field` declaring how a run executes: never part of a cache key."""
     return Field(*args, json_schema_extra=_RUNTIME, **kwargs)
 

@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def small_demo_bank(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sweep_bank(tmp_path_factory):
     """A tiny bank for end-to-end sweeps: 4 tasks with random LoRAs, 30 test examples each."""
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     return build_tiny_bank(tmp_path_factory.mktemp("sweep") / "bank", n_tasks=4, rank=8, rows=40, test_rows=30)
 

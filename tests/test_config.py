@@ -133,9 +133,9 @@ def test_cli_set_overrides_are_typed_and_validated(tmp_path):
     out = subprocess.run(cmd + ["--set", "synthesis.top_k"], capture_output=True, text=True)
     assert out.returncode == 2 and "expected dotted.path=value" in out.stderr
 
-    from lorabatch.cli import _overrides
+    from lorabatch.cli import config_overrides
 
-    got = load_config(cfg, _overrides(["synthesis.top_k=3", "synthesis.jit=true", "distances.metrics=[JS, KL]"]))
+    got = load_config(cfg, config_overrides(["synthesis.top_k=3", "synthesis.jit=true", "distances.metrics=[JS, KL]"]))
     assert got.synthesis.top_k == 3 and got.synthesis.jit is True and got.distances.metrics == ["JS", "KL"]
 
 

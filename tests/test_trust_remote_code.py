@@ -9,7 +9,7 @@ import pytest
 from lorabatch.bank.manifest import build_manifest, trusts_remote_code
 from lorabatch.config import parse_config
 from lorabatch.features.config import FeaturesConfig
-from lorabatch.testing.tiny_bank import build_tiny_bank
+from tests.helpers.synthetic_bank import build_tiny_bank
 
 CUSTOM_CODE = """
 import os
@@ -73,7 +73,8 @@ def test_features_generation_and_predict_run_the_base_models_code(bank, tmp_path
     from lorabatch.generation.plan import plan_work
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.stage import build_context
-    from lorabatch.synthesis.predict import query_bank_distances, read_user_dataset
+    from lorabatch.workflows.predict import query_bank_distances
+    from lorabatch.workflows.userdata import read_user_dataset
 
     run = tmp_path / "run"
     manifest = _manifest(bank, run, trust=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from lorabatch.atomic import write_parquet
 from lorabatch.errors import DatasetError
 
 SPLITS = ("train", "valid", "test")
@@ -85,8 +86,6 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 def write_split(dataset_dir: str | Path, split: str, rows: list[dict]) -> Path:
     """Write one split as a single shard, atomically (used by the demo builder and tests)."""
     import pyarrow as pa
-
-    from lorabatch.atomic import write_parquet
 
     schema = pa.schema([("input", pa.string()), ("output", pa.list_(pa.string())), ("id", pa.string())])
     table = pa.Table.from_pylist(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lorabatch.bank.manifest import resolve_base_model
 from lorabatch.bank.resolve import resolve_tasks
 from lorabatch.bank.sources import ADAPTER_FILES, DATASET_FILES, RepoSource, make_source
 
@@ -51,7 +52,6 @@ def bank_files_identity(bank_config) -> dict:
     Raises what resolution raises (`BankResolutionError`, `BankValidationError`) when the bank
     cannot be resolved; the caller then rebuilds, which reports every problem.
     """
-    from lorabatch.bank.manifest import resolve_base_model
 
     source = make_source(bank_config)
     refs = resolve_tasks(bank_config, source)

@@ -35,28 +35,6 @@ def manifest_path(run_dir: str | Path) -> Path:
     return RunLayout(run_dir).manifest
 
 
-def ensure_demo_bank(bank_config) -> None:
-    """Provide the embedded demo bank in `bank.root` if the config asks for it: the shipped default
-    bank when the config asks for its recipe, else one built (or kept) for the config."""
-    if bank_config.demo is None:
-        return
-    from lorabatch.demo.families import load_families
-    from lorabatch.demo.shipped import provide_demo_bank
-
-    demo = bank_config.demo
-    provide_demo_bank(
-        bank_config.root,
-        size=demo.size,
-        seed=demo.seed,
-        threads=demo.threads,
-        lora_init=demo.lora_init,
-        shared_fraction=demo.shared_fraction,
-        parallel=demo.parallel,
-        base=demo.base,
-        families=load_families(demo.families),
-    )
-
-
 def resolve_base_model(bank_config, source, weights: bool = False) -> Path:
     """Local directory of the base model: a path as given, else the repo resolved by the source.
 
@@ -83,7 +61,6 @@ def inspect_bank(bank_config, progress: bool = True) -> tuple[Path, list[TaskFac
     """Resolve and inspect every task; raise `BankValidationError` listing all problems."""
     from tqdm.auto import tqdm
 
-    ensure_demo_bank(bank_config)
     source = make_source(bank_config)
     refs = resolve_tasks(bank_config, source)
     problems: list[tuple[str, str]] = []

@@ -4,5 +4,6 @@
 bank also ships with the package (`shipped`): `provide_demo_bank` copies it where a config asks for
 its recipe (`recipe`), and builds any other. A product of its own beside the stages: it writes
 datasets in the bank's format (`lorabatch.bank.datasets`) and trains with `lorabatch.training`;
-the bank stage (`lorabatch.bank.manifest`, source `demo`) and `lorabatch bank extend` call it.
+the workflows provide it before the bank stage reads it (`lorabatch.workflows.demo_bank`, when a
+run config has `bank.demo`) and `lorabatch bank extend` reuses its recipe.
 """

@@ -22,6 +22,8 @@ from pathlib import Path
 from lorabatch.demo.evaluate import greedy_generate
 from lorabatch.scoring.content import content_match, template_words
 from lorabatch.scoring.rouge import exact_match, rouge_l
+from lorabatch.synthesis.mixing import mix_linear
+from lorabatch.synthesis.tensors import bank_layout
 
 # (lower, upper) bounds of each acceptance figure; None: unbounded on that side.
 CRITERIA: dict[str, tuple[float | None, float | None]] = {
@@ -53,8 +55,6 @@ def uniform_tensors(layout, target: int) -> dict:
     c_j = 1/(N−1), c_target = 0."""
     import numpy as np
 
-    from lorabatch.synthesis.mixing import mix_linear
-
     c = np.full(layout.n_tasks, 1.0 / (layout.n_tasks - 1))
     c[target] = 0.0
     return mix_linear(layout, c)
@@ -77,8 +77,6 @@ def accept_bank(
     from peft import PeftModel, set_peft_model_state_dict
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lorabatch.synthesis.tensors import bank_layout
 
     task_ids = list(adapters)
     dirs = [adapters[t] for t in task_ids]

@@ -28,6 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorabatch.atomic import atomic_dir, write_json
+from lorabatch.bank.datasets import write_split
+from lorabatch.demo import train as demo_train
+from lorabatch.demo.accept import accept_bank
 from lorabatch.demo.families import FAMILIES, Family, TaskSpec, make_examples, split_examples
 from lorabatch.demo.lora_init import (
     DEFAULT_SHARED_FRACTION,
@@ -37,6 +41,7 @@ from lorabatch.demo.lora_init import (
     shared_init_tasks,
     task_seed,
 )
+from lorabatch.demo.model import new_model
 from lorabatch.demo.recipe import (
     BASES,
     BUILDER_VERSION,
@@ -48,7 +53,11 @@ from lorabatch.demo.recipe import (
     recorded_fraction,
     size_inputs,
 )
+from lorabatch.demo.tokenizer import train_tokenizer
+from lorabatch.demo.train import instruct, lora_model, train_lora
 from lorabatch.errors import LorabatchError
+from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +95,6 @@ def write_datasets(
 
 
 def _write_splits(org_dir: Path, specs: list[TaskSpec], splits: dict[int, dict[str, list[dict]]]) -> None:
-    from lorabatch.bank.datasets import write_split
 
     for spec in specs:
         for split, rows in splits[spec.number].items():
@@ -199,12 +207,6 @@ def _build(
 ) -> Path:
     import torch
 
-    from lorabatch.atomic import atomic_dir, write_json
-    from lorabatch.demo.accept import accept_bank
-    from lorabatch.demo.model import new_model
-    from lorabatch.demo.tokenizer import train_tokenizer
-    from lorabatch.demo.train import instruct, pretrain
-
     started = time.perf_counter()
     timings: dict[str, float] = {}
     inputs = size_inputs(cfg, seed, base, all_families)
@@ -257,7 +259,7 @@ def _build(
             cfg.train.pretrain_steps,
             len(sentences),
         )
-        pre_losses = pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
+        pre_losses = demo_train.pretrain(model, tokenizer, sentences, cfg.train, seed, progress)
         timings["pretrain"] = time.perf_counter() - t
         log.info("pre-training: loss %.2f -> %.2f in %.0f s", pre_losses[0], _tail(pre_losses), timings["pretrain"])
         instruct_losses: list[float] = []
@@ -414,8 +416,6 @@ def _train_loras_in_process(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorabatch.demo.train import lora_model, train_lora
-
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = lora_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg.train, BASE_REPO)
     log.info("training %d task LoRAs in this process, one at a time", len(specs))
@@ -455,8 +455,6 @@ def _train_loras(
     import tempfile
 
     import ray
-
-    from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
 
     training = cfg.train.training_config(threads, parallel)
     jobs = [
@@ -503,8 +501,6 @@ def _copy_adapter(checkpoint_dir: Path, target: Path) -> None:
     """The PEFT files of a final checkpoint as a bank adapter directory (its config's
     `target_modules` sorted)."""
     import shutil
-
-    from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     target.mkdir(parents=True)
     shutil.copyfile(checkpoint_dir / ADAPTER_WEIGHTS, target / ADAPTER_WEIGHTS)

@@ -13,6 +13,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from lorabatch.examples import collate, encode_examples
+from lorabatch.progress import ProgressLine
 from lorabatch.training.batches import (
     BatchOrder,
     answer_tokens,
@@ -20,6 +21,7 @@ from lorabatch.training.batches import (
 )
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec, lora_parameter_groups, reset_lora
+from lorabatch.training.lora import lora_model as wrap
 
 __all__ = ["TrainSettings", "instruct", "lora_model", "pretrain", "reset_lora", "train_lora"]
 
@@ -87,8 +89,6 @@ def _fit(
     `lr`); returns the loss of every step."""
     import torch
 
-    from lorabatch.progress import ProgressLine
-
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -151,7 +151,6 @@ def instruct(
 
 def lora_model(model, settings: TrainSettings, base_name: str):
     """Wrap `model` in a PEFT LoRA (q/k/v, no bias, no dropout) whose config names `base_name`."""
-    from lorabatch.training.lora import lora_model as wrap
 
     return wrap(model, settings.lora_spec(base_name, init_seed=0))
 

@@ -1,12 +1,20 @@
 """Distances between the bank's datasets: the paper's KL, JS, WD and MMD on token features, and
 OT / RBF-MMD on embeddings; whole matrices in blocks on Ray Data, query rows, incremental banks.
 
-Importing this package is cheap; numpy, scipy, POT and ray load on first use.
+Importing this package is cheap (numpy); scipy, POT and ray load on first use.
 """
 
 from __future__ import annotations
 
 from lorabatch.distances.config import DistancesConfig
+from lorabatch.distances.matrix import (
+    compute_distance_matrix,
+    compute_distances,
+    distance_path,
+    load_distance_matrix,
+    pairwise_distances,
+    query_distances,
+)
 from lorabatch.distances.registry import (
     PAPER_METRICS,
     DistancesError,
@@ -31,23 +39,3 @@ __all__ = [
     "register_metric",
     "registered_metrics",
 ]
-
-_LAZY = {
-    name: "lorabatch.distances.matrix"
-    for name in (
-        "compute_distance_matrix",
-        "compute_distances",
-        "distance_path",
-        "load_distance_matrix",
-        "pairwise_distances",
-        "query_distances",
-    )
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lorabatch.distances' has no attribute {name!r}")

@@ -20,6 +20,7 @@ import hashlib
 import numpy as np
 
 from lorabatch.distances.metric import Metric
+from lorabatch.distances.registry import DistancesError
 
 
 def _content_seed(seed: int, array: np.ndarray) -> np.random.Generator:
@@ -37,7 +38,6 @@ def ot_subsample(emb: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def _check_embeddings(features, name: str) -> list[np.ndarray]:
-    from lorabatch.distances.registry import DistancesError
 
     if features.embeddings is None:
         raise DistancesError(f"metric {name} needs embeddings: compute features with features.embedding.enabled")

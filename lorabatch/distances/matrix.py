@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.atomic import atomic_path
 from lorabatch.distances.config import DistancesConfig
 from lorabatch.distances.metric import take
-from lorabatch.distances.registry import DistancesError, get_metric
+from lorabatch.distances.registry import DistancesError, get_metric, metric_class
+from lorabatch.features import FeatureSet
+from lorabatch.features.store import load_bank_features
 from lorabatch.layout import RunLayout
 from lorabatch.raysession import require_ray, task_fault_tolerance
 
@@ -246,7 +249,6 @@ def compute_distance_matrix(
     computes nothing (and does not rewrite the file). `timings`, when given, receives the
     seconds spent per step: identities, previous, prepare, blocks, assemble, write.
     """
-    from lorabatch.features.store import load_bank_features
 
     config = config or DistancesConfig()
     m = get_metric(metric, config)
@@ -315,8 +317,6 @@ def write_distance_table(path: Path, table) -> None:
     repeats to find: trying costs 60 % of the write at N = 502)."""
     import pyarrow.parquet as pq
 
-    from lorabatch.atomic import atomic_path
-
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp, use_dictionary=["target", "source"])
 
@@ -380,8 +380,6 @@ def query_distances(bank, query, metric: str, *, config: DistancesConfig | None 
     bank's matrix, when there is one, win over `config`) or a FeatureSet; `query` a FeatureSet
     of one dataset. KL is KL(query ‖ bank task), as in the bank's matrix rows.
     """
-    from lorabatch.features import FeatureSet
-    from lorabatch.features.store import load_bank_features
 
     m = get_metric(metric, config or DistancesConfig())
     if isinstance(bank, FeatureSet):
@@ -407,8 +405,6 @@ def compute_distances(
     run_dir, config: DistancesConfig | None = None, metrics: list[str] | None = None, *, progress: bool = True
 ) -> dict:
     """Every metric of `metrics` (default config.metrics) over the bank: {metric: D}."""
-    from lorabatch.distances.registry import metric_class
-    from lorabatch.features.store import load_bank_features
 
     config = config or DistancesConfig()
     metrics = list(metrics or config.metrics)

@@ -1,12 +1,16 @@
 """Per-dataset features for the distances: token-id histograms (KL, JS, exact 1-D WD), seeded
 token-id samples (MMD) and mean-pooled example embeddings (OT, RBF-MMD; beyond paper mode).
 
-Importing this package is cheap; numpy, pyarrow, transformers and ray load on first use.
+Importing this package is cheap (numpy); pyarrow, transformers and ray load on first use.
 """
 
 from __future__ import annotations
 
+from lorabatch.features.compute import compute_bank_features, compute_dataset_features
 from lorabatch.features.config import EmbeddingConfig, FeaturesConfig
+from lorabatch.features.featureset import FeaturesError, FeatureSet, sample_token_ids
+from lorabatch.features.store import load_bank_features
+from lorabatch.features.tokens import tokenizer_fingerprint
 
 __all__ = [
     "EmbeddingConfig",
@@ -19,21 +23,3 @@ __all__ = [
     "sample_token_ids",
     "tokenizer_fingerprint",
 ]
-
-_LAZY = {
-    "FeatureSet": "lorabatch.features.featureset",
-    "FeaturesError": "lorabatch.features.featureset",
-    "sample_token_ids": "lorabatch.features.featureset",
-    "compute_bank_features": "lorabatch.features.compute",
-    "compute_dataset_features": "lorabatch.features.compute",
-    "load_bank_features": "lorabatch.features.store",
-    "tokenizer_fingerprint": "lorabatch.features.tokens",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'lorabatch.features' has no attribute {name!r}")

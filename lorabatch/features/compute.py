@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.atomic import write_npy
+from lorabatch.bank.datasets import read_split
+from lorabatch.bank.manifest import load_manifest, trusts_remote_code
 from lorabatch.errors import LorabatchError
 from lorabatch.features import store
 from lorabatch.features.config import FeaturesConfig
+from lorabatch.features.embeddings import Embedder, embedding_key, embedding_subsample
 from lorabatch.features.featureset import FeaturesError, FeatureSet, sample_token_ids
 from lorabatch.features.tokens import (
     example_texts,
@@ -29,6 +33,7 @@ from lorabatch.features.tokens import (
     tokenizer_fingerprint,
     vocab_size_of,
 )
+from lorabatch.progress import ProgressLine
 from lorabatch.raysession import actor_fault_tolerance, require_ray
 
 log = logging.getLogger(__name__)
@@ -62,8 +67,6 @@ class FeatureWorker:
             self.tokenizer = load_tokenizer(tokenizer_path, trust_remote_code)
             self.vocab_size = vocab_size_of(self.tokenizer, self.config.vocab_size)
         else:
-            from lorabatch.features.embeddings import Embedder
-
             # Only the bank's base model is trusted with its own code (bank.trust_remote_code).
             trusted = trust_remote_code and Path(embed_model).resolve() == Path(tokenizer_path).resolve()
             self.embedder = Embedder(embed_model, self.config.embedding, trusted)
@@ -85,7 +88,6 @@ class FeatureWorker:
         return {k: np.asarray(v) for k, v in out.items()}
 
     def one(self, task_id: str, path: str, key: str) -> tuple[int, int]:
-        from lorabatch.bank.datasets import read_split
 
         label = f"{task_id} ({path})"
         table = read_split(path, "train", columns=["input", "output"])
@@ -103,8 +105,6 @@ class FeatureWorker:
             }
             store.write_entry(self.run_dir, key, counts, meta)
             return len(texts), int(counts.sum())
-        from lorabatch.atomic import write_npy
-        from lorabatch.features.embeddings import embedding_subsample
 
         pick = embedding_subsample(len(texts), self.config.embedding)
         emb = self.embedder.embed([texts[i] for i in pick])
@@ -116,7 +116,6 @@ def _run_workers(items: list[dict], worker_kwargs: dict, config: FeaturesConfig,
     """One result row per item, through Ray Data (config.executor 'ray') or in this process."""
     if not items:
         return []
-    from lorabatch.progress import ProgressLine
 
     line = ProgressLine(f"features ({worker_kwargs['mode']})", len(items), "datasets", progress)
     if config.executor == "local":
@@ -156,7 +155,6 @@ def _manifest_table(manifest):
 
     if isinstance(manifest, pa.Table):
         return manifest
-    from lorabatch.bank.manifest import load_manifest
 
     return load_manifest(manifest)
 
@@ -180,7 +178,6 @@ def compute_bank_features(
     Only datasets whose cache entry is missing are tokenized (embedded); the result, in manifest
     order, is also recorded in RUN/features/{index.parquet, features.json} (see `store`).
     """
-    from lorabatch.bank.manifest import trusts_remote_code
 
     config = config or FeaturesConfig()
     manifest = _manifest_table(manifest)
@@ -211,8 +208,6 @@ def compute_bank_features(
 
     ekey = None
     if config.embedding.enabled:
-        from lorabatch.features.embeddings import embedding_key
-
         model_dir = config.embedding.model or tokenizer_path
         ekey = embedding_key(config.embedding, model_dir)
         todo = [it for it in items if not store.embeddings_path(run_dir, it["key"], ekey).is_file()]
@@ -271,8 +266,6 @@ def compute_dataset_features(
     if seed is not None:
         config = config.model_copy(update={"mmd_seed": seed})
     if isinstance(dataset, (str, Path)):
-        from lorabatch.bank.datasets import read_split
-
         name = f"{name} ({dataset})"
         dataset = read_split(dataset, "train", columns=["input", "output"])
     elif isinstance(dataset, list):
@@ -291,8 +284,6 @@ def compute_dataset_features(
     sample = sample_token_ids(counts, config.mmd_sample_size, config.mmd_seed)
     emb = None
     if config.embedding.enabled:
-        from lorabatch.features.embeddings import Embedder, embedding_subsample
-
         pick = embedding_subsample(len(texts), config.embedding)
         trusted = trust_remote_code and config.embedding.model is None
         emb = [Embedder(config.embedding.model or tokenizer, config.embedding, trusted).embed([texts[i] for i in pick])]

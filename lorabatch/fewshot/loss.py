@@ -21,7 +21,16 @@ from __future__ import annotations
 import numpy as np
 
 from lorabatch.examples import IGNORE, collate, encode_examples
-from lorabatch.generation.hf_decode import copy_into_slot, group_mixed_batches, routed
+from lorabatch.generation.hf_decode import (
+    BASE_ADAPTER,
+    ContinuousDecoder,
+    can_decode,
+    copy_into_slot,
+    group_mixed_batches,
+    routed,
+)
+from lorabatch.scoring.rouge import rouge_l
+from lorabatch.synthesis.tensors import scaling_of
 
 
 class FewShotLoss:
@@ -79,8 +88,6 @@ class FewShotLoss:
             return self.slots[(rank, index)]
         from peft import LoraConfig, get_peft_model
 
-        from lorabatch.synthesis.tensors import scaling_of
-
         cfg = self.adapter_config
         alpha = scaling_of(cfg) * (rank**0.5 if cfg.get("use_rslora") else rank)
         config = LoraConfig(
@@ -136,8 +143,6 @@ class FewShotLoss:
         counts as a forward pass. The answers stay in `last_answers`."""
         import torch
 
-        from lorabatch.scoring.rouge import rouge_l
-
         model, context = self._model_with(tensors)
         eos = self.tokenizer.eos_token_id
         scores, answers = [], []
@@ -181,9 +186,6 @@ class FewShotLoss:
 
     def _scores_together(self, adapters: list, criterion: str, max_new_tokens: int) -> list[dict]:
         import torch
-
-        from lorabatch.generation.hf_decode import BASE_ADAPTER, ContinuousDecoder, can_decode
-        from lorabatch.scoring.rouge import rouge_l
 
         if not self.items:
             raise ValueError("call set_examples first")

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lorabatch.settings import REFINE, SELECT
+from lorabatch.synthesis.coefficients import model_coefficients
 from lorabatch.synthesis.mixing import lora_modules
+from lorabatch.synthesis.stage import mix_row
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
@@ -76,14 +79,12 @@ def grid_candidates(
 ) -> dict[str, np.ndarray]:
     """{name: C [M, N]}: normalized (z-score softmin) coefficients per metric on a T × top-k grid
     (leave-one-out rows, or query rows with `exclude_self=False`)."""
-    from lorabatch.synthesis.coefficients import normalized_coefficients
-
     out = {}
     for metric, d in distances.items():
         for t in temperatures:
             for k in top_ks:
                 name = f"{metric}-normalized@T={t:g},k={k if k is not None else 'all'}"
-                out[name] = normalized_coefficients(d, exclude_self=exclude_self, temperature=t, top_k=k)
+                out[name] = model_coefficients("normalized", d, exclude_self=exclude_self, temperature=t, top_k=k)
     return out
 
 
@@ -116,7 +117,6 @@ def select(
     """The candidate whose adapter (mixed as `synthesis_config` says) does best on the examples:
     lowest few-shot loss (`criterion` 'loss'), or highest Rouge-L of its greedy generations with
     the loss breaking ties ('rouge')."""
-    from lorabatch.synthesis.stage import mix_row
 
     started, passes = time.perf_counter(), evaluator.forward_passes
     losses, rouges, answers = {}, {}, {}
@@ -366,7 +366,6 @@ def run_methods(
     over `candidates`; refine from select's choice or from `paper_rows[config.refine.start]`, its K
     tasks from `pool` (see the module docstring). refine started from select counts select's cost
     in its own."""
-    from lorabatch.settings import REFINE, SELECT
 
     out: dict = {}
     from_select = REFINE in methods and config.refine.start == SELECT
@@ -375,7 +374,7 @@ def run_methods(
             chosen = select(
                 evaluator, layout, candidates, synthesis_config, paper_names, config.criterion, max_new_tokens
             )
-        except Exception as err:  # noqa: BLE001 - the caller records it; refine from select fails with it
+        except Exception as err:  # the caller records it; refine from select fails with it
             return {m: err for m in methods if m == SELECT or from_select}
         if SELECT in methods:
             out[SELECT] = (chosen, synthesis_config)
@@ -393,7 +392,7 @@ def run_methods(
                 seed,
                 max_new_tokens,
             )
-        except Exception as err:  # noqa: BLE001 - the caller records it, select's result stands
+        except Exception as err:  # the caller records it, select's result stands
             out[REFINE] = err
     return out
 

@@ -24,10 +24,26 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.atomic import write_parquet
 from lorabatch.bank.datasets import sample_examples
+from lorabatch.bank.manifest import load_manifest, trusts_remote_code
 from lorabatch.errors import DatasetError, LorabatchError
+from lorabatch.fewshot.config import FewShotConfig
+from lorabatch.fewshot.loss import FewShotLoss
+from lorabatch.fewshot.methods import candidate_rows, grid_candidates, run_methods
 from lorabatch.layout import RunLayout
+from lorabatch.progress import ProgressLine, quiet_ray_data
+from lorabatch.raysession import actor_fault_tolerance, actor_pool_size
 from lorabatch.settings import REFINE, SELECT, Setting
+from lorabatch.synthesis.config import SynthesisConfig
+from lorabatch.synthesis.stage import (
+    distance_matrix_of,
+    mixture_settings,
+    read_coefficients,
+    setting_coefficients_path,
+    synthesize_one,
+)
+from lorabatch.synthesis.tensors import layout_from_manifest
 
 
 class FewShotError(LorabatchError):
@@ -70,18 +86,6 @@ class FewShotWorker:
     def __init__(
         self, run_dir: str, fewshot: dict, synthesis: dict, metrics: list[str], seed: int, max_new_tokens: int = 256
     ):
-        from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-        from lorabatch.fewshot.config import FewShotConfig
-        from lorabatch.fewshot.loss import FewShotLoss
-        from lorabatch.fewshot.methods import grid_candidates
-        from lorabatch.synthesis.config import SynthesisConfig
-        from lorabatch.synthesis.stage import (
-            load_distance_matrix,
-            mixture_settings,
-            read_coefficients,
-            setting_coefficients_path,
-        )
-        from lorabatch.synthesis.tensors import layout_from_manifest
 
         self.run_dir = Path(run_dir)
         self.config = FewShotConfig.model_validate(fewshot)
@@ -108,7 +112,7 @@ class FewShotWorker:
                 raise FewShotError(f"coefficients of {setting} were computed for another bank: recompute them")
             self.matrices[setting.name] = c[[targets.index(t) for t in ids]]
         self.paper_names = [s.name for s in mixture_settings(metrics, self.synthesis) if s.kind == "paper"]
-        self.distances = {m: load_distance_matrix(run_dir, m, ids) for m in metrics}
+        self.distances = {m: distance_matrix_of(run_dir, m, ids) for m in metrics}
         if SELECT in self.config.methods or (REFINE in self.config.methods and self.config.refine.start == SELECT):
             self.matrices.update(
                 grid_candidates(self.distances, self.config.select.temperatures, self.config.select.top_k)
@@ -127,8 +131,6 @@ class FewShotWorker:
         return pa.Table.from_pylist(out, schema=_result_schema())
 
     def run_task(self, task_id: str, dataset_path: str) -> list[dict]:
-        from lorabatch.fewshot.methods import candidate_rows, run_methods
-        from lorabatch.synthesis.stage import synthesize_one
 
         i = self.layout.task_ids.index(task_id)
         methods = self.config.methods
@@ -151,7 +153,7 @@ class FewShotWorker:
                 self.seed + i,
                 self.max_new_tokens,
             )
-        except Exception as err:  # noqa: BLE001 - recorded on the task's rows, the other tasks go on
+        except Exception as err:  # recorded on the task's rows, the other tasks go on
             return [_failed(m, task_id, err) for m in methods]
         rows = []
         for method in methods:
@@ -171,7 +173,7 @@ class FewShotWorker:
                     extra={"fewshot": record},
                 )
                 rows.append({**record, "task_id": task_id, "details": json.dumps(result.details), "error": None})
-            except Exception as err:  # noqa: BLE001 - recorded, the other tasks go on
+            except Exception as err:  # recorded, the other tasks go on
                 rows.append(_failed(method, task_id, err))
         return rows
 
@@ -222,11 +224,6 @@ def run_fewshot(
     `max_new_tokens`: the sweep's generation budget (select's 'rouge' criterion decodes as much)."""
     import pyarrow as pa
     import ray
-
-    from lorabatch.atomic import write_parquet
-    from lorabatch.bank.manifest import load_manifest
-    from lorabatch.progress import ProgressLine, quiet_ray_data
-    from lorabatch.raysession import actor_fault_tolerance, actor_pool_size
 
     if not fewshot.methods:
         return {}

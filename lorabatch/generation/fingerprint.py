@@ -28,6 +28,8 @@ import json
 from pathlib import Path
 
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from lorabatch.bank.datasets import file_sha256
+from lorabatch.synthesis.writer import read_provenance
 
 BASE_IDENTITY = "base"
 MISSING_IDENTITY = "missing"
@@ -51,7 +53,6 @@ def generation_params(config) -> dict:
 
 def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = None) -> str:
     """Identity of the adapter a row runs with (see the module docstring)."""
-    from lorabatch.synthesis.writer import read_provenance
 
     if adapter_path is None:
         return BASE_IDENTITY
@@ -63,7 +64,6 @@ def adapter_identity(adapter_path: str | None, manifest_sha256: str | None = Non
     key = (read_provenance(path) or {}).get("synthesis_key")
     if key:
         return f"synth:{key}"
-    from lorabatch.bank.datasets import file_sha256
 
     hashes = [file_sha256(f) if f.is_file() else "-" for f in (path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS)]
     return f"files:{hashlib.sha256(' '.join(hashes).encode()).hexdigest()}"

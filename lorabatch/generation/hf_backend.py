@@ -213,7 +213,7 @@ class HFGenerator:
                             return accepted, chunk[n:]  # wait until an adapter's rows are done
                     try:
                         names[k] = self._adapter_name(path, frozenset(pinned), reuse=True)
-                    except Exception as err:  # noqa: BLE001 - recorded on the row
+                    except Exception as err:  # recorded on the row
                         errors[order[k]] = f"adapter {path} failed to load: {type(err).__name__}: {err}"
                         continue
                     pinned.add(names[k])
@@ -229,12 +229,12 @@ class HFGenerator:
         )
         try:
             got = decoder.decode([rows[i]["prompt_token_ids"] for i in order], names, admit)
-        except Exception:  # noqa: BLE001 - the faulty rows are found one by one
+        except Exception:  # the faulty rows are found one by one
             for k, i in enumerate(order):
                 if errors[i] is None:
                     try:
                         outputs[i] = self._generate([rows[i]["prompt_token_ids"]], [names[k]])[0]
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         errors[i] = f"generation failed: {type(err).__name__}: {err}"
             return
         for k, i in enumerate(order):
@@ -261,7 +261,7 @@ class HFGenerator:
                     continue
                 try:
                     names[i] = self._adapter_name(path)
-                except Exception as err:  # noqa: BLE001 - recorded on the row
+                except Exception as err:  # recorded on the row
                     errors[i] = f"adapter {path} failed to load: {type(err).__name__}: {err}"
             ready = [i for i in chunk if errors[i] is None]
             if not ready:
@@ -270,11 +270,11 @@ class HFGenerator:
                 gen = self._generate([rows[i]["prompt_token_ids"] for i in ready], [names[i] for i in ready])
                 for i, g in zip(ready, gen):
                     outputs[i] = g
-            except Exception:  # noqa: BLE001 - isolate the faulty rows
+            except Exception:  # isolate the faulty rows
                 for i in ready:
                     try:
                         outputs[i] = self._generate([rows[i]["prompt_token_ids"]], [names[i]])[0]
-                    except Exception as err:  # noqa: BLE001
+                    except Exception as err:
                         errors[i] = f"generation failed: {type(err).__name__}: {err}"
         return self._table(rows, outputs, errors)
 

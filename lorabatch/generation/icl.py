@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorabatch.bank.manifest import trusts_remote_code
+from lorabatch.generation.preflight import input_limit, max_positions_of
+
 SHOT_SEPARATOR = "\n\n"
 
 
@@ -54,9 +57,6 @@ def in_context_prompts(manifest, config, shots: dict[str, list[dict]]) -> InCont
     """The `icl` prompts of a generation run: the base model's tokenizer (default settings, BOS
     added, as generation) counts tokens; the limit is the run's input limit."""
     from transformers import AutoTokenizer
-
-    from lorabatch.bank.manifest import trusts_remote_code
-    from lorabatch.generation.preflight import input_limit, max_positions_of
 
     base = manifest.column("base_model_path")[0].as_py()
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trusts_remote_code(manifest))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorabatch.bank.datasets import read_split
 from lorabatch.errors import LorabatchError
+from lorabatch.generation.fingerprint import adapter_identity, is_missing_adapter, params_json, row_fingerprint
 from lorabatch.generation.icl import in_context_prompts
 from lorabatch.generation.schema import BASE_SETTING, KEY_COLUMNS, ORACLE_SETTING, work_schema
 from lorabatch.layout import RunLayout
@@ -59,9 +61,6 @@ def plan_work(
     `icl_shots` {task: rows} holds the in-context examples the `icl` setting needs.
     """
     import pyarrow as pa
-
-    from lorabatch.bank.datasets import read_split
-    from lorabatch.generation.fingerprint import adapter_identity, params_json, row_fingerprint
 
     run_dir = Path(run_dir)
     tasks = select_tasks(manifest, config.tasks)
@@ -124,8 +123,6 @@ def pending_work(work, done: dict[tuple[str, str, str], str | None]):
     one planned now (the adapter, prompt or decoding changed since; rows written before
     fingerprints existed count as stale). A row whose adapter is missing now is never done."""
     import pyarrow as pa
-
-    from lorabatch.generation.fingerprint import is_missing_adapter
 
     if not done or work.num_rows == 0:
         return work

@@ -17,8 +17,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorabatch.generation.schema import conform, generation_schema
+from lorabatch import telemetry
+from lorabatch.atomic import write_json, write_parquet
+from lorabatch.bank.manifest import load_manifest, trusts_remote_code
+from lorabatch.generation import backends
+from lorabatch.generation.backends import cpu_favours_vllm, ray_is_local, require_backend
+from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
+from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of, preflight
+from lorabatch.generation.schema import KEY_COLUMNS, conform, generation_schema
+from lorabatch.generation.store import (
+    done_keys,
+    generation_files,
+    generations_datasink,
+    generations_dir,
+    read_generations,
+)
 from lorabatch.layout import RunLayout
+from lorabatch.progress import ProgressLine, quiet_ray_data
 from lorabatch.raysession import task_fault_tolerance
 
 
@@ -51,7 +66,6 @@ def auto_favours_vllm_on_cpu(manifest, config, has_gpu: bool) -> bool:
     `vllm.dtype` are a case where vLLM measured faster on this machine's CPU
     (`backends.cpu_favours_vllm`; a cluster's CPU nodes are taken to be like the driver's). False
     for any other backend, or where there is a GPU."""
-    from lorabatch.generation.backends import cpu_favours_vllm
 
     if config.backend != "auto" or has_gpu:
         return False
@@ -61,16 +75,13 @@ def auto_favours_vllm_on_cpu(manifest, config, has_gpu: bool) -> bool:
 def build_context(run_dir, config, backend: str, seed: int, has_gpu: bool | None = None, manifest=None):
     """(manifest, RunContext) of a generation run; `has_gpu` as the caller found it (default: asks
     Ray), `manifest` as the caller read it (default: read here)."""
-    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-    from lorabatch.generation.backends import cluster_has_gpu
-    from lorabatch.generation.preflight import RunContext, base_model_modules, input_limit, max_positions_of
 
     if manifest is None:
         manifest = load_manifest(run_dir)
     base = manifest.column("base_model_path")[0].as_py()
     max_pos = max_positions_of(base)
     if has_gpu is None:
-        has_gpu = cluster_has_gpu()
+        has_gpu = backends.cluster_has_gpu()
     ctx = RunContext(
         run_dir=str(Path(run_dir).resolve()),
         base_model_path=base,
@@ -108,17 +119,9 @@ def run_generation(
     import pyarrow.compute as pc
     import ray
 
-    from lorabatch import telemetry
-    from lorabatch.atomic import write_parquet
-    from lorabatch.bank.manifest import load_manifest
-    from lorabatch.generation.backends import backend_class, cluster_has_gpu, ray_is_local, require_backend
-    from lorabatch.generation.plan import pending_work, plan_work, rows_per_setting
-    from lorabatch.generation.preflight import preflight
-    from lorabatch.generation.store import done_keys, generations_datasink, generations_dir
-
     started = time.time()
     run_dir = Path(run_dir)
-    has_gpu = cluster_has_gpu()
+    has_gpu = backends.cluster_has_gpu()
     manifest = load_manifest(run_dir)
     backend = require_backend(
         config.backend,
@@ -147,7 +150,7 @@ def run_generation(
     failed = prepared.filter(bad)
     runnable = prepared.filter(pc.invert(bad)).drop_columns(["error"])
     result.preflight_failed = failed.num_rows
-    engine = backend_class(backend)(config, ctx) if runnable.num_rows else None
+    engine = backends.backend_class(backend)(config, ctx) if runnable.num_rows else None
     record_plan()
     if failed.num_rows:
         rows = failed.drop_columns(["prompt_token_ids"]).append_column(
@@ -160,8 +163,6 @@ def run_generation(
             telemetry.rows_generated(setting, n, n)
 
     if runnable.num_rows:
-        from lorabatch.progress import quiet_ray_data
-
         quiet_ray_data()
         ds = ray.data.from_arrow(_slices(runnable, config.batch_size))
         out = engine.generate(ds)
@@ -169,8 +170,6 @@ def run_generation(
             out.write_datasink(
                 generations_datasink(run_dir), ray_remote_args={"num_cpus": 0.1, **task_fault_tolerance()}
             )
-
-    from lorabatch.generation.store import read_generations
 
     latest = read_generations(run_dir, columns=["task_id", "setting", "example_id", "error", "num_generated_tokens"])
     keys = set(zip(*(pending.column(c).to_pylist() for c in ("task_id", "setting", "example_id"))))
@@ -195,8 +194,6 @@ class _RowsWritten:
     while the block is running, polled every second by a thread), with their tokens/s."""
 
     def __init__(self, run_dir, total: int, desc: str, enabled: bool):
-        from lorabatch.generation.store import generation_files
-        from lorabatch.progress import ProgressLine
 
         self.run_dir, self.enabled = run_dir, enabled
         self.seen = set(generation_files(run_dir))
@@ -206,8 +203,6 @@ class _RowsWritten:
 
     def poll(self) -> None:
         import pyarrow.parquet as pq
-
-        from lorabatch.generation.store import generation_files
 
         rows = 0
         for path in generation_files(self.run_dir):
@@ -249,9 +244,6 @@ class _RowsWritten:
 def write_plan_file(run_dir, work) -> None:
     """RUN/generations/plan.json: planned rows per setting, and plan.parquet: each planned row's
     key and fingerprint, so that `lorabatch status` counts only rows of the current plan."""
-    from lorabatch.atomic import write_json, write_parquet
-    from lorabatch.generation.plan import rows_per_setting
-    from lorabatch.generation.schema import KEY_COLUMNS
 
     layout = RunLayout(run_dir)
     write_parquet(layout.generation_plan_rows, work.select([*KEY_COLUMNS, "fingerprint"]))

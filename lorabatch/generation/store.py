@@ -14,6 +14,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from lorabatch import telemetry
+from lorabatch.atomic import write_parquet
 from lorabatch.generation.schema import KEY_COLUMNS, conform, generation_schema
 from lorabatch.layout import RunLayout
 
@@ -59,8 +61,6 @@ def _datasink_class():
         def write(self, blocks, ctx) -> int:
             import pyarrow as pa
 
-            from lorabatch.atomic import write_parquet
-
             tables = [t for t in (_to_arrow(b) for b in blocks) if t.num_rows]
             if not tables:
                 return 0
@@ -94,7 +94,6 @@ def _to_arrow(block):
 
 
 def _count(table) -> None:
-    from lorabatch import telemetry
 
     per: dict[str, list[int]] = {}
     for setting, err in zip(table.column("setting").to_pylist(), table.column("error").to_pylist()):

@@ -28,7 +28,8 @@ import json
 from pathlib import Path
 
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLLM_LORA_RANKS
-from lorabatch.generation.schema import WORK_COLUMNS, generation_schema
+from lorabatch.atomic import atomic_dir
+from lorabatch.generation.schema import WORK_COLUMNS, conform, generation_schema
 from lorabatch.generation.vllm_cpu_lora import ENV_VAR as CPU_LORA_ENV
 from lorabatch.layout import RunLayout
 
@@ -37,8 +38,6 @@ def write_zero_adapter(out_dir: str | Path, module: str, in_features: int, out_f
     """A rank-1 LoRA on `module` with A = B = 0: a no-op adapter vLLM can batch like any other."""
     import numpy as np
     from safetensors.numpy import save_file
-
-    from lorabatch.atomic import atomic_dir
 
     out_dir = Path(out_dir)
     name = module.rsplit(".", 1)[-1]
@@ -94,8 +93,6 @@ def _prepare(batch, zero_adapter: str | None, base_model: str, sampling: dict):
 def _finish(batch):
     """Processor output -> generation rows (GENERATION_SCHEMA)."""
     import pyarrow as pa
-
-    from lorabatch.generation.schema import conform
 
     n = batch.num_rows
     errors = (

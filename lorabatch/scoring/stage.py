@@ -7,8 +7,12 @@ Each output is one Parquet file written atomically. Schemas: lorabatch.scoring.a
 
 from __future__ import annotations
 
+from lorabatch.atomic import write_parquet
 from lorabatch.errors import LorabatchError
+from lorabatch.generation.store import read_generations
 from lorabatch.layout import RunLayout
+from lorabatch.progress import quiet_ray_data
+from lorabatch.raysession import task_fault_tolerance
 from lorabatch.scoring.aggregate import score_examples, summarize, task_scores, task_templates
 
 GENERATION_COLUMNS = ["task_id", "setting", "example_id", "prediction", "references", "error"]
@@ -46,9 +50,6 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
     """Score every generation row of the run; returns the summary rows (also written to disk)."""
     import pyarrow as pa
 
-    from lorabatch.atomic import write_parquet
-    from lorabatch.generation.store import read_generations
-
     generations = read_generations(run_dir, columns=GENERATION_COLUMNS)
     if generations.num_rows == 0:
         raise ScoringError(f"no generations in {RunLayout(run_dir).generations}: run `lorabatch generate` first")
@@ -56,9 +57,6 @@ def run_scoring(run_dir, config, progress: bool = True) -> list[dict]:
     templates = task_templates(generations.select(["task_id", "example_id", "references"]).to_pylist())
     if config.executor == "ray":
         import ray
-
-        from lorabatch.progress import quiet_ray_data
-        from lorabatch.raysession import task_fault_tolerance
 
         quiet_ray_data()
         slices = [generations.slice(i, config.batch_size) for i in range(0, generations.num_rows, config.batch_size)]

@@ -8,9 +8,19 @@ import time
 from pathlib import Path
 
 from lorabatch import telemetry
+from lorabatch.bank.datasets import file_sha256, sample_examples
+from lorabatch.bank.manifest import load_manifest, manifest_hash
+from lorabatch.distances.matrix import distance_path
+from lorabatch.fewshot.stage import read_results, run_fewshot
+from lorabatch.generation.plan import select_tasks
+from lorabatch.generation.stage import run_generation
+from lorabatch.generation.store import generation_files
 from lorabatch.layout import RunLayout
+from lorabatch.scoring.stage import run_scoring
 from lorabatch.settings import ICL
-from lorabatch.sweep.stages import content_key, mark_done
+from lorabatch.sweep.jit import generate_just_in_time
+from lorabatch.sweep.stages import content_key, is_done, mark_done
+from lorabatch.synthesis.stage import mixture_settings, setting_coefficients_path
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +28,6 @@ log = logging.getLogger(__name__)
 def fewshot_key(config) -> str:
     """What the few-shot results depend on: its config, the mixing, the seed and the content of the
     bank (manifest hash), distances and coefficient files."""
-    from lorabatch.bank.datasets import file_sha256
-    from lorabatch.bank.manifest import load_manifest, manifest_hash
-    from lorabatch.distances.matrix import distance_path
-    from lorabatch.synthesis.stage import mixture_settings, setting_coefficients_path
 
     run_dir = Path(config.run_dir)
     metrics = list(config.distances.metrics)
@@ -44,8 +50,6 @@ def fewshot_key(config) -> str:
 
 def stage_fewshot(config, progress: bool) -> None:
     """select / refine adapters for every task, unless done with the same inputs and still on disk."""
-    from lorabatch.fewshot.stage import read_results, run_fewshot
-    from lorabatch.sweep.stages import is_done
 
     run_dir = Path(config.run_dir)
     layout = RunLayout(run_dir)
@@ -97,8 +101,6 @@ def stage_fewshot(config, progress: bool) -> None:
 def stage_generation(config, manifest, settings: list[str], progress: bool) -> None:
     """Generate the rows of `settings` (the config's `generation.settings` wins when given); with
     `synthesis.jit` the synthesized settings' adapters are made wave by wave just before (`sweep.jit`)."""
-    from lorabatch.generation.stage import run_generation
-    from lorabatch.sweep.jit import generate_just_in_time
 
     run_dir = Path(config.run_dir)
     gen = config.generation
@@ -120,8 +122,6 @@ def stage_generation(config, manifest, settings: list[str], progress: bool) -> N
 def icl_shots(config, manifest, tasks="all") -> dict[str, list[dict]]:
     """The `icl` control's examples of every task: the few-shot examples `select` and `refine` are
     judged on (`fewshot.examples` rows of `fewshot.split`, drawn with the few-shot seed)."""
-    from lorabatch.bank.datasets import sample_examples
-    from lorabatch.generation.plan import select_tasks
 
     fs = config.fewshot
     seed = fs.seed if fs.seed is not None else config.seed
@@ -134,7 +134,6 @@ def icl_shots(config, manifest, tasks="all") -> dict[str, list[dict]]:
 def generations_key(run_dir) -> str:
     """Content key of RUN/generations/: the name and size of every part file (each is written
     once, atomically, under a unique name, so new rows always add a file)."""
-    from lorabatch.generation.store import generation_files
 
     return content_key([(f.name, f.stat().st_size) for f in generation_files(run_dir)])
 
@@ -145,7 +144,6 @@ def scoring_key(config) -> str:
 
 
 def stage_scoring(config, progress: bool) -> list[dict]:
-    from lorabatch.scoring.stage import run_scoring
 
     run_dir = Path(config.run_dir)
     started = time.time()

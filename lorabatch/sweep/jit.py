@@ -20,7 +20,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorabatch.bank.manifest import load_manifest
+from lorabatch.generation import backends
+from lorabatch.generation.backends import resolve_backend_name
+from lorabatch.generation.plan import pending_work, plan_work, select_tasks
+from lorabatch.generation.stage import GenerationResult, auto_favours_vllm_on_cpu, run_generation, write_plan_file
+from lorabatch.generation.store import done_keys
 from lorabatch.settings import Setting
+from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
+from lorabatch.telemetry import adapters_synthesized
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +85,6 @@ def generate_just_in_time(config, gen, progress: bool = True, icl_shots: dict | 
     """Generate the rows of `gen` (a GenerationConfig with its settings filled in), synthesizing the
     adapters of each wave just before it; returns the summed `GenerationResult`. `icl_shots`: the
     `icl` setting's examples (`generation.plan.plan_work`)."""
-    from lorabatch.bank.manifest import load_manifest
-    from lorabatch.generation.backends import cluster_has_gpu, resolve_backend_name
-    from lorabatch.generation.plan import pending_work, plan_work, select_tasks
-    from lorabatch.generation.stage import GenerationResult, auto_favours_vllm_on_cpu, run_generation, write_plan_file
-    from lorabatch.generation.store import done_keys
-    from lorabatch.synthesis.stage import adapter_dir, expected_identities, layout_from_manifest, synthesize_setting
-    from lorabatch.telemetry import adapters_synthesized
 
     run_dir = Path(config.run_dir)
     syn = config.synthesis
@@ -98,7 +99,7 @@ def generate_just_in_time(config, gen, progress: bool = True, icl_shots: dict | 
     }
     work = plan_work(run_dir, manifest, gen, ids, icl_shots)
     pending = pending_work(work, done_keys(run_dir, include_failed=not gen.retry_failed))
-    has_gpu = cluster_has_gpu()
+    has_gpu = backends.cluster_has_gpu()
     backend = resolve_backend_name(
         gen.backend, has_gpu=has_gpu, cpu_vllm=auto_favours_vllm_on_cpu(manifest, gen, has_gpu)
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 from lorabatch.atomic import write_text
 from lorabatch.layout import RunLayout
 from lorabatch.scoring.aggregate import task_order
-from lorabatch.settings import BASE, COEFFICIENT_MODELS
+from lorabatch.settings import BASE, COEFFICIENT_MODELS, display_order
 from lorabatch.sweep.stages import PIPELINE
 
 SUMMARY_COLUMNS = [
@@ -156,7 +156,6 @@ def _improvement_plot(run_dir: Path) -> str:
     rows = pq.read_table(path, columns=["task_id", "setting", "rouge_l"]).to_pylist()
     rows = [r for r in rows if r["rouge_l"] is not None]  # a task whose every row failed has no score
     base = {r["task_id"]: r["rouge_l"] for r in rows if r["setting"] == BASE}
-    from lorabatch.settings import display_order
 
     settings = sorted({r["setting"] for r in rows} - {BASE}, key=display_order)
     if not base or not settings:

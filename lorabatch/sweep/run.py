@@ -15,22 +15,40 @@ import time
 from pathlib import Path
 
 from lorabatch import telemetry
+from lorabatch.atomic import write_json
+from lorabatch.bank.datasets import file_sha256
+from lorabatch.bank.identity import bank_files_identity
+from lorabatch.bank.manifest import load_manifest, manifest_hash, manifest_path, write_manifest
 from lorabatch.config import LorabatchConfig
+from lorabatch.distances.matrix import distance_path
+from lorabatch.errors import LorabatchError
+from lorabatch.generation.backends import require_backend
 from lorabatch.layout import RunLayout
+from lorabatch.raysession import NodeWatch
 from lorabatch.settings import BASE, ORACLE
+from lorabatch.sweep.evaluation import stage_fewshot, stage_generation, stage_scoring
+from lorabatch.sweep.report import write_report
 from lorabatch.sweep.stages import all_markers, content_key, is_done, mark_done
+from lorabatch.sweep.storage import check_shared_storage
+from lorabatch.synthesis.stage import (
+    compute_coefficients,
+    compute_uniform_coefficients,
+    mixture_settings,
+    synthesize_setting,
+)
+from lorabatch.telemetry import adapters_synthesized
+from lorabatch.workflows.demo_bank import ensure_demo_bank
+from lorabatch.workflows.distances import features_and_distances
 
 log = logging.getLogger(__name__)
 
 
 def _refresh_report(run_dir: Path) -> None:
-    from lorabatch.sweep.report import write_report
 
     write_report(run_dir, all_markers(run_dir))
 
 
 def stage_bank(config: LorabatchConfig, progress: bool):
-    from lorabatch.bank.manifest import load_manifest, manifest_path, write_manifest
 
     run_dir = Path(config.run_dir)
     key = bank_key(config.bank)
@@ -53,16 +71,12 @@ def bank_key(bank_config) -> str | None:
     """Key of the bank stage: the bank config and the identity of every resolved file (path, size,
     mtime, inode; the snapshot revision and blob for hub repos), so that a bank changed on disk is
     validated again. None when the bank cannot be resolved (the stage then reports why)."""
-    from lorabatch.bank.manifest import ensure_demo_bank
-
     ensure_demo_bank(bank_config)
     return resolved_bank_key(bank_config)
 
 
 def resolved_bank_key(bank_config) -> str | None:
     """`bank_key` of the bank as it is on disk now, building nothing (None if it cannot be resolved)."""
-    from lorabatch.bank.identity import bank_files_identity
-    from lorabatch.errors import LorabatchError
 
     try:
         identity = bank_files_identity(bank_config)
@@ -72,24 +86,22 @@ def resolved_bank_key(bank_config) -> str | None:
 
 
 def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bool) -> None:
-    from lorabatch.distances.matrix import compute_distances
-    from lorabatch.distances.registry import features_config_for
-    from lorabatch.features import compute_bank_features
-
     run_dir = Path(config.run_dir)
-    feats = features_config_for(config.distances.metrics, config.features)
     started = time.time()
-    features = compute_bank_features(manifest, run_dir, feats, progress=progress)
-    mark_done(
-        run_dir,
-        "features",
-        content_key(feats.results(), _manifest_hash(manifest)),
-        started,
-        {"datasets": len(features)},
-    )
-    telemetry.stage_done("features")
-    started = time.time()
-    compute_distances(run_dir, config.distances, progress=progress)
+
+    def features_done(features, feats) -> None:
+        nonlocal started
+        mark_done(
+            run_dir,
+            "features",
+            content_key(feats.results(), _manifest_hash(manifest)),
+            started,
+            {"datasets": len(features)},
+        )
+        telemetry.stage_done("features")
+        started = time.time()
+
+    features_and_distances(config, manifest, progress=progress, on_features=features_done)
     mark_done(
         run_dir,
         "distances",
@@ -102,14 +114,11 @@ def stage_features_and_distances(config: LorabatchConfig, manifest, progress: bo
 
 
 def _manifest_hash(manifest) -> str:
-    from lorabatch.bank.manifest import manifest_hash
 
     return manifest_hash(manifest)
 
 
 def _distance_hashes(run_dir: Path, metrics) -> dict[str, str]:
-    from lorabatch.bank.datasets import file_sha256
-    from lorabatch.distances.matrix import distance_path
 
     return {m: file_sha256(distance_path(run_dir, m)) for m in metrics}
 
@@ -119,7 +128,6 @@ def _distances_key(run_dir: Path, metrics) -> str:
 
 
 def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
-    from lorabatch.synthesis.stage import compute_coefficients
 
     run_dir = Path(config.run_dir)
     layout = RunLayout(run_dir)
@@ -135,8 +143,6 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
         compute_coefficients(run_dir, metric, config.synthesis, seed=config.seed, progress=progress)
         mark_done(run_dir, stage, key, started, {"models": list(config.synthesis.models)})
     if "uniform" in config.synthesis.controls:
-        from lorabatch.synthesis.stage import compute_uniform_coefficients
-
         compute_uniform_coefficients(run_dir)
     mark_done(run_dir, "coefficients", content_key(content_key(hashes), syn, config.seed), time.time())
     telemetry.stage_done("coefficients")
@@ -146,7 +152,6 @@ def stage_coefficients(config: LorabatchConfig, progress: bool) -> None:
 def settings_of(config: LorabatchConfig) -> list[str]:
     """The sweep's settings: base, oracle, <metric>-<model> for every metric and model, the
     controls (uniform, nearest-<metric>, then icl), then the few-shot methods (select, refine)."""
-    from lorabatch.synthesis.stage import mixture_settings
 
     mixtures = [s.name for s in mixture_settings(config.distances.metrics, config.synthesis)]
     return [BASE, ORACLE, *mixtures, *config.fewshot.controls, *config.fewshot.methods]
@@ -165,8 +170,6 @@ def stage_synthesis(config: LorabatchConfig, progress: bool) -> dict[str, list[P
             {"mode": "just-in-time, with generation"},
         )
         return {}
-    from lorabatch.synthesis.stage import mixture_settings, synthesize_setting
-    from lorabatch.telemetry import adapters_synthesized
 
     started = time.time()
     written = {}
@@ -188,14 +191,11 @@ def run_sweep(config: LorabatchConfig, progress: bool = True) -> list[dict]:
     """Run (or resume) the sweep; returns the scores' summary rows (`scoring.aggregate`), which the
     CLI prints. Progress goes to the `lorabatch.sweep` loggers. A node of the cluster lost on the
     way is reported in one line and recorded in RUN/faults.json; Ray retries its work."""
-    from lorabatch.generation.backends import require_backend
-    from lorabatch.raysession import NodeWatch, ensure_ray
 
     require_backend(config.generation.backend, local=not (config.ray.address or os.environ.get("RAY_ADDRESS")))
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
-    from lorabatch.sweep.storage import check_shared_storage
+    config.ray.connect()
 
     checked = check_shared_storage(run_dir)
     if checked:
@@ -222,8 +222,6 @@ def record_faults(run_dir: Path, events: list[dict], retries: int = 0) -> None:
     after their process or node was lost) to RUN/faults.json."""
     import json
 
-    from lorabatch.atomic import write_json
-
     path = RunLayout(run_dir).faults
     earlier = json.loads(path.read_text()) if path.is_file() else {}
     write_json(
@@ -249,7 +247,6 @@ def _run_stages(config: LorabatchConfig, progress: bool, watch) -> list[dict]:
     _refresh_report(run_dir)
     watch.stage = "synthesis"
     stage_synthesis(config, progress)
-    from lorabatch.sweep.evaluation import stage_fewshot, stage_generation, stage_scoring
 
     watch.stage = "fewshot"
     stage_fewshot(config, progress)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorabatch.config import load_config
+from lorabatch.errors import LorabatchError
+from lorabatch.generation.schema import KEY_COLUMNS
+from lorabatch.generation.store import read_generations
 from lorabatch.layout import RunLayout
 from lorabatch.settings import display_order
+from lorabatch.sweep.run import resolved_bank_key
 from lorabatch.sweep.stages import PIPELINE as STAGES
 from lorabatch.sweep.stages import all_markers
 
@@ -17,9 +22,6 @@ def generation_counts(run_dir: Path) -> tuple[dict[str, dict[str, int]], int]:
     the plan's: rows of settings, examples or adapters an earlier config asked for are not this
     plan's work, however many of them are on disk."""
     import pyarrow.parquet as pq
-
-    from lorabatch.generation.schema import KEY_COLUMNS
-    from lorabatch.generation.store import read_generations
 
     table = read_generations(run_dir, columns=[*KEY_COLUMNS, "fingerprint", "error"])
     other = 0
@@ -39,9 +41,6 @@ def generation_counts(run_dir: Path) -> tuple[dict[str, dict[str, int]], int]:
 def _bank_changed(run_dir: Path, marker: dict) -> bool:
     """True if the bank of the recorded config (RUN/config.yaml) no longer has the identity the
     bank stage validated: files changed, removed, or no longer resolvable."""
-    from lorabatch.config import load_config
-    from lorabatch.errors import LorabatchError
-    from lorabatch.sweep.run import resolved_bank_key
 
     recorded = RunLayout(run_dir).config
     if not recorded.is_file():

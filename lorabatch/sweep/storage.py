@@ -11,7 +11,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from lorabatch.atomic import write_text
 from lorabatch.errors import LorabatchError
+from lorabatch.generation.backends import ray_is_local
 
 PROBE_TIMEOUT_S = 300.0  # a node that cannot even start a task is a fault of its own; do not wait forever
 
@@ -35,9 +37,6 @@ def check_shared_storage(run_dir: str | Path) -> int:
     runs on this machine alone: nothing to check)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from lorabatch.atomic import write_text
-    from lorabatch.generation.backends import ray_is_local
 
     if ray_is_local():
         return 0

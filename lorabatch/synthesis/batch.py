@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.adapter_format import ADAPTER_WEIGHTS
+from lorabatch.atomic import atomic_dir
 from lorabatch.raysession import require_ray, task_fault_tolerance
 from lorabatch.synthesis.tensors import DTYPE_NAMES, BankLayout, SafetensorsLayout
 from lorabatch.synthesis.writer import NonFiniteWeightsError, finish_adapter_dir, output_adapter_config
@@ -105,8 +106,6 @@ def synthesize_batch(
     config = output_adapter_config(layout.adapter_config, int(layout.adapter_config["r"]))
     writer = SafetensorsLayout({t.name: t.shape for t in layout.tensors}, out_dtype)
     with contextlib.ExitStack() as stack:
-        from lorabatch.atomic import atomic_dir
-
         tmps = [stack.enter_context(atomic_dir(d)) for d in out_dirs]
         paths = [str(t / ADAPTER_WEIGHTS) for t in tmps]
         for p in paths:

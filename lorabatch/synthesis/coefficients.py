@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from lorabatch.settings import COEFFICIENT_MODELS
+
 
 def softmin(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmin of `scores` [M, N] in float64; +∞ entries get weight exactly 0.
@@ -123,6 +125,36 @@ def neural_coefficients(
         raise ValueError(f"scalar_fn returned shape {g.shape}, expected {d.shape}")
     scores = exclude_diagonal(g) if exclude_self else g
     return sparsify_top_k(softmin(scores, temperature), top_k)
+
+
+def model_coefficients(
+    model: str,
+    distances: np.ndarray,
+    *,
+    scalar_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    exclude_self: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> np.ndarray:
+    """C [M, N] of coefficient model `model` (one of `COEFFICIENT_MODELS`), checked.
+
+    The one dispatch from a model's name to its coefficients, for the synthesis stage (leave-one-out
+    rows), `predict` and the few-shot query candidates (query rows, `exclude_self=False`);
+    `scalar_fn` is the trained MLP g that `neural` needs. `ValueError` for an unknown model.
+    """
+    common = dict(exclude_self=exclude_self, temperature=temperature, top_k=top_k)
+    if model == "attentional":
+        c = attentional_coefficients(distances, **common)
+    elif model == "normalized":
+        c = normalized_coefficients(distances, **common)
+    elif model == "neural":
+        if scalar_fn is None:
+            raise ValueError("the neural coefficient model needs its trained scalar MLP (scalar_fn)")
+        c = neural_coefficients(distances, scalar_fn, **common)
+    else:
+        raise ValueError(f"unknown coefficient model {model!r}; one of {', '.join(COEFFICIENT_MODELS)}")
+    check_coefficients(c, exclude_self=exclude_self)
+    return c
 
 
 def uniform_coefficients(n_tasks: int) -> np.ndarray:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.atomic import atomic_path, write_json
+from lorabatch.progress import ProgressLine
+from lorabatch.synthesis.coefficients import row_zscore
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
@@ -118,8 +120,6 @@ def train_neural_model(
     """
     import torch
 
-    from lorabatch.progress import ProgressLine
-
     d = np.asarray(distances, dtype=np.float64)
     if d.ndim != 2 or d.shape[0] != d.shape[1]:
         raise ValueError(f"the neural model trains on the square bank distance matrix, got shape {d.shape}")
@@ -127,7 +127,6 @@ def train_neural_model(
         raise ValueError("pass exactly one of `gram` (Gram-form loss) or `theta` (explicit loss)")
     idx = train_split(d.shape[0], train_fraction, seed)
     sub = d[np.ix_(idx, idx)]
-    from lorabatch.synthesis.coefficients import row_zscore
 
     z = torch.as_tensor(row_zscore(sub), dtype=torch.float32, device=device)
     if gram is not None:

@@ -24,11 +24,24 @@ from typing import Iterator
 import numpy as np
 
 from lorabatch.atomic import write_json, write_npy, write_parquet
+from lorabatch.distances.matrix import load_distance_matrix
+from lorabatch.distances.registry import DistancesError
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
 from lorabatch.settings import NEAREST, UNIFORM, Setting
+from lorabatch.synthesis.batch import bank_gram, output_dtype_name, synthesize_batch
+from lorabatch.synthesis.coefficients import model_coefficients, nearest_coefficients, uniform_coefficients
 from lorabatch.synthesis.config import SynthesisConfig
+from lorabatch.synthesis.mixing import mix_exact, mix_linear
+from lorabatch.synthesis.neural import mlp_scalar_fn, save_neural_model, train_neural_model
 from lorabatch.synthesis.tensors import BankLayout, layout_from_manifest
+from lorabatch.synthesis.writer import (
+    is_current,
+    output_adapter_config,
+    provenance_record,
+    synthesis_key,
+    write_adapter,
+)
 
 COEFFICIENTS_META = b"lorabatch.coefficients"
 
@@ -58,14 +71,11 @@ def adapter_dir(run_dir, setting: str, task_id: str) -> Path:
     return RunLayout(run_dir).adapter(setting, task_id)
 
 
-def load_distance_matrix(run_dir, metric: str, task_ids: list[str]) -> np.ndarray:
-    """D [N, N] in `task_ids` order (`distances.matrix.load_distance_matrix`); `SynthesisError` if the
-    distances are missing."""
-    from lorabatch.distances.matrix import load_distance_matrix as load_matrix
-    from lorabatch.distances.registry import DistancesError
-
+def distance_matrix_of(run_dir, metric: str, task_ids: list[str]) -> np.ndarray:
+    """D [N, N] alone, in `task_ids` order (`distances.matrix.load_distance_matrix`);
+    `SynthesisError` if the distances are missing."""
     try:
-        return load_matrix(run_dir, metric, task_ids)[1]
+        return load_distance_matrix(run_dir, metric, task_ids)[1]
     except DistancesError as err:
         raise SynthesisError(str(err)) from None
 
@@ -122,7 +132,6 @@ def read_coefficients(path) -> tuple[list[str], list[str], np.ndarray, dict]:
 
 def bank_gram_cached(run_dir, layout: BankLayout, chunk_size: int, progress: bool = True) -> np.ndarray:
     """G = ΘΘᵀ of the bank, cached in RUN/coefficients/gram.npy keyed by the manifest hash."""
-    from lorabatch.synthesis.batch import bank_gram
 
     path = RunLayout(run_dir).gram
     sidecar = path.with_suffix(".json")
@@ -145,32 +154,24 @@ def compute_coefficients(
 ) -> dict[str, np.ndarray]:
     """Every configured model's leave-one-out C [N, N] for one metric (returned), written to Parquet
     with the nearest-<metric> control's when `config.controls` asks for it."""
-    from lorabatch.synthesis import coefficients as coef
-
     layout = layout or layout_from_manifest(run_dir)
-    d = load_distance_matrix(run_dir, metric, layout.task_ids)
+    d = distance_matrix_of(run_dir, metric, layout.task_ids)
     common = dict(temperature=config.temperature, top_k=config.top_k)
     meta = {"metric": metric, "manifest_hash": layout.manifest_hash, **common}
     out = {}
     for model in config.models:
-        extra = {}
-        if model == "attentional":
-            c = coef.attentional_coefficients(d, **common)
-        elif model == "normalized":
-            c = coef.normalized_coefficients(d, **common)
-        else:
+        extra, scalar_fn = {}, None
+        if model == "neural":
             mlp, info = train_neural_for_run(run_dir, metric, d, layout, config, seed, progress)
-            from lorabatch.synthesis.neural import mlp_scalar_fn
-
-            c = coef.neural_coefficients(d, mlp_scalar_fn(mlp), **common)
+            scalar_fn = mlp_scalar_fn(mlp)
             extra = {"train_tasks": [layout.task_ids[i] for i in info["train_indices"]]}
-        coef.check_coefficients(c)
+        c = model_coefficients(model, d, scalar_fn=scalar_fn, **common)
         write_coefficients(
             coefficients_path(run_dir, metric, model), layout.task_ids, c, {**meta, "model": model, **extra}
         )
         out[model] = c
     if NEAREST in config.controls:
-        c = coef.nearest_coefficients(d)
+        c = nearest_coefficients(d)
         write_coefficients(
             setting_coefficients_path(run_dir, Setting.nearest(metric)),
             layout.task_ids,
@@ -193,7 +194,6 @@ def mixture_settings(metrics, config: SynthesisConfig) -> list[Setting]:
 
 def compute_uniform_coefficients(run_dir, layout: BankLayout | None = None) -> np.ndarray:
     """The `uniform` control's C [N, N] (1 / (N − 1) off the diagonal), written to Parquet."""
-    from lorabatch.synthesis.coefficients import uniform_coefficients
 
     layout = layout or layout_from_manifest(run_dir)
     c = uniform_coefficients(layout.n_tasks)
@@ -208,7 +208,6 @@ def compute_uniform_coefficients(run_dir, layout: BankLayout | None = None) -> n
 
 def train_neural_for_run(run_dir, metric, d, layout, config: SynthesisConfig, seed, progress=True):
     """Train the neural model on this bank (Gram or explicit loss) and save it with the run."""
-    from lorabatch.synthesis.neural import save_neural_model, train_neural_model
 
     nc = config.neural
     seed = nc.seed if nc.seed is not None else seed
@@ -260,7 +259,6 @@ def _mixing_spec(config: SynthesisConfig, layout: BankLayout) -> dict:
 
 def mix_row(layout: BankLayout, coefficients: np.ndarray, config: SynthesisConfig, progress: bool = False):
     """(tensors, rank, exact-mixing report or None) of one coefficient row [N], mixed as `config` says."""
-    from lorabatch.synthesis.mixing import mix_exact, mix_linear
 
     if not config.mixes_products:
         return mix_linear(layout, coefficients, progress=progress), int(layout.adapter_config["r"]), None
@@ -281,8 +279,6 @@ def synthesize_one(
     progress: bool = False,
 ) -> Path:
     """One adapter from one coefficient row [N] (any mixing mode), written atomically."""
-    from lorabatch.synthesis.batch import output_dtype_name
-    from lorabatch.synthesis.writer import output_adapter_config, provenance_record, write_adapter
 
     spec = _mixing_spec(config, layout)
     tensors, rank, report = mix_row(layout, coefficients, config, progress=progress)
@@ -316,8 +312,6 @@ def synthesize_setting(
     Linear (paper) mixing streams the bank once for all targets; the product-mixing modes (svd,
     cat, exact) go target by target.
     """
-    from lorabatch.synthesis.batch import synthesize_batch
-    from lorabatch.synthesis.writer import is_current, provenance_record, synthesis_key
 
     layout = layout or layout_from_manifest(run_dir)
     setting = str(setting)
@@ -373,7 +367,6 @@ def expected_identities(
 ) -> dict[str, str]:
     """{task: "synth:<synthesis key>"}: the identity (`generation.fingerprint`) each leave-one-out
     adapter of `setting` has once synthesized with `config`, known before it exists."""
-    from lorabatch.synthesis.writer import synthesis_key
 
     targets, sources, c, _ = read_coefficients(setting_coefficients_path(run_dir, setting))
     if sources != layout.task_ids:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, read_safetensors_header
+from lorabatch.bank.manifest import load_manifest, manifest_hash
 from lorabatch.errors import BankValidationError
 
 _NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8"), "BF16": np.dtype("<u2")}
@@ -187,7 +188,6 @@ def bank_layout(task_ids: list[str], adapter_dirs: list[str | Path], manifest_ha
 
 def layout_from_manifest(run_dir: str | Path) -> BankLayout:
     """The layout of the bank whose manifest lies in `RUN/bank/manifest.parquet` (manifest order)."""
-    from lorabatch.bank.manifest import load_manifest, manifest_hash
 
     table = load_manifest(run_dir)
     try:

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch import __version__
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, VLLM_LORA_RANKS
 from lorabatch.atomic import atomic_dir
+from lorabatch.bank.datasets import file_sha256
 from lorabatch.errors import LorabatchError
 from lorabatch.synthesis.tensors import SafetensorsLayout, scaling_of
 
@@ -123,7 +125,6 @@ def provenance_record(
     mixing: dict,
     extra: dict | None = None,
 ) -> dict:
-    from lorabatch import __version__
 
     nonzero = int(np.count_nonzero(coefficients))
     listed = contributors(task_ids, coefficients)
@@ -169,7 +170,6 @@ def write_adapter(
 
 def finish_adapter_dir(tmp_dir: Path, adapter_config: dict, provenance: dict) -> None:
     """Write the config and provenance (with the weights' sha256) beside a complete weights file."""
-    from lorabatch.bank.datasets import file_sha256
 
     (tmp_dir / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     record = dict(provenance, adapter_sha256=file_sha256(tmp_dir / ADAPTER_WEIGHTS))

@@ -6,7 +6,8 @@ lora.py        the LoRA's shape (from the bank), initialisation and parameter gr
 checkpoint.py  checkpoints as PEFT safetensors + optimizer safetensors + JSON (never pickle)
 worker.py      the loop each Ray Train worker runs (DDP when there are several)
 trainer.py     the driver: TorchTrainer per adapter, several adapters at once
-adapter.py     `lorabatch train`: one dataset → a PEFT adapter dir + provenance.json
+
+`lorabatch train` (one dataset → a PEFT adapter dir + provenance.json) is `lorabatch.workflows.train`.
 """
 
 from lorabatch.training.config import TrainingConfig

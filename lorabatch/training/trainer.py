@@ -20,10 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorabatch.atomic import write_parquet
 from lorabatch.errors import LorabatchError
+from lorabatch.examples import encode_examples
+from lorabatch.raysession import ensure_ray
 from lorabatch.training.checkpoint import ADAPTER_WEIGHTS, STATE
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec
+from lorabatch.training.worker import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +157,6 @@ def fit_many(
 def ensure_training_ray(config: TrainingConfig, address: str | None = None, parallel: int = 1) -> None:
     """Ray for training: the cluster at `address` / RAY_ADDRESS, else a local instance with at
     least the CPUs `parallel` jobs ask for (Ray counts CPUs as slots, not cores)."""
-    from lorabatch.raysession import ensure_ray
 
     ensure_ray(address, num_cpus=max(os.cpu_count() or 1, ray_cpus_needed(config, parallel)))
 
@@ -162,9 +165,6 @@ def _write_examples(job: TrainJob, path: Path) -> int:
     """Encode the job's rows with the base model's tokenizer into `path`; returns the pad id."""
     import pyarrow as pa
     from transformers import AutoTokenizer
-
-    from lorabatch.atomic import write_parquet
-    from lorabatch.examples import encode_examples
 
     if not job.rows:
         raise TrainingError(f"training {job.name}: no training examples")
@@ -182,6 +182,5 @@ def _write_examples(job: TrainJob, path: Path) -> int:
 
 
 def _entry_point(job: dict) -> None:
-    from lorabatch.training.worker import train_loop_per_worker
 
     train_loop_per_worker(job)

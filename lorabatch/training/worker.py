@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorabatch.atomic import write_text
 from lorabatch.examples import collate
 from lorabatch.training.batches import (
     BatchOrder,
@@ -140,7 +141,6 @@ def _report_checkpoint(metrics: dict, peft_model, optimizer, state: dict, rank: 
 
 
 def _write_progress(path: str, state: dict) -> None:
-    from lorabatch.atomic import write_text
 
     write_text(
         path,

@@ -16,12 +16,12 @@ def test_extend_restores_two_adapters_and_computes_only_their_pairs(tmp_path, mo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorabatch.bank.extend import extend_bank, missing_adapters
     from lorabatch.bank.manifest import build_manifest, load_manifest
     from lorabatch.config import parse_config
     from lorabatch.distances import matrix
     from lorabatch.features import compute_bank_features
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from lorabatch.workflows.extend import extend_bank, missing_adapters
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     bank = build_tiny_bank(tmp_path / "bank", n_tasks=4, rank=8, rows=12, test_rows=2)
     for n in (2, 4):

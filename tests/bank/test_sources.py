@@ -13,7 +13,7 @@ from lorabatch.bank.manifest import inspect_bank, manifest_table
 from lorabatch.bank.resolve import resolve_tasks
 from lorabatch.bank.sources import HubSource, LocalSource
 from lorabatch.errors import BankResolutionError, BankValidationError
-from lorabatch.testing.tiny_bank import build_tiny_bank
+from tests.helpers.synthetic_bank import build_tiny_bank
 
 
 def cache_repo(cache: Path, local_repo: Path, repo_id: str, kind: str) -> None:

@@ -15,7 +15,7 @@ from lorabatch.bank.manifest import build_manifest, inspect_bank
 from lorabatch.config import parse_config
 from lorabatch.errors import BankValidationError
 from lorabatch.layout import RunLayout
-from lorabatch.testing.tiny_bank import build_tiny_bank
+from tests.helpers.synthetic_bank import build_tiny_bank
 
 
 @pytest.fixture(scope="module")

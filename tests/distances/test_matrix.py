@@ -39,7 +39,7 @@ def test_parquet_contract_and_round_trip(tmp_path, features, metric):
     assert tasks2 == tasks and np.array_equal(d2, d)
     np.testing.assert_allclose(d, pairwise_distances(features, metric, LOCAL), rtol=1e-12, atol=1e-15)
     # the synthesis stage reads the same file
-    from lorabatch.synthesis.stage import load_distance_matrix as synthesis_reader
+    from lorabatch.synthesis.stage import distance_matrix_of as synthesis_reader
 
     np.testing.assert_array_equal(synthesis_reader(tmp_path, metric, tasks), d)
 

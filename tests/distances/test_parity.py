@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from lorabatch.distances import DistancesConfig, UnknownMetricError, get_metric, pairwise_distances, reference
+from lorabatch.distances import DistancesConfig, UnknownMetricError, get_metric, pairwise_distances
 from lorabatch.distances.embedding import sliced_projections
+from tests.helpers import distance_reference as reference
 
 LOCAL = DistancesConfig(executor="local", block_size=3)  # several blocks, ragged edges
 

@@ -32,7 +32,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def tiny_bank(tmp_path_factory):
     """Tokenizer + tiny Mistral (for embeddings) + three datasets + a manifest."""
-    from lorabatch.testing.tiny_bank import build_base_model, build_tokenizer
+    from tests.helpers.synthetic_bank import build_base_model, build_tokenizer
 
     root = tmp_path_factory.mktemp("bank")
     tok = build_tokenizer(root / "base")

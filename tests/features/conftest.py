@@ -18,7 +18,7 @@ ROWS = {
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from lorabatch.testing.tiny_bank import build_tokenizer
+    from tests.helpers.synthetic_bank import build_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     build_tokenizer(out)

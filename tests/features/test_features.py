@@ -35,7 +35,7 @@ def expected_counts(tokenizer_dir, rows, vocab_size):
 def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from lorabatch.testing.tiny_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
+    from tests.helpers.synthetic_bank import build_tokenizer  # noqa: F401  (the fixture's tokenizer)
 
     manifest, run = bank
     feats = compute_bank_features(manifest, run, LOCAL, progress=False)
@@ -57,7 +57,7 @@ def test_counts_follow_the_paper_representation(bank, tokenizer_dir):
 
 
 def test_fingerprint_matches_what_predict_checks(tokenizer_dir):
-    from lorabatch.synthesis.predict import tokenizer_fingerprint as predict_fingerprint
+    from lorabatch.workflows.predict import tokenizer_fingerprint as predict_fingerprint
 
     assert tokenizer_fingerprint(tokenizer_dir) == predict_fingerprint(tokenizer_dir)
 

@@ -42,7 +42,7 @@ def pristine(tmp_path_factory):
     """A run with manifest, seeded JS distances and every coefficient file (no adapters yet)."""
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.synthesis.stage import compute_coefficients, compute_uniform_coefficients
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     root = tmp_path_factory.mktemp("fewshot")
     bank = build_tiny_bank(root / "bank", n_tasks=N_TASKS, rank=8, rows=20)

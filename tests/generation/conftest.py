@@ -43,7 +43,7 @@ def pristine_run(tmp_path_factory) -> Path:
     from lorabatch.bank.datasets import read_split, write_split
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import parse_config
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     root = tmp_path_factory.mktemp("gen")
     bank = build_tiny_bank(root / "bank", n_tasks=3, rank=8, rows=13)

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file, save_file
 from lorabatch.config import parse_config
 from lorabatch.errors import BankValidationError
 from lorabatch.sweep.run import stage_bank
-from lorabatch.testing.tiny_bank import build_tiny_bank
+from tests.helpers.synthetic_bank import build_tiny_bank
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ def test_pending_tasks_leave_out_base_and_oracle():
 
 @pytest.fixture(scope="module")
 def tiny_bank(tmp_path_factory):
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     return build_tiny_bank(tmp_path_factory.mktemp("jit") / "bank", n_tasks=4, rank=8, rows=10)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lorabatch.layout import RunLayout
+from tests.helpers.synthetic_bank import build_base_model
 
 BASE_NAME = "lorabatch-test/tiny-mistral"
 N_TASKS = 5
@@ -30,24 +31,7 @@ class TinyRun:
 
 
 def build_base(out_dir: Path):
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    model = MistralForCausalLM(config)
-    model.save_pretrained(out_dir)
-    return model
+    return build_base_model(out_dir, vocab_size=64, intermediate_size=96, max_positions=64)
 
 
 def build_adapters(base_model, root: Path, n: int, rank: int, dtype=None, poison: int | None = None) -> list[Path]:
@@ -126,7 +110,7 @@ def tiny_bank(tmp_path_factory) -> TinyRun:
     root = tmp_path_factory.mktemp("tiny-bank")
     base_dir = root / "base"
     base = build_base(base_dir)
-    from lorabatch.testing.tiny_bank import build_tokenizer
+    from tests.helpers.synthetic_bank import build_tokenizer
 
     build_tokenizer(base_dir)
     dirs = build_adapters(base, root / "adapters", N_TASKS, RANK)
@@ -161,7 +145,7 @@ QUERY_D = np.array([0.9, 0.2, 1.7, 0.4, 1.1])
 def predict_bank(fresh_run, monkeypatch) -> TinyRun:
     """A prepared bank for `predict` whose query distances are the fixed row QUERY_D (features and
     distances have their own tests); `calls` records every query, i.e. every feature computation."""
-    from lorabatch.synthesis import predict as predict_mod
+    from lorabatch.workflows import predict as predict_mod
 
     RunLayout(fresh_run.run_dir).features.mkdir()
     (RunLayout(fresh_run.run_dir).features / "task1.npy").write_bytes(b"")

@@ -13,8 +13,9 @@ import pytest
 from lorabatch.errors import DatasetError
 from lorabatch.layout import RunLayout
 from lorabatch.synthesis.coefficients import attentional_coefficients, normalized_coefficients
-from lorabatch.synthesis.predict import predict_adapter, read_user_dataset
 from lorabatch.synthesis.stage import SynthesisError
+from lorabatch.workflows.predict import predict_adapter
+from lorabatch.workflows.userdata import read_user_dataset
 
 from .conftest import QUERY_D, load_tensors
 
@@ -69,6 +70,24 @@ def test_predict_writes_the_expected_adapter(bank, tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["setting"] == "JS-normalized" and prov["query"]["n_examples"] == 2
     assert bank.calls == [("JS", 2)]
+
+
+def test_predict_leaves_excluded_tasks_out(bank, tmp_path):
+    """`exclude`: the held-out task gets weight 0, the others the model's coefficients over them."""
+    data = write_jsonl(tmp_path / "my.jsonl", ROWS)
+    result = predict_adapter(
+        bank.run_dir, data, tmp_path / "loo", metric="JS", model="attentional", progress=False, exclude=["task2"]
+    )
+    kept = [0, 2, 3, 4]
+    c = attentional_coefficients(QUERY_D[kept][None, :], exclude_self=False)[0]
+    assert result.coefficients[1] == 0.0
+    assert np.abs(result.coefficients[kept] - c).max() <= 1e-12
+    assert json.loads((tmp_path / "loo" / "provenance.json").read_text())["excluded_tasks"] == ["task2"]
+    with pytest.raises(SynthesisError, match="cannot leave tasks out"):
+        predict_adapter(bank.run_dir, data, tmp_path / "neural", model="neural", progress=False, exclude=["task2"])
+    with pytest.raises(SynthesisError, match="task999"):
+        predict_adapter(bank.run_dir, data, tmp_path / "bad", progress=False, exclude=["task999"])
+    assert not (tmp_path / "neural").exists() and not (tmp_path / "bad").exists()
 
 
 def test_cli_prints_top_contributors(bank, tmp_path):
@@ -192,8 +211,8 @@ def test_fewshot_select_and_refine_for_a_new_dataset(bank, tmp_path):
 
     from lorabatch.cli import app
     from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.query import sample_rows
-    from lorabatch.synthesis.predict import read_user_dataset
+    from lorabatch.workflows.fewshot_predict import sample_rows
+    from lorabatch.workflows.userdata import read_user_dataset
 
     data = write_jsonl(tmp_path / "d.jsonl", FEW_ROWS)
     res = CliRunner().invoke(
@@ -319,7 +338,7 @@ def test_fewshot_predict_can_leave_bank_tasks_out(bank, tmp_path):
     import pyarrow.parquet as pq
 
     from lorabatch.fewshot.config import FewShotConfig
-    from lorabatch.fewshot.query import fewshot_predict
+    from lorabatch.workflows.fewshot_predict import fewshot_predict
 
     ids = [r["task_id"] for r in pq.read_table(RunLayout(bank.run_dir).manifest).to_pylist()]
     nearest = ids[int(np.argmin(QUERY_D))]

@@ -35,7 +35,7 @@ def train_bank(tmp_path_factory):
     """(run directory with a bank manifest, train.jsonl, test rows) over a 2-task tiny bank."""
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import parse_config
-    from lorabatch.testing.tiny_bank import build_tiny_bank
+    from tests.helpers.synthetic_bank import build_tiny_bank
 
     root = tmp_path_factory.mktemp("train-bank")
     bank = build_tiny_bank(root / "bank", n_tasks=2, rank=8, rows=12, test_rows=2)

@@ -15,8 +15,8 @@ HYPER = {"steps": 40, "batch_size": 8, "lr": 2e-2, "checkpoint_every": 20, "repo
 
 def test_two_workers_match_one_and_beat_base(fresh_run, tmp_path, local_ray, rouge_own_vs_base):
     from lorabatch.bank.manifest import load_manifest
-    from lorabatch.training.adapter import train_adapter
     from lorabatch.training.checkpoint import ADAPTER_WEIGHTS
+    from lorabatch.workflows.train import train_adapter
 
     run_one, data, test_rows = fresh_run("run-one")
     run, _, _ = fresh_run("run-two")

@@ -53,7 +53,7 @@ def _wait_for_checkpoint(storage: Path, alive, timeout: float = 900.0) -> dict:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint(fresh_run, tmp_path, local_ray):
-    from lorabatch.training.adapter import train_adapter
+    from lorabatch.workflows.train import train_adapter
 
     run, data, _ = fresh_run()
     storage = run / "training"

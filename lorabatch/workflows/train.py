@@ -18,9 +18,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorabatch import __version__
+from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from lorabatch.atomic import atomic_dir
+from lorabatch.bank.manifest import base_model_with_weights, load_manifest, manifest_hash, trusts_remote_code
+from lorabatch.config import load_config
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
-from lorabatch.training.checkpoint import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from lorabatch.runlock import run_lock
+from lorabatch.synthesis.writer import PROVENANCE_VERSION, check_finite, finish_adapter_dir, refuse_foreign_dir
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec
 from lorabatch.training.trainer import (
@@ -29,6 +35,13 @@ from lorabatch.training.trainer import (
     TrainResult,
     ensure_training_ray,
     fit_lora,
+)
+from lorabatch.workflows.userdata import (
+    check_out_dir,
+    check_out_outside_bank,
+    dataset_hash,
+    ignored_columns,
+    read_user_dataset,
 )
 
 TRAIN_SETTING = "train"
@@ -60,9 +73,6 @@ def base_model_weights(bank_run: Path, manifest) -> Path:
     path = Path(manifest.column("base_model_path")[0].as_py())
     if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
         return path
-    from lorabatch.bank.manifest import base_model_with_weights
-    from lorabatch.config import load_config
-
     config = RunLayout(bank_run).config
     if not config.is_file():
         raise TrainingError(
@@ -93,28 +103,19 @@ def train_adapter(
     address: str | None = None,
 ) -> TrainedAdapter:
     """Train an adapter for the dataset at `data` on the bank's base model; write it to `out`."""
-    from lorabatch.bank.manifest import load_manifest, manifest_hash, trusts_remote_code
-    from lorabatch.runlock import run_lock
-    from lorabatch.synthesis.predict import (
-        _check_out,
-        _check_out_outside_bank,
-        _dataset_hash,
-        read_user_dataset,
-    )
-
     config = config or TrainingConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
     try:
         manifest = load_manifest(bank_run)
     except (LorabatchError, OSError, ValueError) as err:  # no manifest, or an unreadable one
         raise TrainingError(f"{bank_run} is not a prepared bank: {err}") from None
-    _check_out_outside_bank(out, bank_run, manifest)
-    _check_out(out)
+    check_out_outside_bank(out, bank_run, manifest)
+    check_out_dir(out)
     dataset = read_user_dataset(data)
     seed = config.seed if config.seed is not None else seed
     spec = bank_lora_spec(manifest, init_seed=seed)
     base = base_model_weights(bank_run, manifest)
-    data_hash = _dataset_hash(dataset)
+    data_hash = dataset_hash(dataset)
     key = training_key(manifest_hash(manifest), data_hash, spec, config, seed)
     rows = [
         {"input": x, "output": o}
@@ -137,8 +138,7 @@ def train_adapter(
         extra={"query": {"data": str(data), "data_sha256": data_hash, "n_examples": dataset.num_rows}},
     )
     write_trained_adapter(result.checkpoint_dir, out, provenance)
-    ignored = json.loads(dataset.schema.metadata[b"lorabatch.ignored_columns"])
-    return TrainedAdapter(out, result, ignored)
+    return TrainedAdapter(out, result, ignored_columns(dataset))
 
 
 def training_provenance(
@@ -151,9 +151,6 @@ def training_provenance(
     extra: dict | None = None,
 ) -> dict:
     """provenance.json of a trained adapter (the writer's keys; `synthesis_key` is the training key)."""
-    from lorabatch import __version__
-    from lorabatch.synthesis.writer import PROVENANCE_VERSION
-
     losses = result.losses
     record = {
         "provenance_version": PROVENANCE_VERSION,
@@ -183,13 +180,6 @@ def write_trained_adapter(checkpoint_dir: Path, out: Path, provenance: dict) -> 
     """Copy a final checkpoint's PEFT files to `out` with provenance.json, atomically; refuses
     non-finite weights and replaces only an empty directory or a previous lorabatch adapter."""
     from safetensors.numpy import load_file
-
-    from lorabatch.atomic import atomic_dir
-    from lorabatch.synthesis.writer import (
-        check_finite,
-        finish_adapter_dir,
-        refuse_foreign_dir,
-    )
 
     for name, values in load_file(str(checkpoint_dir / ADAPTER_WEIGHTS)).items():
         check_finite(name, values)

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from lorabatch.bank.manifest import load_manifest, trusts_remote_code
 from lorabatch.fewshot.config import FewShotConfig
+from lorabatch.fewshot.loss import FewShotLoss
+from lorabatch.fewshot.methods import candidate_rows, grid_candidates, run_methods
+from lorabatch.fewshot.stage import pool_of, singles
 from lorabatch.settings import REFINE, SELECT
 from lorabatch.synthesis.config import SynthesisConfig
+from lorabatch.synthesis.stage import SynthesisError, neural_model_dir, synthesize_one
+from lorabatch.synthesis.writer import contributors
+from lorabatch.workflows.predict import PredictResult, prepare_query, query_coefficients
 
 
 def sample_rows(dataset, k: int, seed: int, salt: str) -> list[dict]:
@@ -32,10 +39,6 @@ def query_candidates(
 ) -> dict[str, np.ndarray]:
     """{name: C [1, N]}: the select candidates of a query row, over the bank tasks `keep` (None:
     all; the others get weight 0, and the neural model, trained on the whole bank, is left out)."""
-    from lorabatch.fewshot.methods import grid_candidates
-    from lorabatch.synthesis.predict import query_coefficients
-    from lorabatch.synthesis.stage import neural_model_dir
-
     n = q.layout.n_tasks
     keep = np.arange(n) if keep is None else np.asarray(keep, dtype=np.int64)
     d = q.distances[keep]
@@ -63,8 +66,6 @@ def query_candidates(
 
 def query_pool(q, fewshot: FewShotConfig, keep: np.ndarray | None = None) -> list[int]:
     """The `pool` bank tasks nearest to the query (among `keep`; None: all)."""
-    from lorabatch.fewshot.stage import pool_of
-
     left_out = () if keep is None else sorted(set(range(q.layout.n_tasks)) - {int(j) for j in keep})
     return pool_of([q.distances], fewshot.pool, exclude=left_out)
 
@@ -89,34 +90,20 @@ def fewshot_predict(
 
     `exclude`: bank task ids that take no part (no weight in any candidate, not in the pool) —
     a leave-one-out evaluation holds the dataset's own task out this way."""
-    from lorabatch.bank.manifest import load_manifest, trusts_remote_code
-    from lorabatch.fewshot.loss import FewShotLoss
-    from lorabatch.fewshot.methods import candidate_rows, run_methods
-    from lorabatch.fewshot.stage import singles
-    from lorabatch.synthesis.predict import PredictResult, SynthesisError, prepare_query
-    from lorabatch.synthesis.stage import synthesize_one
-    from lorabatch.synthesis.writer import contributors
-
     if method not in (SELECT, REFINE):
         raise SynthesisError(f"unknown few-shot method {method!r}; one of select, refine")
     config = config or SynthesisConfig()
     fewshot = fewshot or FewShotConfig()
     bank_run, data, out = Path(bank_run), Path(data), Path(out)
-    manifest = load_manifest(bank_run)
-    bank_ids = manifest.column("task_id").to_pylist()
-    unknown = sorted(set(exclude) - set(bank_ids))
-    if unknown:
-        raise SynthesisError(f"exclude names tasks that are not in the bank {bank_run}: {unknown}")
-    if set(bank_ids) <= set(exclude):
-        raise SynthesisError("exclude leaves no bank task")
-    q = prepare_query(bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress)
-    ids = q.layout.task_ids
-    keep = np.array([j for j, t in enumerate(ids) if t not in set(exclude)], dtype=np.int64)
+    q = prepare_query(
+        bank_run, data, out, metric=metric, model=model, config=config, seed=seed, progress=progress, exclude=exclude
+    )
+    ids, keep = q.layout.task_ids, q.keep
     if fewshot.refine.start != SELECT:  # predict's paper setting is the one of --metric/--model
         fewshot = fewshot.model_copy(
             update={"refine": fewshot.refine.model_copy(update={"start": f"{metric}-{model}"})}
         )
-    trust = trusts_remote_code(manifest)
+    trust = trusts_remote_code(load_manifest(bank_run))
     evaluator = FewShotLoss(
         str(q.base_model_path),
         q.layout.adapter_config,
@@ -131,10 +118,6 @@ def fewshot_predict(
     paper = [name for name in matrices if name.startswith(f"{metric}-") and "@" not in name]
     pool = query_pool(q, fewshot, keep)
     start = q.coefficients
-    if exclude:
-        if f"{metric}-{model}" not in matrices:
-            raise SynthesisError(f"{metric}-{model} cannot leave tasks out (its model was trained on the whole bank)")
-        start = matrices[f"{metric}-{model}"][0]
     results = run_methods(
         evaluator,
         q.layout,
@@ -159,7 +142,7 @@ def fewshot_predict(
         syn,
         setting=method,
         target=f"query:{q.data_hash[:16]}",
-        extra={**q.provenance(data), "fewshot": record, **({"excluded_tasks": sorted(exclude)} if exclude else {})},
+        extra={**q.provenance(data), "fewshot": record},
         progress=progress,
     )
     return PredictResult(

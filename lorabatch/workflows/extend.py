@@ -24,11 +24,18 @@ from pathlib import Path
 
 from lorabatch.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lorabatch.bank.datasets import read_split, split_files
-from lorabatch.demo.lora_init import lora_init_seeds, task_seed
+from lorabatch.bank.manifest import base_model_with_weights, write_manifest
+from lorabatch.demo.build import SIZES, read_manifest
+from lorabatch.demo.lora_init import DEFAULT_SHARED_FRACTION, lora_init_seeds, task_seed
 from lorabatch.errors import LorabatchError
 from lorabatch.layout import RunLayout
 from lorabatch.training.config import TrainingConfig
 from lorabatch.training.lora import LoraSpec
+from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
+from lorabatch.workflows.demo_bank import ensure_demo_bank
+from lorabatch.workflows.distances import features_and_distances
+from lorabatch.workflows.train import training_key, training_provenance, write_trained_adapter
+from lorabatch.workflows.userdata import rows_hash
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +111,9 @@ def existing_lora(bank_config) -> dict:
 
 def _recipe(config, missing: list[MissingAdapter], lora: dict) -> tuple[TrainingConfig, dict[int, tuple[int, int]]]:
     """(training config, task number -> (init seed, data seed)): the demo builder's own for its banks."""
-    from lorabatch.demo.build import SIZES, read_manifest
-
     demo = read_manifest(config.bank.root)
     numbers = [m.number for m in missing]
     if demo is not None and demo.get("size") in SIZES:
-        from lorabatch.demo.lora_init import DEFAULT_SHARED_FRACTION
-
         every = sorted({int(t["task_id"][4:]) for t in demo["tasks"]} | set(numbers))
         fraction = demo.get("shared_fraction") if demo.get("shared_fraction") is not None else DEFAULT_SHARED_FRACTION
         init = lora_init_seeds(every, demo["seed"], demo["lora_init"], fraction)
@@ -124,14 +127,6 @@ def _recipe(config, missing: list[MissingAdapter], lora: dict) -> tuple[Training
 
 def extend_bank(config, *, progress: bool = True) -> ExtendResult:
     """Train the missing adapters of `config.bank`, then the bank stage, features and distances."""
-    from lorabatch.bank.manifest import base_model_with_weights, write_manifest
-    from lorabatch.training.adapter import (
-        training_key,
-        training_provenance,
-        write_trained_adapter,
-    )
-    from lorabatch.training.trainer import TrainJob, ensure_training_ray, fit_many
-
     missing = missing_adapters(config.bank)
     layout = RunLayout(config.run_dir)
     trained, dirs = [], []
@@ -150,7 +145,13 @@ def extend_bank(config, *, progress: bool = True) -> ExtendResult:
                 {"input": r["input"], "output": list(r["output"])}
                 for r in read_split(m.dataset_dir, "train", ["input", "output"]).to_pylist()
             ]
-            key = training_key(f"dataset:{m.dataset_dir.name}", _rows_hash(rows), spec, training, data_seed)
+            key = training_key(
+                f"dataset:{m.dataset_dir.name}",
+                rows_hash((r["input"], r["output"]) for r in rows),
+                spec,
+                training,
+                data_seed,
+            )
             jobs.append(
                 TrainJob(
                     f"extend-{m.task_id}-{key[:12]}",
@@ -173,6 +174,7 @@ def extend_bank(config, *, progress: bool = True) -> ExtendResult:
             write_trained_adapter(result.checkpoint_dir, m.adapter_dir, prov)
             trained.append(m.task_id)
             dirs.append(m.adapter_dir)
+    ensure_demo_bank(config.bank)
     manifest = write_manifest(config.bank, config.run_dir, progress=progress)
     metrics = _update_distances(config, manifest, progress) if layout.features.is_dir() else []
     return ExtendResult(trained, dirs, manifest.num_rows, metrics)
@@ -181,26 +183,7 @@ def extend_bank(config, *, progress: bool = True) -> ExtendResult:
 def _update_distances(config, manifest, progress: bool) -> list[str]:
     """Features (cached ones reused) and the distance matrices the run has or its config names;
     the distances stage computes only pairs that involve a task it has not seen."""
-    from lorabatch.distances.matrix import compute_distances
-    from lorabatch.distances.registry import features_config_for
-    from lorabatch.features import compute_bank_features
-    from lorabatch.raysession import ensure_ray
-
-    layout = RunLayout(config.run_dir)
-    metrics = layout.distance_metrics() or list(config.distances.metrics)
+    metrics = RunLayout(config.run_dir).distance_metrics() or list(config.distances.metrics)
     dist = config.distances.model_copy(update={"metrics": metrics})
-    feats = features_config_for(metrics, config.features)
-    if feats.executor == "ray" or dist.executor != "local":
-        ensure_ray(config.ray.address, config.ray.num_cpus, fault_tolerance=config.ray.fault_tolerance.model_dump())
-    compute_bank_features(manifest, config.run_dir, feats)
-    compute_distances(config.run_dir, dist, progress=progress)
+    features_and_distances(config, manifest, distances=dist, progress=progress)
     return metrics
-
-
-def _rows_hash(rows: list[dict]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(json.dumps([r["input"], r["output"]]).encode())
-    return h.hexdigest()

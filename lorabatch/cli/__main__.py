@@ -1,0 +1,5 @@
+"""`python -m lorabatch.cli`: the `lorabatch` command."""
+
+from lorabatch.cli.main import main
+
+main()

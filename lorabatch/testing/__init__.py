@@ -1,1 +1,0 @@
-"""Small, fast, seeded fixtures for tests and examples (no training, no network)."""
