@@ -25,6 +25,20 @@ def small_demo_bank(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_demo_bank_config(small_demo_bank):
+    """The `bank` section of a run config over `small_demo_bank` (its repos as the builder names them)."""
+    from lorabatch.demo.build import ADAPTER_REPO, BASE_REPO, DATASET_REPO
+
+    return {
+        "source": "local",
+        "root": str(small_demo_bank),
+        "base_model": BASE_REPO,
+        "adapter_repo": ADAPTER_REPO,
+        "dataset_repo": DATASET_REPO,
+    }
+
+
+@pytest.fixture(scope="session")
 def sweep_bank(tmp_path_factory):
     """A tiny bank for end-to-end sweeps: 4 tasks with random LoRAs, 30 test examples each."""
     from tests.helpers.synthetic_bank import build_tiny_bank

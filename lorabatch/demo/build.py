@@ -33,6 +33,7 @@ from lorabatch.bank.datasets import write_split
 from lorabatch.demo import train as demo_train
 from lorabatch.demo.accept import accept_bank
 from lorabatch.demo.families import FAMILIES, Family, TaskSpec, make_examples, split_examples
+from lorabatch.demo.inputs import DemoInputs
 from lorabatch.demo.lora_init import (
     DEFAULT_SHARED_FRACTION,
     LORA_INITS,
@@ -141,7 +142,8 @@ def build_demo_bank(
     if not families or len({f.name for f in families}) != len(families):
         raise LorabatchError(f"families must be non-empty with distinct names, got {[f.name for f in families]}")
     fraction = recorded_fraction(lora_init, shared_fraction)
-    want = recipe(size, seed, threads, lora_init, shared_fraction, base, families)
+    inputs = size_inputs(SIZES[size], seed, base, families)
+    want = recipe(size, seed, threads, lora_init, shared_fraction, base, families, inputs)
     out = Path(out)
     have = read_manifest(out)
     if have is not None and not force:
@@ -185,6 +187,7 @@ def build_demo_bank(
             base,
             families,
             want,
+            inputs,
         )
 
 
@@ -204,12 +207,12 @@ def _build(
     base: str,
     all_families: tuple[Family, ...],
     built_recipe: dict,
+    inputs: DemoInputs,
 ) -> Path:
     import torch
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    inputs = size_inputs(cfg, seed, base, all_families)
     specs, families, splits = inputs.specs, inputs.families, inputs.splits
     n_families = len(families)
     numbers = [spec.number for spec in specs]

@@ -104,6 +104,7 @@ def recipe(
     shared_fraction: float = DEFAULT_SHARED_FRACTION,
     base: str = "instruct",
     families: tuple[Family, ...] | None = None,
+    inputs: DemoInputs | None = None,
 ) -> dict:
     """Everything a bank built with these arguments depends on, as JSON-ready data.
 
@@ -112,7 +113,8 @@ def recipe(
     number of LoRAs trained at once does not enter: the bank does not depend on it.
     """
     cfg = SIZES[size]
-    inputs = size_inputs(cfg, seed, base, FAMILIES if families is None else tuple(families))
+    if inputs is None:  # the builder passes the inputs it trains on: generated once
+        inputs = size_inputs(cfg, seed, base, FAMILIES if families is None else tuple(families))
     return {
         "builder_version": BUILDER_VERSION,
         "size": size,

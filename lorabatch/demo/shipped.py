@@ -59,17 +59,23 @@ def file_hashes(root: Path) -> dict[str, str]:
     }
 
 
-def bank_differences(root: Path, files: dict[str, str]) -> list[str]:
-    """How the files under `root` differ from `files` (path → sha256): missing, changed, extra."""
+def differing_files(root: Path, files: dict[str, str]) -> dict[str, str]:
+    """Files under `root` that differ from `files` (path → sha256), each with how: missing,
+    another sha256, or not in the record."""
     have = file_hashes(root) if root.is_dir() else {}
-    problems = [f"{path}: missing" for path in files if path not in have]
-    problems += [
-        f"{path}: sha256 {have[path][:12]}…, recorded {sha[:12]}…"
+    how = {path: "missing" for path in files if path not in have}
+    how |= {
+        path: f"sha256 {have[path][:12]}…, recorded {sha[:12]}…"
         for path, sha in files.items()
         if path in have and have[path] != sha
-    ]
-    problems += [f"{path}: not in the record" for path in have if path not in files]
-    return problems
+    }
+    how |= {path: "not in the record" for path in have if path not in files}
+    return how
+
+
+def bank_differences(root: Path, files: dict[str, str]) -> list[str]:
+    """`differing_files` as lines `path: how`."""
+    return [f"{path}: {how}" for path, how in differing_files(root, files).items()]
 
 
 def provide_demo_bank(
@@ -104,33 +110,30 @@ def provide_demo_bank(
     out = Path(out)
     if not bank_differences(out, record["files"]):
         return out
-    damaged = bank_differences(SHIPPED_BANK, record["files"])
-    if damaged:
-        raise LorabatchError(
-            f"the shipped demo bank in {SHIPPED_BANK} does not match its record ({'; '.join(damaged[:3])}): "
-            "restore it from the repository, or build the bank with `lorabatch bank build-demo "
-            f"{out} --force`"
-        )
     with log_to_stderr(progress, log):
         install_shipped(out, record)
     return out
 
 
 def install_shipped(out: Path, record: dict) -> None:
-    """Copy the shipped bank into `out` (atomically); a non-empty `out` that is not a demo bank
-    is refused, another demo bank there is replaced."""
-    if out.exists() and read_manifest(out) is None and (not out.is_dir() or any(out.iterdir())):
+    """Copy the shipped bank into `out` (atomically), checked against its record on the copy; a
+    non-empty `out` that is not a demo bank is refused, another demo bank there is replaced."""
+    holds_demo_bank = read_manifest(out) is not None
+    if out.exists() and not holds_demo_bank and (not out.is_dir() or any(out.iterdir())):
         raise LorabatchError(
             f"{out} exists and is not a demo bank: refusing to replace it with the shipped one "
             "(choose an empty or new directory for bank.root)"
         )
-    if read_manifest(out) is not None:
-        log.warning("%s holds another demo bank than the shipped one: replaced by the shipped bank", out)
     with atomic_dir(out) as tmp:
         shutil.copytree(SHIPPED_BANK, tmp, dirs_exist_ok=True)
-        problems = bank_differences(tmp, record["files"])
-        if problems:  # a file changed between the check and the copy
-            raise LorabatchError(f"copying the shipped demo bank into {out}: {'; '.join(problems[:3])}")
+        damaged = bank_differences(tmp, record["files"])
+        if damaged:  # `out` is left as it was
+            raise LorabatchError(
+                f"the shipped demo bank in {SHIPPED_BANK} does not match its record ({'; '.join(damaged[:3])}): "
+                f"restore it from the repository, or build the bank with `lorabatch bank build-demo {out} --force`"
+            )
+    if holds_demo_bank:
+        log.warning("%s held another demo bank than the shipped one: replaced by the shipped bank", out)
     log.info(
         "%s: the shipped demo bank (%d files, recipe %s…)", out, len(record["files"]), record["recipe_sha256"][:12]
     )
@@ -144,14 +147,14 @@ def compare_with_shipped(built: Path) -> list[str]:
     if record is None:
         raise LorabatchError("this installation ships no demo bank to compare with")
     out = []
-    for line in bank_differences(built, record["files"]):
-        path = line.split(":", 1)[0]
-        if path == MANIFEST and line.endswith("…"):
+    for path, how in differing_files(built, record["files"]).items():
+        in_both = path in record["files"] and (built / path).is_file()
+        if in_both and path == MANIFEST:
             out += [f"{MANIFEST}: {d}" for d in _json_differences(built / MANIFEST, SHIPPED_BANK / MANIFEST)]
-        elif path.endswith(".safetensors") and line.endswith("…"):
+        elif in_both and path.endswith(".safetensors"):
             out.append(f"{path}: {_tensor_differences(built / path, SHIPPED_BANK / path)}")
         else:
-            out.append(line)
+            out.append(f"{path}: {how}")
     return out
 
 

@@ -187,7 +187,9 @@ def fake_build(monkeypatch):
 
     calls = []
 
-    def record(out, size, cfg, seed, progress, lora_init, shared_fraction, parallel, base, families, built_recipe):
+    def record(
+        out, size, cfg, seed, progress, lora_init, shared_fraction, parallel, base, families, built_recipe, inputs
+    ):
         calls.append(
             {
                 "base": base,

@@ -11,23 +11,16 @@ MAX_NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def demo_work(small_demo_bank, tmp_path_factory):
+def demo_work(small_demo_bank_config, tmp_path_factory):
     """(work rows: base + every task's own adapter on its first test examples, base model path)."""
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import parse_config
-    from lorabatch.demo.build import ORG
     from lorabatch.generation.config import GenerationConfig
     from lorabatch.generation.plan import plan_work
     from lorabatch.generation.preflight import preflight
     from lorabatch.generation.stage import build_context
 
-    bank = {
-        "source": "local",
-        "root": str(small_demo_bank),
-        "base_model": f"{ORG}/tiny-mistral",
-        "adapter_repo": f"{ORG}/tiny-mistral-r8-task{{number}}",
-        "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
-    }
+    bank = small_demo_bank_config
     run = tmp_path_factory.mktemp("demo-mixed") / "run"
     manifest = build_manifest(parse_config({"run_dir": str(run), "bank": bank}), progress=False)
     cfg = GenerationConfig(

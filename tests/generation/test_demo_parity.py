@@ -16,19 +16,13 @@ EXAMPLES = 6
 
 
 @pytest.fixture(scope="module")
-def demo_rows(small_demo_bank, tmp_path_factory, local_ray, gen):
+def demo_rows(small_demo_bank, small_demo_bank_config, tmp_path_factory, local_ray, gen):
     from lorabatch.bank.manifest import build_manifest
     from lorabatch.config import parse_config
-    from lorabatch.demo.build import ORG
+    from lorabatch.demo.build import BASE_REPO
     from lorabatch.generation import read_generations, run_generation
 
-    bank = {
-        "source": "local",
-        "root": str(small_demo_bank),
-        "base_model": f"{ORG}/tiny-mistral",
-        "adapter_repo": f"{ORG}/tiny-mistral-r8-task{{number}}",
-        "dataset_repo": f"{ORG}/task{{number}}_{{slug}}",
-    }
+    bank = small_demo_bank_config
     rows = {}
     for backend, extra in (
         ("vllm", {"vllm": {"gpu_memory_utilization": 0.2, "enforce_eager": True, "dtype": "float32", "max_loras": 4}}),
@@ -50,7 +44,7 @@ def demo_rows(small_demo_bank, tmp_path_factory, local_ray, gen):
         result = run_generation(run, cfg, progress=False)
         assert result.failed == 0 and result.generated == TASKS * EXAMPLES * 2
         rows[backend] = {(r["task_id"], r["setting"], r["example_id"]): r for r in read_generations(run).to_pylist()}
-    rows["base_model"] = str(small_demo_bank / ORG / "tiny-mistral")
+    rows["base_model"] = str(small_demo_bank / BASE_REPO)
     return rows
 
 
